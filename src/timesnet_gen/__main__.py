@@ -1,0 +1,3 @@
+from timesnet_gen.cli import main
+
+raise SystemExit(main())

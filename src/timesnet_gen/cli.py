@@ -1,0 +1,43 @@
+"""One console entry point, one subcommand per pipeline stage: `timesnet-gen <verb> ...`.
+
+Each verb lives in its own module as `main(argv) -> exit code`; modules are imported only when
+their verb runs, so `timesnet-gen synth` does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "synth": ("timesnet_gen.corpus.synth", "simulate the physics-based default corpus"),
+    "ingest": ("timesnet_gen.io.ingest", "convert real records (AFAD .mat/.asc, obspy formats)"),
+    "export": ("timesnet_gen.io.export", "export records as MiniSEED, SAC or .npz"),
+    "prepare": ("timesnet_gen.prepare", "stack the corpus and make the seeded splits"),
+    "pretrain": ("timesnet_gen.train", "phase 0: pre-train TimesNet on non-target stations"),
+    "finetune": ("timesnet_gen.train", "phase 1: station-conditioned fine-tuning"),
+    "generate": ("timesnet_gen.generate", "generate and reconstruct records with TimesNet-Gen"),
+    "train-vae": ("timesnet_gen.vae", "train the spectrogram conditional-VAE baseline"),
+    "generate-vae": ("timesnet_gen.vae", "generate and reconstruct records with the VAE"),
+    "evaluate": ("timesnet_gen.evaluation.cli", "HVSR, f0, specificity scores, intensity measures"),
+    "report": ("timesnet_gen.report", "score tables and the README results block"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: timesnet-gen <command> [options]   (timesnet-gen <command> -h for help)", ""]
+    lines += [f"  {verb:<13} {help_}" for verb, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    verb, rest = argv[0], argv[1:]
+    if verb not in COMMANDS:
+        print(f"timesnet-gen: unknown command {verb!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[verb][0])
+    return int(module.main(rest, verb) or 0)

@@ -1,0 +1,316 @@
+"""Typed schema of params.yaml, validated before any work starts.
+
+Every section is a dataclass; `load_params` walks the YAML mapping against the schema and stops
+with a message naming the offending key and the expected type (unknown keys included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+TARGET_STATIONS = ["0205", "1716", "2020", "3130", "4628"]
+
+
+class ParamsError(ValueError):
+    """params.yaml does not match the schema."""
+
+
+# --------------------------------------------------------------------------------------------
+# data: corpus synthesis (data/raw, pinned by data.dvc) and the prepare stage (splits)
+
+
+@dataclass
+class SiteSpec:
+    """Intended site response of one synthetic target station (see corpus/synth.py)."""
+
+    f0: float  # Hz, fundamental SH resonance of the soil column
+    f0_sigma_ln: float  # record-to-record spread of f0 (lognormal sigma)
+    impedance: float  # bedrock/soil impedance contrast (controls the HVSR peak height)
+    damping: float  # soil damping ratio
+    second_f0: float = 0.0  # Hz, a second (shallower) resonance; 0 = none
+    second_impedance: float = 1.0
+    p_spread: float = 0.0  # extra lognormal f0 scatter of a fraction of records (broad sites)
+
+
+def _default_targets() -> dict[str, SiteSpec]:
+    # Medians, spreads and peak heights follow the table in PAPER.md (authors' result files).
+    return {
+        "0205": SiteSpec(2.6, 0.12, 1.7, 0.08, second_f0=6.5, second_impedance=1.5, p_spread=0.6),
+        "1716": SiteSpec(6.1, 0.07, 3.0, 0.05),
+        "2020": SiteSpec(5.17, 0.06, 2.2, 0.06),
+        "3130": SiteSpec(11.74, 0.04, 3.8, 0.04),
+        "4628": SiteSpec(1.83, 0.025, 6.0, 0.03),
+    }
+
+
+@dataclass
+class SynthParams:
+    """The physics-based default corpus (`timesnet-gen synth`, `make corpus`)."""
+
+    seed: int = 20251204
+    sampling_rate: float = 100.0  # Hz
+    n_samples: int = 6000  # 60 s
+    counts_per_cm_s2: float = 1.0e5  # int32 MiniSEED calibration: counts = acc * this
+    target_records: dict[str, int] = field(
+        default_factory=lambda: {"0205": 71, "1716": 80, "2020": 46, "3130": 72, "4628": 56}
+    )
+    targets: dict[str, SiteSpec] = field(default_factory=_default_targets)
+    n_pretrain_stations: int = 32
+    records_per_pretrain_station: int = 14
+    n_rock_stations: int = 3  # pretrain stations without a clear site peak
+    magnitude_range: list[float] = field(default_factory=lambda: [3.5, 7.0])
+    distance_range_km: list[float] = field(default_factory=lambda: [10.0, 200.0])
+    stress_drop_bar: float = 60.0
+    stress_drop_sigma_ln: float = 0.5
+    kappa0_s: float = 0.03
+    q0: float = 180.0  # Q(f) = q0 * f**q_eta
+    q_eta: float = 0.45
+    noise_level: float = 0.002  # pre-event noise, fraction of the record's peak
+
+
+@dataclass
+class DataParams:
+    synth: SynthParams = field(default_factory=SynthParams)
+    target_stations: list[str] = field(default_factory=lambda: list(TARGET_STATIONS))
+    holdout_fraction: float = 0.2  # of each target station, never seen by training/generation
+    val_fraction: float = 0.2  # pre-training validation split
+    split_seed: int = 0
+    max_records_per_station: int = 0  # 0 = all; the tiny profile slices the corpus
+    max_pretrain_stations: int = 0  # 0 = all
+
+
+# --------------------------------------------------------------------------------------------
+# model / train / generate: TimesNet-Gen
+
+
+@dataclass
+class ModelParams:
+    d_model: int = 16
+    d_ff: int = 32
+    num_kernels: int = 3
+    e_layers: int = 2
+    top_k: int = 2
+    dropout: float = 0.1
+    seq_len: int = 6000
+    conditioning: Literal["concat", "film", "none"] = "concat"
+    period_selection: Literal["batch", "sample"] = "batch"
+    fused_inception: bool = True
+
+
+@dataclass
+class PhaseParams:
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainParams:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    num_threads: int = 0  # torch CPU threads; 0 = torch default
+    pretrain: PhaseParams = field(default_factory=lambda: PhaseParams(epochs=8, lr=3e-4))
+    finetune: PhaseParams = field(default_factory=lambda: PhaseParams(epochs=6, lr=1e-4))
+    latent_noise_scale: float = 1.0  # multiplies the std vector in phase 1
+
+
+@dataclass
+class GenerateParams:
+    n_per_station: int = 50
+    k: int = 5
+    weights: Literal["equal", "dirichlet"] = "equal"
+    dirichlet_alpha: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+
+
+# --------------------------------------------------------------------------------------------
+# vae: the spectrogram conditional-VAE baseline
+
+
+@dataclass
+class VaeParams:
+    n_fft: int = 256
+    hop: int = 32
+    latent_dim: int = 64
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64])
+    condition_encoder: bool = False
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    beta: float = 1.0
+    beta_warmup_epochs: int = 10
+    free_bits: float = 0.05  # nats per latent dimension
+    griffin_lim_iters: int = 64
+    n_per_station: int = 50
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate: the paper's protocol (PAPER.md "Evaluation protocol (exact)")
+
+
+@dataclass
+class EvaluateParams:
+    fmin: float = 1.0  # Hz
+    fmax: float = 20.0  # Hz
+    smoothing: Literal["paper", "konno-ohmachi"] = "paper"
+    bandwidth: float = 40.0  # b
+    highpass_hz: float = 0.05
+    highpass_order: int = 2
+    horizontal: Literal["geometric", "quadratic", "arithmetic", "total"] = "geometric"
+    taper: float = 0.0  # Tukey alpha; 0 = none (paper)
+    n_median_points: int = 400
+    hist_bins: int = 20
+    js_eps: float = 1e-10
+    psa_periods: list[float] = field(
+        default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0]
+    )
+    damping: float = 0.05
+
+
+@dataclass
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    generate: GenerateParams = field(default_factory=GenerateParams)
+    vae: VaeParams = field(default_factory=VaeParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it converted (int -> float only)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ParamsError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ParamsError(f"{key}: expected a list of {_type_name(item)}, got {value!r}")
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        ktp, vtp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: expected a mapping, got {value!r}")
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, ktp):
+                raise ParamsError(
+                    f"{key}: key {k!r} must be {ktp.__name__} (quote station codes: '0205')"
+                )
+            out[k] = _convert(v, vtp, f"{key}.{k}")
+        return out
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _convert(value, option, key)
+            except ParamsError:
+                continue
+        raise ParamsError(f"{key}: expected {tp}, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{key}: expected float, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{key}: expected int, got {type(value).__name__} {value!r}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise ParamsError(
+                f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}"
+                + (" (quote station codes: '0205')" if tp is str else "")
+            )
+        return value
+    raise TypeError(f"unsupported annotation {tp} for {key}")
+
+
+def _build(cls: type, raw: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ParamsError(
+            f"unknown key {where}{unknown[0]} (known keys{' of ' + prefix if prefix else ''}: "
+            f"{', '.join(sorted(names))})"
+        )
+    kwargs = {
+        name: _convert(value, hints[name], f"{prefix}.{name}" if prefix else name)
+        for name, value in raw.items()
+    }
+    return cls(**kwargs)
+
+
+def _check_values(p: Params) -> None:
+    """Value checks the types cannot express."""
+    checks = [
+        (0.0 <= p.data.holdout_fraction < 1.0, "data.holdout_fraction must be in [0, 1)"),
+        (0.0 < p.data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)"),
+        (len(set(p.data.target_stations)) == len(p.data.target_stations),
+         "data.target_stations has duplicates"),
+        (p.model.d_model > 0 and p.model.d_ff > 0, "model.d_model and model.d_ff must be > 0"),
+        (p.model.num_kernels >= 1, "model.num_kernels must be >= 1"),
+        (p.model.top_k >= 1, "model.top_k must be >= 1"),
+        (p.generate.k >= 1, "generate.k must be >= 1"),
+        (p.evaluate.fmin < p.evaluate.fmax, "evaluate.fmin must be below evaluate.fmax"),
+        (p.train.device == "auto" or p.train.device == "cpu" or p.train.device.startswith("cuda"),
+         "train.device must be auto, cpu, cuda or cuda:N"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ParamsError(message)
+
+
+def params_from_dict(raw: dict | None) -> Params:
+    params = _build(Params, raw or {}, "")
+    _check_values(params)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raises ParamsError naming the bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such params file") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc})") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections")
+    return params_from_dict(raw)
+
+
+def to_dict(params: Any) -> dict:
+    return dataclasses.asdict(params)

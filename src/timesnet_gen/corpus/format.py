@@ -1,0 +1,205 @@
+"""The canonical on-disk corpus: what `data/raw`, generated and reconstructed records look like.
+
+A corpus folder holds
+    records/<record_id>.mseed   one MiniSEED file per record: three traces E, N, U (channel codes
+                                HNE, HNN, HNZ), 100 Hz, 6000 samples, int32 counts (STEIM2);
+                                acceleration in cm/s^2 = counts / counts_per_cm_s2
+    records.csv                 one row per record (record_id, station, file, counts_per_cm_s2,
+                                starttime, and any metadata: magnitude, distance_km, source ...)
+    stations.csv                one row per station (station, role target|pretrain, f0_true_hz
+                                empty when unknown, and any site metadata)
+Folders are written atomically: into a temporary sibling, renamed over the target when complete,
+so an interrupted write leaves the previous corpus intact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from obspy import Stream, Trace, UTCDateTime, read
+
+COMPONENTS = ("E", "N", "U")
+CHANNELS = ("HNE", "HNN", "HNZ")
+SAMPLING_RATE = 100.0  # Hz
+N_SAMPLES = 6000
+DEFAULT_COUNTS_PER_CM_S2 = 1.0e5  # 1 count = 1e-5 cm/s^2; int32 range covers +-21 g
+DEFAULT_STARTTIME = "2000-01-01T00:00:00"
+INT32_MAX = np.iinfo(np.int32).max
+
+
+class CorpusError(ValueError):
+    """A corpus folder or record file is missing, malformed or inconsistent."""
+
+
+@dataclass
+class Corpus:
+    """Records in memory: waveforms (n, 3, T) float32 cm/s^2, rows aligned with `records`."""
+
+    waveforms: np.ndarray
+    records: pd.DataFrame
+    stations: pd.DataFrame
+
+    def station_mask(self, station: str) -> np.ndarray:
+        return (self.records["station"] == station).to_numpy()
+
+
+def to_counts(acc: np.ndarray, counts_per_cm_s2: float) -> np.ndarray:
+    """cm/s^2 -> int32 counts; refuses NaN/inf and values outside the int32 range."""
+    if not np.all(np.isfinite(acc)):
+        raise CorpusError("record contains NaN or inf samples")
+    scaled = np.rint(np.asarray(acc, dtype=np.float64) * counts_per_cm_s2)
+    if np.abs(scaled).max(initial=0) > INT32_MAX:
+        raise CorpusError(
+            f"record peak {np.abs(acc).max():.4g} cm/s^2 overflows int32 at "
+            f"{counts_per_cm_s2:g} counts per cm/s^2"
+        )
+    return scaled.astype(np.int32)
+
+
+def write_record(
+    path: Path,
+    acc: np.ndarray,
+    station: str,
+    network: str = "XX",
+    starttime: str = DEFAULT_STARTTIME,
+    counts_per_cm_s2: float = DEFAULT_COUNTS_PER_CM_S2,
+    sampling_rate: float = SAMPLING_RATE,
+) -> None:
+    """Write one 3-component record (3, T) in cm/s^2 as int32 MiniSEED."""
+    acc = np.asarray(acc)
+    if acc.ndim != 2 or acc.shape[0] != 3:
+        raise CorpusError(f"record must have shape (3, T), got {acc.shape}")
+    counts = to_counts(acc, counts_per_cm_s2)
+    traces = []
+    for channel, data in zip(CHANNELS, counts):
+        header = {
+            "network": network[:2],
+            "station": station[:5],
+            "location": "",
+            "channel": channel,
+            "sampling_rate": sampling_rate,
+            "starttime": UTCDateTime(starttime),
+        }
+        traces.append(Trace(data=np.ascontiguousarray(data), header=header))
+    Stream(traces).write(str(path), format="MSEED", encoding="STEIM2", reclen=4096)
+
+
+def read_record(path: Path, counts_per_cm_s2: float = DEFAULT_COUNTS_PER_CM_S2) -> np.ndarray:
+    """Read one canonical record -> (3, T) float32 cm/s^2 in E, N, U order."""
+    try:
+        stream = read(str(path), format="MSEED")
+    except Exception as exc:  # obspy raises many types on corrupt input
+        raise CorpusError(f"{path}: unreadable MiniSEED ({exc})") from None
+    by_component = {tr.stats.channel[-1]: tr for tr in stream}
+    missing = [c for c, ch in zip(COMPONENTS, CHANNELS) if ch[-1] not in by_component]
+    if missing:
+        raise CorpusError(f"{path}: missing component(s) {missing}")
+    traces = [by_component[ch[-1]] for ch in CHANNELS]
+    lengths = {len(tr.data) for tr in traces}
+    if len(lengths) != 1:
+        raise CorpusError(f"{path}: components have unequal lengths {sorted(lengths)}")
+    data = np.stack([tr.data.astype(np.float64) for tr in traces])
+    return (data / counts_per_cm_s2).astype(np.float32)
+
+
+def _atomic_dir(out_dir: Path) -> Path:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+
+
+def replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Move a completed temporary folder over `out_dir` (old contents removed only after)."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def write_corpus(
+    out_dir: str | Path,
+    waveforms: np.ndarray,
+    records: pd.DataFrame,
+    stations: pd.DataFrame,
+    network: str = "XX",
+) -> None:
+    """Write a whole corpus folder atomically.
+
+    `records` needs columns record_id and station; optional starttime and counts_per_cm_s2
+    (defaults filled in). The `file` column is set here.
+    """
+    out_dir = Path(out_dir)
+    waveforms = np.asarray(waveforms)
+    if waveforms.ndim != 3 or waveforms.shape[1] != 3:
+        raise CorpusError(f"waveforms must have shape (n, 3, T), got {waveforms.shape}")
+    if len(records) != len(waveforms):
+        raise CorpusError(f"{len(records)} metadata rows for {len(waveforms)} waveforms")
+    for column in ("record_id", "station"):
+        if column not in records.columns:
+            raise CorpusError(f"records table needs a {column!r} column")
+    if records["record_id"].duplicated().any():
+        dup = records.loc[records["record_id"].duplicated(), "record_id"].iloc[0]
+        raise CorpusError(f"duplicate record_id {dup!r}")
+    if "station" not in stations.columns:
+        raise CorpusError("stations table needs a 'station' column")
+
+    records = records.copy()
+    records["station"] = records["station"].astype(str)
+    if "starttime" not in records.columns:
+        records["starttime"] = DEFAULT_STARTTIME
+    if "counts_per_cm_s2" not in records.columns:
+        records["counts_per_cm_s2"] = DEFAULT_COUNTS_PER_CM_S2
+    records["file"] = [f"records/{rid}.mseed" for rid in records["record_id"]]
+
+    tmp = _atomic_dir(out_dir)
+    try:
+        (tmp / "records").mkdir()
+        for row, acc in zip(records.itertuples(index=False), waveforms):
+            write_record(
+                tmp / row.file, acc, row.station, network=network, starttime=str(row.starttime),
+                counts_per_cm_s2=float(row.counts_per_cm_s2),
+            )
+        records.to_csv(tmp / "records.csv", index=False, float_format="%.6g")
+        stations.to_csv(tmp / "stations.csv", index=False, float_format="%.6g")
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_tables(corpus_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """records.csv and stations.csv with station codes kept as strings ('0205')."""
+    corpus_dir = Path(corpus_dir)
+    tables = []
+    for name in ("records.csv", "stations.csv"):
+        path = corpus_dir / name
+        if not path.exists():
+            raise CorpusError(f"{corpus_dir}: not a corpus folder (no {name})")
+        tables.append(pd.read_csv(path, dtype={"station": str, "record_id": str}))
+    return tables[0], tables[1]
+
+
+def read_corpus(corpus_dir: str | Path, stations: list[str] | None = None) -> Corpus:
+    """Load a corpus folder (optionally only some stations) into memory."""
+    corpus_dir = Path(corpus_dir)
+    records, station_table = read_tables(corpus_dir)
+    if stations is not None:
+        records = records[records["station"].isin(stations)].reset_index(drop=True)
+    waveforms = [
+        read_record(corpus_dir / row.file, float(row.counts_per_cm_s2))
+        for row in records.itertuples(index=False)
+    ]
+    lengths = {w.shape[1] for w in waveforms}
+    if len(lengths) > 1:
+        raise CorpusError(f"{corpus_dir}: records of unequal lengths {sorted(lengths)}")
+    n_samples = lengths.pop() if lengths else N_SAMPLES
+    array = np.stack(waveforms) if waveforms else np.zeros((0, 3, n_samples), np.float32)
+    return Corpus(array, records, station_table)
