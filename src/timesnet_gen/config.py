@@ -36,17 +36,19 @@ class SiteSpec:
     damping: float  # soil damping ratio
     second_f0: float = 0.0  # Hz, a second (shallower) resonance; 0 = none
     second_impedance: float = 1.0
-    p_spread: float = 0.0  # extra lognormal f0 scatter of a fraction of records (broad sites)
+    outlier_fraction: float = 0.0  # fraction of records drawn with the wider spread below
+    outlier_sigma_ln: float = 0.0
 
 
 def _default_targets() -> dict[str, SiteSpec]:
     # Medians, spreads and peak heights follow the table in PAPER.md (authors' result files).
     return {
-        "0205": SiteSpec(2.6, 0.12, 1.7, 0.08, second_f0=6.5, second_impedance=1.5, p_spread=0.6),
-        "1716": SiteSpec(6.1, 0.07, 3.0, 0.05),
-        "2020": SiteSpec(5.17, 0.06, 2.2, 0.06),
-        "3130": SiteSpec(11.74, 0.04, 3.8, 0.04),
-        "4628": SiteSpec(1.83, 0.025, 6.0, 0.03),
+        "0205": SiteSpec(2.6, 0.12, 2.8, 0.07, second_f0=6.5, second_impedance=2.6,
+                         outlier_fraction=0.2, outlier_sigma_ln=0.5),
+        "1716": SiteSpec(6.1, 0.05, 6.0, 0.05, outlier_fraction=0.25, outlier_sigma_ln=0.35),
+        "2020": SiteSpec(5.17, 0.07, 3.2, 0.06),
+        "3130": SiteSpec(11.74, 0.04, 7.0, 0.04),
+        "4628": SiteSpec(1.83, 0.03, 12.0, 0.03),
     }
 
 
@@ -72,7 +74,7 @@ class SynthParams:
     kappa0_s: float = 0.03
     q0: float = 180.0  # Q(f) = q0 * f**q_eta
     q_eta: float = 0.45
-    noise_level: float = 0.002  # pre-event noise, fraction of the record's peak
+    noise_level: float = 0.02  # ambient noise rms, fraction of the record peak
 
 
 @dataclass
@@ -139,22 +141,47 @@ class GenerateParams:
 
 @dataclass
 class VaeParams:
-    n_fft: int = 256
-    hop: int = 32
+    """Spectrogram conditional-VAE baseline (models/cvae.py, vae.py); CPU default profile."""
+
+    n_fft: int = 256  # STFT window, samples (2.56 s at 100 Hz), Hann
+    hop: int = 32  # STFT hop, samples (0.32 s)
+    log_eps: float = 1.0e-4  # log(|X| + eps) floor, in units of the record's peak
     latent_dim: int = 64
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64])
-    condition_encoder: bool = False
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64])  # conv widths
+    condition_encoder: bool = False  # also feed the station one-hot to the encoder
     epochs: int = 30
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     beta: float = 1.0
-    beta_warmup_epochs: int = 10
+    beta_warmup_epochs: int = 10  # beta ramps linearly from beta/warmup to beta
     free_bits: float = 0.05  # nats per latent dimension
     griffin_lim_iters: int = 64
+    griffin_lim_momentum: float = 0.99  # fast Griffin-Lim; 0 = classic
     n_per_station: int = 50
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.n_fft >= 8 and self.n_fft % 2 == 0, "vae.n_fft must be an even number >= 8"),
+            (0 < self.hop <= self.n_fft // 2, "vae.hop must be in 1..n_fft/2 (overlap for istft)"),
+            (self.log_eps > 0, "vae.log_eps must be > 0"),
+            (self.latent_dim >= 1, "vae.latent_dim must be >= 1"),
+            (len(self.channels) >= 1 and min(self.channels, default=0) >= 1,
+             "vae.channels must be a non-empty list of positive widths"),
+            (self.epochs >= 1 and self.batch_size >= 1, "vae.epochs and vae.batch_size must be >= 1"),
+            (self.lr > 0 and self.weight_decay >= 0 and self.grad_clip >= 0,
+             "vae.lr must be > 0, vae.weight_decay and vae.grad_clip >= 0"),
+            (self.beta >= 0 and self.beta_warmup_epochs >= 0 and self.free_bits >= 0,
+             "vae.beta, vae.beta_warmup_epochs and vae.free_bits must be >= 0"),
+            (self.griffin_lim_iters >= 0 and 0 <= self.griffin_lim_momentum < 1,
+             "vae.griffin_lim_iters must be >= 0 and vae.griffin_lim_momentum in [0, 1)"),
+            (self.n_per_station >= 1, "vae.n_per_station must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ParamsError(message)
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,6 +205,19 @@ class EvaluateParams:
         default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0]
     )
     damping: float = 0.05
+    nfft: int = 0  # FFT length; 0 = the padded length (paper: 6000 + 2 * 6000 = 18000)
+    highpass_method: Literal["filtfilt", "spectral"] = "spectral"  # same |H|^2; see spectra.py
+    v_floor: float = 1e-12  # smoothed V floored here before H / V
+    grid: Literal["fft", "log"] = "fft"  # HVSR centres: FFT bins in band (paper) or log-spaced
+    n_grid_points: int = 200  # centres of the log grid
+    smoothing_tol: float = 1e-13  # kernel truncation / low-rank tolerance (relative)
+    min_cycles: float = 10.0  # a record must last min_cycles / fmin seconds
+    nearest_method: Literal["lognormal", "histogram"] = "lognormal"
+    sigma_ln_floor: float = 0.01  # lower bound of a station's lognormal f0 spread
+    duration_range: list[float] = field(default_factory=lambda: [0.05, 0.95])  # D5-95
+    fas_fmin: float = 0.1  # Hz, Konno-Ohmachi smoothed FAS centres (log-spaced)
+    fas_fmax: float = 25.0
+    fas_n_points: int = 100
 
 
 @dataclass
