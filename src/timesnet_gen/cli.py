@@ -11,6 +11,7 @@ import sys
 
 COMMANDS = {
     "synth": ("timesnet_gen.corpus.synth", "simulate the physics-based default corpus"),
+    "check-corpus": ("timesnet_gen.corpus.check", "validate the corpus (HVSR f0 vs truth), overview figure"),
     "ingest": ("timesnet_gen.io.ingest", "convert real records (AFAD .mat/.asc, obspy formats)"),
     "export": ("timesnet_gen.io.export", "export records as MiniSEED, SAC or .npz"),
     "prepare": ("timesnet_gen.prepare", "stack the corpus and make the seeded splits"),

@@ -19,7 +19,6 @@ real AFAD data cannot give.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import pandas as pd
 from timesnet_gen.config import SiteSpec, SynthParams, load_params
 from timesnet_gen.corpus.format import write_corpus
 from timesnet_gen.corpus.pin import verify
+from timesnet_gen.evaluation.smoothing import smooth
 
 BETA_KM_S = 3.5  # crustal shear-wave speed
 ALPHA_KM_S = 6.0  # crustal P-wave speed
@@ -125,9 +125,12 @@ def theoretical_hvsr(site: Site, weight: np.ndarray | None = None, n_fft: int = 
     times a bedrock spectrum `weight` (on the rfft grid without DC; flat if None), each smoothed
     with the paper's kernel (Gaussian in ln f, b = 40) on the 1/180 Hz grid, then divided.
     Returns (freqs in 1-20 Hz, hvsr)."""
-    f, centres, w = _paper_kernel(n_fft, fs, b)
+    f = np.fft.rfftfreq(n_fft, 1.0 / fs)[1:]
+    centres = f[(f >= 1.0) & (f <= 20.0)]
     weight = np.ones_like(f) if weight is None else weight
-    return centres, (w @ (sh_transfer(f, site) * weight)) / (w @ (p_transfer(f, site) * weight))
+    h, v = smooth(np.stack([sh_transfer(f, site), p_transfer(f, site)]) * weight, f, centres,
+                  kind="paper", bandwidth=b)
+    return centres, h / v
 
 
 def typical_bedrock_spectrum(p: SynthParams, n_fft: int = 18000, fs: float = 100.0):
@@ -139,14 +142,6 @@ def typical_bedrock_spectrum(p: SynthParams, n_fft: int = 18000, fs: float = 100
     f = np.fft.rfftfreq(n_fft, 1.0 / fs)[1:]
     return source_spectrum(f, mw, p.stress_drop_bar) * path_and_site_decay(
         f, r, p.q0, p.q_eta, p.kappa0_s)
-
-
-@functools.lru_cache(maxsize=2)
-def _paper_kernel(n_fft: int, fs: float, b: float):
-    f = np.fft.rfftfreq(n_fft, 1.0 / fs)[1:]
-    centres = f[(f >= 1.0) & (f <= 20.0)]
-    w = np.exp(-b * np.log(f[None, :] / centres[:, None]) ** 2)
-    return f, centres, w / w.sum(axis=1, keepdims=True)
 
 
 def calibrate_site(spec: SiteSpec, weight: np.ndarray | None = None) -> tuple[Site, float]:

@@ -1,0 +1,42 @@
+# The two commands of the README:
+#   make reproduce   set up .venv, materialise the pinned corpus, run the whole DVC pipeline
+#   make test        pytest, including a tiny end-to-end DVC pipeline run
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup corpus reproduce test bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+# data/raw is pinned by data.dvc: synthesise it when absent, check it against the pin either way.
+corpus: setup
+	@if [ ! -f data/raw/records.csv ]; then \
+	  $(BIN)/timesnet-gen synth --params params.yaml --out data/raw --verify data.dvc; \
+	else \
+	  $(BIN)/python -c 'from timesnet_gen.corpus.pin import verify; verify("data/raw", "data.dvc")' \
+	    && echo "data/raw matches data.dvc"; \
+	fi
+	$(BIN)/dvc commit -q -f data.dvc
+
+reproduce: corpus
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/pytest
+
+bench: setup
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,118 @@
+"""Benchmark: fused vs naive Inception in one TimesBlock, and training throughput.
+
+    .venv/bin/python benchmarks/bench_model.py [--threads 2] [--paper-seq-len 1000]
+
+Prints forward+backward seconds per record of one TimesBlock with the fused Inception (one conv
+with the averaged kernel) and the naive one (num_kernels convs), at the CPU profile and at the
+paper's widths (d_model 128, d_ff 256, num_kernels 6; batch 2; on CPU a shorter sequence than
+6000, printed), their ratio, and the training throughput (records/s, forward + backward +
+AdamW step) of the default profile in params.yaml with an estimate of both phases' wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict
+
+import torch
+
+from timesnet_gen.config import load_params
+from timesnet_gen.models.timesnet import TimesBlock, TimesNetConfig, TimesNetGen
+
+
+def block_time(cfg: TimesNetConfig, batch: int, repeats: int, device: torch.device) -> float:
+    """Seconds per record of TimesBlock forward + backward (median of `repeats`)."""
+    torch.manual_seed(0)
+    block = TimesBlock(cfg).to(device)
+    x = torch.randn(batch, cfg.seq_len, cfg.d_model, device=device, requires_grad=True)
+    cond = torch.eye(cfg.n_stations, device=device)[torch.arange(batch) % cfg.n_stations]
+    times = []
+    for i in range(repeats + 1):  # first run = warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        block(x, cond).square().mean().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2] / batch
+
+
+def compare(name: str, cfg: TimesNetConfig, batch: int, repeats: int,
+            device: torch.device) -> None:
+    naive = TimesNetConfig(**{**asdict(cfg), "fused_inception": False})
+    tf = block_time(cfg, batch, repeats, device)
+    tn = block_time(naive, batch, repeats, device)
+    print(f"{name:<34} d_model {cfg.d_model:>3} d_ff {cfg.d_ff:>3} kernels {cfg.num_kernels} "
+          f"T {cfg.seq_len:>5} batch {batch}: fused {tf * 1e3:8.1f} ms/record, naive "
+          f"{tn * 1e3:8.1f} ms/record, naive/fused = {tn / tf:.2f}x", flush=True)
+
+
+def throughput(cfg: TimesNetConfig, batch: int, steps: int, device: torch.device,
+               conditioned: bool) -> float:
+    """Training records/s: forward + backward + clip + AdamW step, batch of `batch`."""
+    torch.manual_seed(0)
+    model = TimesNetGen(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = 10 * torch.randn(batch, cfg.c_in, cfg.seq_len, device=device)
+    station = (torch.arange(batch, device=device) % cfg.n_stations) if conditioned else None
+    noise = torch.full((cfg.d_model,), 0.1, device=device) if conditioned else None
+    t0 = 0.0
+    for i in range(steps + 1):
+        if i == 1:  # skip the warm-up step
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        loss = torch.mean((model(x, station, noise) - x) ** 2)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--paper-seq-len", type=int, default=1000,
+                        help="sequence length at paper widths (6000 = paper; slow on CPU)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="training steps timed")
+    parser.add_argument("--pretrain-records", type=int, default=360)
+    parser.add_argument("--finetune-records", type=int, default=260)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    params = load_params(args.params)
+    cpu_cfg = TimesNetConfig(**asdict(params.model), n_stations=len(params.data.target_stations))
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads")
+
+    compare("CPU profile (params.yaml)", cpu_cfg, 4, args.repeats, device)
+    paper = TimesNetConfig(**{**asdict(cpu_cfg), "d_model": 128, "d_ff": 256, "num_kernels": 6,
+                              "seq_len": args.paper_seq_len})
+    compare("paper widths", paper, 2, args.repeats, device)
+
+    bs_pre, bs_ft = params.train.pretrain.batch_size, params.train.finetune.batch_size
+    r_pre = throughput(cpu_cfg, bs_pre, args.steps, device, conditioned=False)
+    r_ft = throughput(cpu_cfg, bs_ft, args.steps, device, conditioned=True)
+    print(f"training throughput, default profile: pretrain {r_pre:.2f} records/s "
+          f"(batch {bs_pre}), finetune {r_ft:.2f} records/s (batch {bs_ft}, conditioned, noise)")
+    # validation / std passes are forward only (about 1/3 of a training step)
+    e_pre, e_ft = params.train.pretrain.epochs, params.train.finetune.epochs
+    n_pre, n_ft = args.pretrain_records, args.finetune_records
+    t_pre = e_pre * (n_pre / r_pre + 0.25 * n_pre / 3 / r_pre) + n_pre / 3 / r_pre
+    t_ft = e_ft * (n_ft / r_ft + n_ft / 3 / r_ft)
+    print(f"estimated training wall time: pretrain {e_pre} epochs x {n_pre} records "
+          f"{t_pre / 60:.1f} min + finetune {e_ft} epochs x {n_ft} records {t_ft / 60:.1f} min "
+          f"= {(t_pre + t_ft) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,467 @@
+"""`ingest` stage: folders of real records -> the canonical corpus folder (data/raw).
+
+    timesnet-gen ingest SRC... --out data/raw [--target-stations 0205 1716 ...]
+                        [--window first|p_aligned|energy] [--min-duration-s 10] [--strict]
+
+Formats: AFAD .mat (EQ.anEQ struct or `signal` array), AFAD ASCII .asc (one file per
+component, grouped by folder, station, event and file stem), and every format obspy reads
+(MiniSEED, SAC, GSE2, K-NET, SEISAN, ...). Each record is converted to cm/s^2, resampled to
+100 Hz with an anti-aliasing filter when needed, and cut to a 6000-sample window
+(default `first`, the paper's). Anything unusable is skipped and listed with its reason in
+`quarantine.csv` in the output folder; `--strict` turns any skip into exit code 1 and writes
+nothing. Source files are only read. The output folder is replaced atomically, so a failed
+ingest leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from obspy import UTCDateTime
+from tqdm import tqdm
+
+from timesnet_gen.corpus.format import (
+    DEFAULT_COUNTS_PER_CM_S2,
+    DEFAULT_STARTTIME,
+    INT32_MAX,
+    N_SAMPLES,
+    SAMPLING_RATE,
+    replace_dir,
+    write_corpus,
+)
+from timesnet_gen.io.quarantine import Quarantine, SkipRecord
+from timesnet_gen.io.readers import (
+    RawRecord,
+    parse_afad_asc,
+    read_afad_asc,
+    read_afad_mat,
+    read_obspy,
+)
+from timesnet_gen.io.stations import normalize_station, safe_code, station_from_name
+from timesnet_gen.io.windowing import (
+    RATE_RTOL,
+    WINDOW_MODES,
+    cut,
+    resample,
+    resample_factors,
+    window_start,
+)
+
+# Not records: documents, tables, pictures, archives (unpack those first), code.
+IGNORED_SUFFIXES = {
+    ".md", ".txt", ".rst", ".pdf", ".csv", ".json", ".xml", ".yaml", ".yml", ".html", ".htm",
+    ".png", ".jpg", ".jpeg", ".gif", ".svg", ".log", ".py", ".m", ".ipynb", ".kml", ".dvc",
+    ".zip", ".tar", ".gz", ".tgz", ".7z", ".rar",
+}
+
+
+@dataclass
+class IngestOptions:
+    """Command-line options of `ingest` (defaults are the paper's choices where it has one)."""
+
+    window: str = "first"  # first | p_aligned | energy
+    p_lead_s: float = 5.0  # s of signal kept before the P pick in p_aligned mode
+    min_duration_s: float = 10.0  # s; shorter records are quarantined (shorter than 60 s are
+    # zero-padded at the end, as in the paper)
+    min_rate_hz: float = 50.0  # Hz; lower rates cannot carry the 0.5-20 Hz HVSR band
+    default_rate_hz: float | None = None  # Hz, for files without a rate (else quarantined)
+    scale: float = 1.0  # cm/s^2 per input unit for obspy formats (100 for m/s^2)
+    target_stations: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.window not in WINDOW_MODES:
+            raise ValueError(f"unknown window {self.window!r}; choose {', '.join(WINDOW_MODES)}")
+        if self.min_duration_s < 0 or self.p_lead_s < 0 or self.scale <= 0:
+            raise ValueError("min_duration_s and p_lead_s must be >= 0 and scale > 0")
+        self.target_stations = tuple(normalize_station(s) for s in self.target_stations)
+
+
+@dataclass
+class IngestResult:
+    waveforms: np.ndarray  # (n, 3, 6000) float32 cm/s^2, rows aligned with records
+    records: pd.DataFrame
+    stations: pd.DataFrame
+    quarantine: Quarantine
+    ignored: Counter = field(default_factory=Counter)  # kind of file not read -> count
+    n_files: int = 0
+
+
+# ------------------------------------------------------------------------------------------
+# discovery
+
+
+def _ignored_kind(path: Path) -> str | None:
+    """Why a file is not a record candidate (macOS metadata, hidden, documents), else None."""
+    if path.name.startswith("._") or "__MACOSX" in path.parts:
+        return "macOS metadata (._*)"
+    if path.name.startswith("."):
+        return "hidden file"
+    if path.suffix.lower() in IGNORED_SUFFIXES:
+        return f"{path.suffix.lower()} file"
+    return None
+
+
+def discover(
+    sources: Iterable[str | Path], exclude: Path | None = None
+) -> tuple[list[Path], Counter]:
+    """Candidate record files under `sources` (files or folders, recursive, sorted).
+
+    Returns (files, ignored kinds -> count). Hidden folders and `exclude` (the output folder,
+    so that re-running into a folder inside SRC does not ingest the previous corpus) are skipped.
+    """
+    files: list[Path] = []
+    ignored: Counter = Counter()
+    exclude = exclude.resolve() if exclude is not None else None
+    for source in sources:
+        source = Path(source)
+        if not source.exists():
+            raise FileNotFoundError(f"source {source} does not exist")
+        if source.is_file():
+            candidates = [source]
+        else:
+            candidates = []
+            for root, dirs, names in os.walk(source):
+                root_path = Path(root)
+                dirs[:] = sorted(
+                    d for d in dirs if not d.startswith(".") and d != "__MACOSX"
+                    and (exclude is None or (root_path / d).resolve() != exclude)
+                )
+                candidates += [root_path / n for n in sorted(names)]
+        for path in candidates:
+            kind = _ignored_kind(path)
+            if kind:
+                ignored[kind] += 1
+            else:
+                files.append(path)
+    return files, ignored
+
+
+# ------------------------------------------------------------------------------------------
+# one record -> canonical window
+
+
+def check_samples(data: np.ndarray, rate: float, min_duration_s: float) -> None:
+    """Raise SkipRecord for NaN/inf, a flat (dead) channel or a too short record. data: (3, N)."""
+    bad = ~np.isfinite(data)
+    if bad.any():
+        comps = [c for c, b in zip("ENU", bad.any(axis=1)) if b]
+        raise SkipRecord("nan_or_inf", f"{int(bad.sum())} NaN/inf sample(s) in {'/'.join(comps)}")
+    duration = data.shape[1] / rate
+    if duration < min_duration_s:
+        raise SkipRecord("too_short", f"{duration:.2f} s < --min-duration-s {min_duration_s:g} s")
+    flat = [c for c, p in zip("ENU", np.ptp(data, axis=1)) if p < 1e-9]
+    if flat:
+        raise SkipRecord("flat_channel", f"component(s) {'/'.join(flat)} constant (dead channel)")
+
+
+def to_canonical(record: RawRecord, options: IngestOptions) -> tuple[np.ndarray, dict]:
+    """RawRecord -> ((3, 6000) float64 cm/s^2 at 100 Hz, metadata row), or SkipRecord."""
+    if not record.station:
+        raise SkipRecord("unknown_station", "no station code in the header nor the file name")
+    rate = record.sampling_rate or options.default_rate_hz
+    if rate is None or not np.isfinite(rate) or rate <= 0:
+        raise SkipRecord("unknown_sampling_rate", "the file gives no sampling rate "
+                         "(pass --default-rate-hz if you know it)")
+    near_100 = abs(rate - SAMPLING_RATE) <= RATE_RTOL * SAMPLING_RATE
+    if rate < options.min_rate_hz or not (near_100 or resample_factors(rate)):
+        raise SkipRecord("unsupported_sampling_rate", f"{rate:g} Hz (need >= "
+                         f"{options.min_rate_hz:g} Hz and a small rational ratio to 100 Hz)")
+    check_samples(record.data, rate, options.min_duration_s)
+    data = resample(record.data, rate)  # (3, M) at 100 Hz
+    start, used, p_pick_s = window_start(
+        data, options.window, SAMPLING_RATE, record.meta.get("p_pick_s"), options.p_lead_s,
+        N_SAMPLES,
+    )
+    window = cut(data, start, N_SAMPLES)
+    peak = float(np.abs(window).max())
+    if peak * DEFAULT_COUNTS_PER_CM_S2 > INT32_MAX:
+        raise SkipRecord("overflow", f"peak {peak:.4g} cm/s^2 exceeds the canonical int32 range")
+    begin = record.starttime
+    row = {
+        "station": record.station,
+        "network": record.network,
+        "location": record.location,
+        "starttime": str((begin or UTCDateTime(DEFAULT_STARTTIME)) + start / SAMPLING_RATE),
+        "record_starttime": str(begin) if begin is not None else "",
+        "sampling_rate_original": rate,
+        "n_samples_original": record.data.shape[1],
+        "duration_s_original": record.data.shape[1] / rate,
+        "window": used,
+        "window_start_s": start / SAMPLING_RATE,
+        "p_pick_s": p_pick_s,
+        **{k: v for k, v in record.meta.items() if k != "p_pick_s"},
+        "source_format": record.fmt,
+        "source_path": ";".join(record.sources),
+    }
+    return window, row
+
+
+def _record_id(row: dict, taken: set[str]) -> str:
+    """'<station>_<YYYYmmddTHHMMSS of the first sample>', suffixed _2, _3 ... when taken."""
+    station = safe_code(row["station"]) or "XXXX"
+    if row["record_starttime"]:
+        stamp = UTCDateTime(row["record_starttime"]).strftime("%Y%m%dT%H%M%S")
+    else:
+        stamp = safe_code(Path(row["source_path"].split(";")[0]).stem)[:40] or "unknown"
+    base = rid = f"{station}_{stamp}"
+    k = 2
+    while rid in taken:
+        rid, k = f"{base}_{k}", k + 1
+    return rid
+
+
+def _fingerprint(window: np.ndarray) -> str:
+    # samples at the canonical precision (1e-5 cm/s^2), so re-reads of one record match
+    counts = np.rint(window * DEFAULT_COUNTS_PER_CM_S2).astype(np.int64)
+    return hashlib.sha1(counts.tobytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------
+# the whole run
+
+
+def _read_file(path: Path, options: IngestOptions, asc_parts: list) -> list:
+    """Read one file: [(paths, RawRecord | SkipRecord)]; .asc parts are grouped later."""
+    suffix = path.suffix.lower()
+    known = options.target_stations
+    try:
+        if suffix == ".mat":
+            return [([str(path)], r) for r in read_afad_mat(path, known)]
+        if suffix == ".asc":
+            try:
+                asc_parts.append(parse_afad_asc(path))
+                return []
+            except SkipRecord as not_afad:
+                try:  # not AFAD ASCII: obspy may know it (SH_ASC, TSPAIR ...)
+                    return [([str(path)], r) for r in read_obspy(path, options.scale, known)]
+                except SkipRecord:
+                    raise not_afad from None
+        return [([str(path)], r) for r in read_obspy(path, options.scale, known)]
+    except SkipRecord as skip:
+        skip.station = skip.station or station_from_name(path, known) or ""
+        return [([str(path)], skip)]
+    except Exception as exc:  # a reader tripping over odd content must not stop the run
+        skip = SkipRecord("unreadable", f"{path.name}: {type(exc).__name__}: {exc}",
+                          station_from_name(path, known) or "")
+        return [([str(path)], skip)]
+
+
+def station_table(records: pd.DataFrame, targets: tuple[str, ...]) -> pd.DataFrame:
+    """One row per station: role, f0_true_hz (empty: unknown for real data), site metadata."""
+    rows = []
+    for station, group in records.groupby("station", sort=True):
+        def first(column: str) -> object:
+            if column not in group:
+                return None
+            values = group[column].dropna()
+            values = values[values.astype(str) != ""]
+            return values.iloc[0] if len(values) else None
+
+        rows.append({
+            "station": station,
+            "network": first("network"),
+            "role": "target" if station in targets else "pretrain",
+            "f0_true_hz": None,
+            "vs30": first("vs30"),
+            "site_class": first("site_class"),
+            "latitude": first("station_latitude"),
+            "longitude": first("station_longitude"),
+            "elevation_m": first("station_elevation_m"),
+            "station_name": first("station_name"),
+            "n_records": len(group),
+        })
+    return pd.DataFrame(rows, columns=[
+        "station", "network", "role", "f0_true_hz", "vs30", "site_class", "latitude",
+        "longitude", "elevation_m", "station_name", "n_records",
+    ])
+
+
+def collect(
+    sources: Iterable[str | Path],
+    options: IngestOptions | None = None,
+    exclude: Path | None = None,
+    progress: bool = False,
+) -> IngestResult:
+    """Read, check, resample and window every record under `sources` (writes nothing)."""
+    options = options or IngestOptions()
+    files, ignored = discover(sources, exclude)
+    items: list[tuple[list[str], RawRecord | SkipRecord]] = []
+    asc_parts: list = []
+    for path in tqdm(files, desc="ingest", unit="file", disable=not progress):
+        items += _read_file(path, options, asc_parts)
+    items += read_afad_asc(asc_parts, options.target_stations)
+
+    quarantine = Quarantine()
+    windows, rows, taken = [], [], set()
+    seen: dict[tuple, str] = {}  # (station, start s, fingerprint) -> first source
+    for paths, item in items:
+        where = ";".join(paths)
+        if isinstance(item, SkipRecord):
+            quarantine.add_skip(where, item)
+            continue
+        try:
+            window, row = to_canonical(item, options)
+        except SkipRecord as skip:
+            quarantine.add_skip(where, skip, item.station)
+            continue
+        except (ValueError, ArithmeticError) as exc:  # odd samples the checks did not foresee
+            quarantine.add(where, "unreadable", f"{type(exc).__name__}: {exc}", item.station)
+            continue
+        start_key = round(float(UTCDateTime(row["record_starttime"]).timestamp)) if \
+            row["record_starttime"] else None
+        key = (row["station"], start_key, _fingerprint(window))
+        if key in seen:
+            quarantine.add(where, "duplicate", f"same station, start time and samples as "
+                           f"{seen[key]}", row["station"])
+            continue
+        seen[key] = where
+        row["record_id"] = _record_id(row, taken)
+        taken.add(row["record_id"])
+        windows.append(window)
+        rows.append(row)
+
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["record_id"])
+    records = pd.DataFrame([rows[i] for i in order], columns=None if rows else
+                           ["record_id", "station", "starttime"])
+    if len(records):
+        first_columns = ["record_id", "station", "starttime"]
+        records = records[first_columns + [c for c in records.columns if c not in first_columns]]
+    waveforms = (np.stack([windows[i] for i in order]).astype(np.float32) if windows
+                 else np.zeros((0, 3, N_SAMPLES), np.float32))
+    stations = station_table(records, options.target_stations) if len(records) else \
+        pd.DataFrame(columns=["station", "role", "f0_true_hz"])
+    return IngestResult(waveforms, records, stations, quarantine, ignored, len(files))
+
+
+def summary(result: IngestResult, options: IngestOptions) -> str:
+    """Human-readable account: records read, per-station counts, skipped by reason."""
+    lines = [f"ingest: {len(result.records)} record(s) from {result.n_files} file(s), "
+             f"{len(result.quarantine)} skipped"]
+    if len(result.records):
+        counts = result.records["station"].value_counts().sort_index()
+        lines.append(f"  stations ({len(counts)}): " + ", ".join(
+            f"{s}{'*' if s in options.target_stations else ''}={n}" for s, n in counts.items()
+        ))
+    missing = [s for s in options.target_stations
+               if not len(result.records) or s not in set(result.records["station"])]
+    if missing:
+        lines.append(f"  WARNING: target station(s) without records: {', '.join(missing)}")
+    for reason, n in sorted(result.quarantine.counts().items()):
+        lines.append(f"  skipped {reason}: {n}")
+    for kind, n in sorted(result.ignored.items()):
+        lines.append(f"  ignored {kind}: {n} (not records)")
+    return "\n".join(lines)
+
+
+def write_output(result: IngestResult, out_dir: Path, options: IngestOptions,
+                 network: str = "") -> None:
+    """Corpus + quarantine.csv + ingest.json into a staging folder, then renamed over out_dir."""
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(f".{out_dir.name}.ingest-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    nets = [n for n in result.records.get("network", pd.Series(dtype=str)) if n]
+    network = network or (Counter(nets).most_common(1)[0][0] if nets else "XX")
+    try:
+        write_corpus(staging, result.waveforms, result.records, result.stations, network=network)
+        result.quarantine.write_csv(staging / "quarantine.csv")
+        info = {
+            "options": asdict(options),
+            "n_records": len(result.records),
+            "n_files": result.n_files,
+            "skipped": dict(result.quarantine.counts()),
+            "ignored": dict(result.ignored),
+            "per_station": {str(k): int(v) for k, v in
+                            result.records["station"].value_counts().sort_index().items()},
+        }
+        (staging / "ingest.json").write_text(json.dumps(info, indent=2) + "\n")
+        replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def ingest(
+    sources: Iterable[str | Path],
+    out_dir: str | Path,
+    options: IngestOptions | None = None,
+    strict: bool = False,
+    progress: bool = False,
+) -> IngestResult:
+    """Collect every record under `sources` and write the corpus folder `out_dir`.
+
+    Raises ValueError when nothing could be ingested, or (strict) when anything was skipped;
+    then, as after any exception, `out_dir` is left as it was.
+    """
+    options = options or IngestOptions()
+    out_dir = Path(out_dir)
+    result = collect(list(sources), options, exclude=out_dir, progress=progress)
+    if strict and len(result.quarantine):
+        lines = "\n".join(e.line() for e in result.quarantine.entries)
+        raise ValueError(f"--strict: {len(result.quarantine)} record(s) would be skipped; "
+                         f"nothing written\n{lines}")
+    if not len(result.records):
+        raise ValueError(f"no record could be ingested from {result.n_files} file(s); "
+                         f"{len(result.quarantine)} skipped:\n"
+                         + "\n".join(e.line() for e in result.quarantine.entries[:50]))
+    write_output(result, out_dir, options)
+    return result
+
+
+def build_parser(verb: str = "ingest") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"timesnet-gen {verb}",
+        description="Convert real strong-motion records (AFAD .mat/.asc, MiniSEED, SAC, K-NET, "
+        "any obspy format) into the canonical corpus folder. Unusable records are listed "
+        "in OUT/quarantine.csv.",
+    )
+    parser.add_argument("sources", nargs="+", type=Path, help="files or folders (recursive)")
+    parser.add_argument("--out", type=Path, default=Path("data/raw"), help="corpus folder "
+                        "(replaced atomically; default data/raw)")
+    parser.add_argument("--target-stations", nargs="*", default=[], metavar="CODE",
+                        help="stations marked role=target in stations.csv (e.g. 0205 1716)")
+    parser.add_argument("--window", choices=WINDOW_MODES, default="first",
+                        help="6000-sample window: first (paper, default), p_aligned, energy")
+    parser.add_argument("--p-lead-s", type=float, default=5.0,
+                        help="s kept before the P pick for --window p_aligned (default 5)")
+    parser.add_argument("--min-duration-s", type=float, default=10.0,
+                        help="quarantine records shorter than this (s, default 10)")
+    parser.add_argument("--min-rate-hz", type=float, default=50.0,
+                        help="quarantine records sampled below this (Hz, default 50)")
+    parser.add_argument("--default-rate-hz", type=float, default=None,
+                        help="rate for files that give none (default: quarantine them)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="cm/s^2 per input unit for obspy formats (default 1; 100 for m/s^2)")
+    parser.add_argument("--strict", action="store_true",
+                        help="any skipped record is an error (exit 1, nothing written)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str], verb: str = "ingest") -> int:
+    args = build_parser(verb).parse_args(argv)
+    try:
+        options = IngestOptions(
+            window=args.window, p_lead_s=args.p_lead_s, min_duration_s=args.min_duration_s,
+            min_rate_hz=args.min_rate_hz, default_rate_hz=args.default_rate_hz,
+            scale=args.scale, target_stations=tuple(args.target_stations),
+        )
+        result = ingest(args.sources, args.out, options, strict=args.strict,
+                        progress=not args.no_progress and sys.stderr.isatty())
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"timesnet-gen {verb}: {exc}", file=sys.stderr)
+        return 1
+    print(summary(result, options))
+    print(f"  wrote {args.out} ({len(result.records)} records; quarantine.csv lists "
+          f"{len(result.quarantine)} skipped)")
+    return 0

@@ -1,0 +1,29 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Tests share 2 cores: keep torch from oversubscribing them."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    torch.set_num_threads(1)
+    yield
+
+
+def shared_data(*parts: str) -> Path:
+    """Path under ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (real AFAD test records live in ../shared/data)")
+    return path
