@@ -167,8 +167,8 @@ def write_corpus(
                 tmp / row.file, acc, row.station, network=network, starttime=str(row.starttime),
                 counts_per_cm_s2=float(row.counts_per_cm_s2),
             )
-        records.to_csv(tmp / "records.csv", index=False, float_format="%.6g")
-        stations.to_csv(tmp / "stations.csv", index=False, float_format="%.6g")
+        records.to_csv(tmp / "records.csv", index=False, float_format="%.10g")
+        stations.to_csv(tmp / "stations.csv", index=False, float_format="%.10g")
         replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
