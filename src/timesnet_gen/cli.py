@@ -21,6 +21,7 @@ COMMANDS = {
     "train-vae": ("timesnet_gen.vae", "train the spectrogram conditional-VAE baseline"),
     "generate-vae": ("timesnet_gen.vae", "generate and reconstruct records with the VAE"),
     "evaluate": ("timesnet_gen.evaluation.cli", "HVSR, f0, specificity scores, intensity measures"),
+    "score": ("timesnet_gen.score", "the evaluate stage: every model vs all and held-out records"),
     "report": ("timesnet_gen.report", "score tables and the README results block"),
 }
 
