@@ -70,13 +70,13 @@ def test_konno_ohmachi_matches_obspy():
 
 
 def test_operator_is_cached_and_dense_matches_kernel():
-    freqs = fft_freqs(2000, FS)
+    freqs = fft_freqs(18000, FS)  # the paper grid (operator cached by the test above)
     centers = freqs[(freqs >= 1) & (freqs <= 20)]
     a = get_operator(freqs, centers, "paper", 40.0)
     assert get_operator(freqs, centers, "paper", 40.0) is a
     dense = a.dense()
     assert np.allclose(dense.sum(axis=1), 1.0, atol=1e-12)  # normalised to sum 1
-    assert a.cost < dense.size / 4  # compressed, not a dense matrix
+    assert a.cost < dense.size / 10  # compressed, not a dense matrix
 
 
 def _record_with_resonance(f_true: float, n: int, seed: int, damping: float = 0.05):
@@ -98,13 +98,15 @@ def _record_with_resonance(f_true: float, n: int, seed: int, damping: float = 0.
 def test_hvsr_peaks_at_known_transfer_function(f_true):
     freqs, curves = hvsr(_record_with_resonance(f_true, 4, seed=int(f_true * 10)), FS)
     assert freqs[0] == 1.0 and freqs[-1] == 20.0 and len(freqs) == 3421
-    peaks = f0(freqs, curves)
-    assert np.all(np.abs(peaks / f_true - 1) < 0.03), peaks
-    # H / V equals |T| smoothed by the same kernel, up to the noise of 4 records.
+    # H / V equals |T| smoothed by the same kernel, up to the noise of 4 records; smoothing in
+    # ln f moves the peak of an asymmetric resonance slightly down (-3 % at 11.7 Hz).
     grid = fft_freqs(18000, FS)
     r = grid / f_true
     transfer = 1.0 / np.sqrt((1 - r**2) ** 2 + (2 * 0.05 * r) ** 2)
     expected = smooth(transfer, grid, freqs)
+    peaks = f0(freqs, curves)
+    assert np.all(np.abs(peaks / freqs[np.argmax(expected)] - 1) < 0.01), peaks
+    assert np.all(np.abs(peaks / f_true - 1) < 0.04), peaks
     near = (freqs > 0.6 * f_true) & (freqs < 1.6 * f_true)  # leakage dominates far above
     assert np.allclose(np.median(curves, axis=0)[near], expected[near], rtol=0.2)
     assert np.isclose(np.median(curves.max(axis=1)), expected.max(), rtol=0.15)
@@ -126,8 +128,8 @@ def test_options_change_the_result_as_documented():
     assert len(log_f) == 200 and np.isclose(log_f[0], 1.0) and np.isclose(log_f[-1], 20.0)
     # The log-grid curve samples the same smoothed ratio at other centres.
     assert np.allclose(np.interp(log_f, base_f, base[0]), log_c[0], rtol=1e-3)
-    f_long, _ = hvsr(records, FS, EvaluateParams(nfft=36000))
-    assert np.isclose(f_long[1] - f_long[0], 1 / 360)
+    f_long, _ = hvsr(records, FS, EvaluateParams(nfft=36000, fmax=3.0))
+    assert np.isclose(f_long[1] - f_long[0], 1 / 360) and f_long[-1] == 3.0
     _, tapered = hvsr(records, FS, EvaluateParams(taper=0.1))
     assert not np.allclose(tapered, base) and np.allclose(tapered, base, rtol=0.2)
     with pytest.raises(RecordError, match="nfft"):

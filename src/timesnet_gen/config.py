@@ -22,6 +22,13 @@ class ParamsError(ValueError):
     """params.yaml does not match the schema."""
 
 
+def _require(checks: list[tuple[bool, str]]) -> None:
+    """Raise ParamsError with the message of the first failed check."""
+    for ok, message in checks:
+        if not ok:
+            raise ParamsError(message)
+
+
 # --------------------------------------------------------------------------------------------
 # data: corpus synthesis (data/raw, pinned by data.dvc) and the prepare stage (splits)
 
@@ -94,25 +101,41 @@ class DataParams:
 
 @dataclass
 class ModelParams:
-    d_model: int = 16
-    d_ff: int = 32
-    num_kernels: int = 3
-    e_layers: int = 2
-    top_k: int = 2
+    """TimesNet-Gen (models/timesnet.py). CPU profile; paper: 128 / 256 / 6 (README)."""
+
+    d_model: int = 16  # latent channels
+    d_ff: int = 32  # Inception hidden channels
+    num_kernels: int = 3  # Inception kernels 1, 3, ..., 2n-1
+    e_layers: int = 2  # TimesBlocks
+    top_k: int = 2  # FFT periods per TimesBlock
     dropout: float = 0.1
-    seq_len: int = 6000
-    conditioning: Literal["concat", "film", "none"] = "concat"
-    period_selection: Literal["batch", "sample"] = "batch"
-    fused_inception: bool = True
+    seq_len: int = 6000  # samples per record (must match the prepared data)
+    conditioning: Literal["concat", "film", "none"] = "concat"  # station-ID conditioning
+    period_selection: Literal["batch", "sample"] = "batch"  # batch = paper; sample = per record
+    fused_inception: bool = True  # one conv with the averaged kernel (same function, faster)
+
+    def __post_init__(self) -> None:
+        _require([(self.e_layers >= 1, "model.e_layers must be >= 1"),
+                  (0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)"),
+                  (self.seq_len >= 2 * self.top_k + 2, "model.seq_len too short for model.top_k")])
 
 
 @dataclass
 class PhaseParams:
+    """One training phase: AdamW, per-step cosine schedule, grad-norm clip."""
+
     epochs: int = 10
     batch_size: int = 16
     lr: float = 3e-4
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require([(self.epochs >= 1, f"train phase epochs must be >= 1, got {self.epochs}"),
+                  (self.batch_size >= 1, f"train phase batch_size must be >= 1, got "
+                   f"{self.batch_size}"),
+                  (self.lr > 0 and self.weight_decay >= 0 and self.grad_clip > 0,
+                   "train phase lr and grad_clip must be > 0, weight_decay >= 0")])
 
 
 @dataclass
@@ -122,17 +145,28 @@ class TrainParams:
     num_threads: int = 0  # torch CPU threads; 0 = torch default
     pretrain: PhaseParams = field(default_factory=lambda: PhaseParams(epochs=8, lr=3e-4))
     finetune: PhaseParams = field(default_factory=lambda: PhaseParams(epochs=6, lr=1e-4))
-    latent_noise_scale: float = 1.0  # multiplies the std vector in phase 1
+    latent_noise_scale: float = 1.0  # phase-1 latent noise std = scale * std vector (0 = off)
+
+    def __post_init__(self) -> None:
+        _require([(self.latent_noise_scale >= 0, "train.latent_noise_scale must be >= 0"),
+                  (self.num_threads >= 0, "train.num_threads must be >= 0")])
 
 
 @dataclass
 class GenerateParams:
+    """The paper's sampler: average the latents of k training records of a station."""
+
     n_per_station: int = 50
-    k: int = 5
-    weights: Literal["equal", "dirichlet"] = "equal"
+    k: int = 5  # real training records mixed per sample
+    weights: Literal["equal", "dirichlet"] = "equal"  # dirichlet = the paper's v3 variant
     dirichlet_alpha: float = 1.0
     seed: int = 0
-    batch_size: int = 16
+    batch_size: int = 16  # records per encode/decode batch
+
+    def __post_init__(self) -> None:
+        _require([(self.n_per_station >= 1, "generate.n_per_station must be >= 1"),
+                  (self.dirichlet_alpha > 0, "generate.dirichlet_alpha must be > 0"),
+                  (self.batch_size >= 1, "generate.batch_size must be >= 1")])
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,13 +182,15 @@ class VaeParams:
     log_eps: float = 1.0e-4  # log(|X| + eps) floor, in units of the record's peak
     latent_dim: int = 64
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64])  # conv widths
-    condition_encoder: bool = False  # also feed the station one-hot to the encoder
+    condition_encoder: bool = True  # also feed the station one-hot to the encoder
     epochs: int = 30
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    beta: float = 1.0
+    # KL weight; the loss divides the KL by the spectrogram size (3 x 128 x 188), so beta = 1 is
+    # the plain ELBO and ~1e3 is needed before the decoder relies on the station one-hot
+    beta: float = 1000.0
     beta_warmup_epochs: int = 10  # beta ramps linearly from beta/warmup to beta
     free_bits: float = 0.05  # nats per latent dimension
     griffin_lim_iters: int = 64
@@ -170,7 +206,8 @@ class VaeParams:
             (self.latent_dim >= 1, "vae.latent_dim must be >= 1"),
             (len(self.channels) >= 1 and min(self.channels, default=0) >= 1,
              "vae.channels must be a non-empty list of positive widths"),
-            (self.epochs >= 1 and self.batch_size >= 1, "vae.epochs and vae.batch_size must be >= 1"),
+            (self.epochs >= 1 and self.batch_size >= 1,
+             "vae.epochs and vae.batch_size must be >= 1"),
             (self.lr > 0 and self.weight_decay >= 0 and self.grad_clip >= 0,
              "vae.lr must be > 0, vae.weight_decay and vae.grad_clip >= 0"),
             (self.beta >= 0 and self.beta_warmup_epochs >= 0 and self.free_bits >= 0,

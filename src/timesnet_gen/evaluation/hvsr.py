@@ -44,7 +44,7 @@ def hvsr_details(
     records: np.ndarray,
     fs: float = 100.0,
     params: EvaluateParams | None = None,
-    chunk: int = 128,
+    chunk: int = 32,
     workers: int | None = None,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
@@ -83,7 +83,7 @@ def hvsr(
     fs: float = 100.0,
     params: EvaluateParams | None = None,
     on_bad: str = "raise",
-    chunk: int = 128,
+    chunk: int = 32,
     workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Smoothed HVSR curves of records (n, 3, T) in E, N, U order -> (freqs (F,), curves (n, F)).

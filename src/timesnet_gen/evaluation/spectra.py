@@ -153,4 +153,6 @@ def combine_horizontal(east: np.ndarray, north: np.ndarray, how: str = "geometri
         return 0.5 * (east + north)
     if how == "total":
         return np.sqrt(east**2 + north**2)
-    raise ValueError(f"unknown horizontal combination {how!r} (geometric, quadratic, arithmetic, total)")
+    raise ValueError(
+        f"unknown horizontal combination {how!r} (geometric, quadratic, arithmetic, total)"
+    )
