@@ -220,3 +220,18 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(prepared, tmp_path):
     fresh = TimesNetGen(model_config(tiny_params())).state_dict()
     assert not torch.equal(fresh["embed.weight"], a["embed.weight"])
     assert (tmp_path / "pretrain" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("section,raw,message", [
+    ("train", {"pretrain": {"epochs": 0}}, "epochs must be >= 1"),
+    ("train", {"finetune": {"lr": 0.0}}, "lr and grad_clip must be > 0"),
+    ("train", {"latent_noise_scale": -1.0}, "latent_noise_scale"),
+    ("model", {"dropout": 1.5}, "dropout"),
+    ("model", {"conditioning": "attention"}, "conditioning"),
+    ("train", {"pretrain": {"epochz": 3}}, "unknown key train.pretrain.epochz"),
+])
+def test_bad_training_params_are_named(section, raw, message):
+    from timesnet_gen.config import ParamsError
+
+    with pytest.raises(ParamsError, match=message):
+        params_from_dict({section: raw})

@@ -88,17 +88,30 @@ class Inception(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         # x (B, c_in, H, W), cond (B, S) or None -> (B, c_out, H, W)
-        if cond is not None and self.n_cond:
-            B, _, H, W = x.shape
-            x = torch.cat([x, cond[:, :, None, None].expand(B, self.n_cond, H, W)], dim=1)
-        # without a station the one-hot channels are zero: dropping their weights is exact
-        c = x.shape[1]
-        if self.fused:
-            weight, bias = self.fused_weight()
-            return F.conv2d(x, weight[:, :c], bias, padding=self.num_kernels - 1)
-        outs = [F.conv2d(x, conv.weight[:, :c], conv.bias, padding=i)
-                for i, conv in enumerate(self.kernels)]
-        return torch.stack(outs, dim=-1).mean(dim=-1)
+        # Without a station the one-hot channels are zero: dropping their weights is exact.
+        use_cond = cond is not None and self.n_cond > 0
+        if not self.fused:  # the reference: literal concat, n convolutions, mean
+            if use_cond:
+                B, _, H, W = x.shape
+                x = torch.cat([x, cond[:, :, None, None].expand(B, self.n_cond, H, W)], dim=1)
+            c = x.shape[1]
+            outs = [F.conv2d(x, conv.weight[:, :c], conv.bias, padding=i)
+                    for i, conv in enumerate(self.kernels)]
+            return torch.stack(outs, dim=-1).mean(dim=-1)
+        weight, bias = self.fused_weight()
+        pad = self.num_kernels - 1
+        out = F.conv2d(x, weight[:, :self.c_in], bias, padding=pad)
+        if use_cond:
+            # A one-hot channel is a constant map, so its convolution is the same for every
+            # record of that station: convolve one map of ones per station (not per record)
+            # and add it, weighted by the one-hot row. Exact by linearity; the per-record cost
+            # of the S extra channels disappears.
+            H, W = x.shape[-2:]
+            S, c_out, K = self.n_cond, weight.shape[0], weight.shape[-1]
+            w_cond = weight[:, self.c_in:].transpose(0, 1).reshape(S * c_out, 1, K, K)
+            response = F.conv2d(x.new_ones(1, 1, H, W), w_cond, padding=pad)  # (1, S*c_out, H, W)
+            out = out + torch.einsum("bs,sohw->bohw", cond, response.view(S, c_out, H, W))
+        return out
 
 
 class FiLM(nn.Module):
