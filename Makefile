@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup corpus reproduce test bench clean-venv
+.PHONY: setup corpus corpus-new reproduce test bench clean-venv
 
 setup: $(STAMP)
 
@@ -28,6 +28,12 @@ corpus: setup
 	    && echo "data/raw matches data.dvc"; \
 	fi
 	$(BIN)/dvc commit -q -f data.dvc
+
+# After editing params.yaml data.synth: re-synthesise and re-pin data.dvc (commit it afterwards).
+corpus-new: setup
+	$(BIN)/timesnet-gen synth --params params.yaml --out data/raw
+	$(BIN)/dvc add -q data/raw
+	@echo "data.dvc re-pinned: git add data.dvc params.yaml && git commit"
 
 reproduce: corpus
 	$(BIN)/dvc repro

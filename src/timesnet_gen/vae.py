@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from timesnet_gen.config import VaeParams, load_params
-from timesnet_gen.corpus.format import CorpusError, replace_dir, write_corpus
+from timesnet_gen.corpus.format import replace_dir, write_corpus
 from timesnet_gen.models.cvae import (
     SpecCVAE,
     amplitude_scale,
@@ -395,6 +395,7 @@ def train_main(args: argparse.Namespace) -> int:
         save_checkpoint(tmp / "model.pt", model, stats, vae, stations, waveforms.shape[-1])
         losses.to_csv(tmp / "losses.tsv", sep="\t", index=False, float_format="%.6g")
         plot_curve(losses, tmp / "training_curve.png")
+        tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is an ordinary output
         replace_dir(tmp, args.out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -59,7 +59,7 @@ def log_magnitude(x: torch.Tensor, n_fft: int, hop: int, eps: float) -> torch.Te
 
 
 def magnitude_from_log(logmag: torch.Tensor, eps: float) -> torch.Tensor:
-    """Inverse of `log_magnitude`'s log: appends a zero Nyquist bin -> (..., n_fft/2 + 1, frames)."""
+    """Undo `log_magnitude`'s log; appends a zero Nyquist bin -> (..., n_fft/2 + 1, frames)."""
     mag = (torch.exp(logmag) - eps).clamp_min(0.0)
     return F.pad(mag, (0, 0, 0, 1))
 
