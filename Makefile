@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup corpus corpus-new reproduce test bench clean-venv
+.PHONY: setup corpus corpus-new reproduce readme-results test bench clean-venv
 
 setup: $(STAMP)
 
@@ -37,6 +37,11 @@ corpus-new: setup
 
 reproduce: corpus
 	$(BIN)/dvc repro
+	$(MAKE) readme-results
+
+# Copy the pipeline's figures/results.md into README.md's results block.
+readme-results:
+	$(BIN)/timesnet-gen report --out figures --readme README.md
 
 test: setup
 	$(BIN)/pytest

@@ -103,8 +103,8 @@ class DataParams:
 class ModelParams:
     """TimesNet-Gen (models/timesnet.py). CPU profile; paper: 128 / 256 / 6 (README)."""
 
-    d_model: int = 16  # latent channels
-    d_ff: int = 32  # Inception hidden channels
+    d_model: int = 32  # latent channels
+    d_ff: int = 64  # Inception hidden channels
     num_kernels: int = 3  # Inception kernels 1, 3, ..., 2n-1
     e_layers: int = 2  # TimesBlocks
     top_k: int = 2  # FFT periods per TimesBlock
@@ -143,8 +143,8 @@ class TrainParams:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     num_threads: int = 0  # torch CPU threads; 0 = torch default
-    pretrain: PhaseParams = field(default_factory=lambda: PhaseParams(epochs=8, lr=3e-4))
-    finetune: PhaseParams = field(default_factory=lambda: PhaseParams(epochs=6, lr=1e-4))
+    pretrain: PhaseParams = field(default_factory=lambda: PhaseParams(epochs=20, lr=3e-4))
+    finetune: PhaseParams = field(default_factory=lambda: PhaseParams(epochs=10, lr=1e-4))
     latent_noise_scale: float = 1.0  # phase-1 latent noise std = scale * std vector (0 = off)
 
     def __post_init__(self) -> None:

@@ -21,6 +21,20 @@ F0_TOLERANCE_PCT = 5.0
 ACCURACY_GAP = 0.05
 
 
+FIGURES = [
+    ("combined/station_<code>.png", "per station: f0 histograms + KDE and median HVSR of Real, "
+     "TimesNet-Gen, TimesNet-Recon, VAE-Gen, VAE-Recon, true f0 marked"),
+    ("similarity_matrices.png", "15x15 similarity matrices, TimesNet-Gen and VAE"),
+    ("similarity_matrices_5x5_10x10.png", "5x5 and 10x10 similarity matrices"),
+    ("waveforms/station_<code>.png", "real vs generated waveforms (E, N, U) and their spectra"),
+    ("intensity_measures.png", "PGA, Arias intensity, D5-95 and PSA per station"),
+    ("training_curves.png", "training curves of both phases and of the VAE"),
+    ("ground_truth_f0.png", "recovered f0 (real and generated) against the true site f0"),
+    ("novelty.png", "distance of generated records to their nearest training record"),
+    ("corpus_overview.png", "the synthetic corpus: example records, HVSR, f0 histograms"),
+]
+
+
 def score_table(metrics: dict) -> pd.DataFrame:
     """One row per model, reference set and matrix size."""
     rows = []
@@ -96,11 +110,21 @@ def results_markdown(metrics: dict, table: pd.DataFrame) -> str:
         lines.append(f"- {statement}: **{mark}** ({measured})")
     lines += ["", "### Station-specificity scores", ""]
     lines.append("Paper: 0.93 (TimesNet-Gen) and 0.81 (VAE), on five AFAD stations.")
+    ceiling = metrics.get("real_ceiling", {})
+    if "score_5x5" in ceiling:
+        lines.append(
+            f"Ceiling on this corpus (held-out real records scored as if generated, against the "
+            f"training records): {ceiling['score_5x5']:.3f} (5x5), "
+            f"{ceiling.get('score_10x10', float('nan')):.3f} (10x10); nearest-station accuracy "
+            f"of real records (leave-one-out): {ceiling['nearest_station_accuracy']:.3f}.")
     lines.append("")
     summary = table[["model", "reference", "matrix", "score", "nearest_station_accuracy"]]
     lines.append(to_markdown(summary))
     lines.append("Full table with per-station |delta f0|: `figures/table_scores.md`.")
     lines.append("")
+    lines += ["### Figures", ""]
+    lines += [f"- {text}: `figures/{path}`" for path, text in FIGURES]
+    lines += ["", "![similarity matrices](figures/similarity_matrices.png)", ""]
     return "\n".join(lines)
 
 
@@ -110,12 +134,31 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+README_START = "<!-- results:start (written by `make readme-results` from figures/results.md) -->"
+README_END = "<!-- results:end -->"
+
+
+def splice_readme(readme: Path, results: str) -> None:
+    """Replace the README's results block (between the markers) with `results`."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme}: no results markers ({README_START} ... {README_END})")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    write_atomic(readme, f"{head}{README_START}\n{results.strip()}\n{README_END}{tail}")
+
+
 def main(argv: list[str], verb: str = "report") -> int:
     parser = argparse.ArgumentParser(prog=f"timesnet-gen {verb}", description=__doc__)
     parser.add_argument("--metrics", default="metrics.json", type=Path)
     parser.add_argument("--evaluation", default="outputs/evaluation", type=Path)
     parser.add_argument("--out", default="figures", type=Path)
+    parser.add_argument("--readme", type=Path,
+                        help="only copy <out>/results.md into this README's results block")
     args = parser.parse_args(argv)
+    if args.readme:
+        splice_readme(args.readme, (args.out / "results.md").read_text())
+        return 0
     metrics = json.loads(args.metrics.read_text())
     table = score_table(metrics)
     if table.empty:

@@ -155,6 +155,18 @@ def matrix_entries(result: dict, reference: str) -> dict[str, np.ndarray]:
     return out
 
 
+def real_ceiling_scores(real: Corpus, params: EvaluateParams, stations: list[str]) -> dict:
+    """What a perfect generator could score here: the held-out real records scored as if they
+    were generated, against the training records (same protocol, station overlap included)."""
+    split = real.records["split"].to_numpy()
+    train, held = subset(real, split == "train"), subset(real, split == "holdout")
+    if not all(held.station_mask(s).any() for s in stations):
+        return {}
+    result = evaluate_sources(train, {"holdout": held}, None, params, stations)
+    scores = result["metrics"]["models"]["holdout"]
+    return {k: round(v, 4) for k, v in scores.items() if k.startswith("score_")}
+
+
 def score(raw: Path, prepared: Path, models: dict[str, Path], params: EvaluateParams,
           stations: list[str], out_dir: Path, metrics_path: Path, plots_dir: Path) -> dict:
     real = real_records(raw, prepared, stations)
@@ -189,6 +201,7 @@ def score(raw: Path, prepared: Path, models: dict[str, Path], params: EvaluatePa
             metrics["real_f0_error_vs_true_pct"] = {
                 s: round(100 * (result["metrics"]["f0"]["Real"][s]["median"]
                                 / t["f0_true_hz"] - 1), 4) for s, t in truth.items()}
+    metrics["real_ceiling"].update(real_ceiling_scores(real, params, stations))
     metrics["paper"] = PAPER_SCORES
 
     sources = {"Real": real, **{f"{LABELS[m]}-Gen": c for m, c in generated.items()}}

@@ -124,6 +124,22 @@ def replace_dir(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old)
 
 
+def check_records(waveforms: np.ndarray, records: pd.DataFrame) -> np.ndarray:
+    """Waveforms (n, 3, T) aligned with a records table with unique record_id and station."""
+    waveforms = np.asarray(waveforms)
+    if waveforms.ndim != 3 or waveforms.shape[1] != 3:
+        raise CorpusError(f"waveforms must have shape (n, 3, T), got {waveforms.shape}")
+    if len(records) != len(waveforms):
+        raise CorpusError(f"{len(records)} metadata rows for {len(waveforms)} waveforms")
+    for column in ("record_id", "station"):
+        if column not in records.columns:
+            raise CorpusError(f"records table needs a {column!r} column")
+    duplicated = records["record_id"].duplicated()
+    if duplicated.any():
+        raise CorpusError(f"duplicate record_id {records['record_id'][duplicated].iloc[0]!r}")
+    return waveforms
+
+
 def write_corpus(
     out_dir: str | Path,
     waveforms: np.ndarray,
@@ -137,17 +153,7 @@ def write_corpus(
     (defaults filled in). The `file` column is set here.
     """
     out_dir = Path(out_dir)
-    waveforms = np.asarray(waveforms)
-    if waveforms.ndim != 3 or waveforms.shape[1] != 3:
-        raise CorpusError(f"waveforms must have shape (n, 3, T), got {waveforms.shape}")
-    if len(records) != len(waveforms):
-        raise CorpusError(f"{len(records)} metadata rows for {len(waveforms)} waveforms")
-    for column in ("record_id", "station"):
-        if column not in records.columns:
-            raise CorpusError(f"records table needs a {column!r} column")
-    if records["record_id"].duplicated().any():
-        dup = records.loc[records["record_id"].duplicated(), "record_id"].iloc[0]
-        raise CorpusError(f"duplicate record_id {dup!r}")
+    waveforms = check_records(waveforms, records)
     if "station" not in stations.columns:
         raise CorpusError("stations table needs a 'station' column")
 

@@ -37,6 +37,7 @@ from timesnet_gen.corpus.format import (
     DEFAULT_STARTTIME,
     SAMPLING_RATE,
     CorpusError,
+    check_records,
     read_corpus,
     replace_dir,
 )
@@ -139,19 +140,9 @@ def export_records(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
-    waveforms = np.asarray(waveforms)
-    if waveforms.ndim != 3 or waveforms.shape[1] != 3:
-        raise ValueError(f"waveforms must have shape (n, 3, T), got {waveforms.shape}")
-    if len(records) != len(waveforms):
-        raise ValueError(f"{len(records)} metadata rows for {len(waveforms)} waveforms")
-    for column in ("record_id", "station"):
-        if column not in records.columns:
-            raise ValueError(f"records table needs a {column!r} column")
+    waveforms = check_records(waveforms, records)
     if not np.all(np.isfinite(waveforms)):
         raise ValueError("waveforms contain NaN or inf samples")
-    duplicated = records["record_id"].duplicated()
-    if duplicated.any():
-        raise ValueError(f"duplicate record_id {records['record_id'][duplicated].iloc[0]!r}")
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
