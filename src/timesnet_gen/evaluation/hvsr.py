@@ -45,13 +45,14 @@ def hvsr_details(
     fs: float = 100.0,
     params: EvaluateParams | None = None,
     chunk: int = 32,
-    workers: int | None = None,
+    workers: int | None = -1,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """HVSR of every record -> (freqs (F,), curves (n, F), problems).
 
     problems[i] is None or the reason record i has a NaN curve (NaN samples, zero vertical
-    spectrum, too short ...). Records are processed `chunk` at a time to bound memory.
+    spectrum, too short ...). Records are processed `chunk` at a time to bound memory; the
+    FFTs use `workers` threads (scipy.fft; -1 = every core, None = one).
     """
     params = params or EvaluateParams()
     records = check_shape(records)
@@ -84,7 +85,7 @@ def hvsr(
     params: EvaluateParams | None = None,
     on_bad: str = "raise",
     chunk: int = 32,
-    workers: int | None = None,
+    workers: int | None = -1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Smoothed HVSR curves of records (n, 3, T) in E, N, U order -> (freqs (F,), curves (n, F)).
 
