@@ -25,3 +25,16 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (real AFAD test records live in ../shared/data)")
     return path
+
+
+def resplit(prepared: Path, dst: Path, column: str, value: str, split: str) -> Path:
+    """A copy of a prepared folder in which rows with index[column] == value get `split`."""
+    import numpy as np
+    import pandas as pd
+
+    dst.mkdir()
+    index = pd.read_csv(prepared / "index.csv")
+    index.loc[index[column] == value, "split"] = split
+    index.to_csv(dst / "index.csv", index=False)
+    np.save(dst / "waveforms.npy", np.load(prepared / "waveforms.npy"))
+    return dst

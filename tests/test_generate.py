@@ -22,6 +22,8 @@ from timesnet_gen.generate import (
 )
 from timesnet_gen.models.timesnet import TimesNetConfig, TimesNetGen
 
+from conftest import resplit
+
 torch.set_num_threads(1)
 T = 240
 
@@ -161,12 +163,7 @@ def test_bad_inputs(setup, tmp_path):
         generate(g, data, ckpt, tmp_path / "x", stations=["Q"], device="cpu")
     with pytest.raises(GenerateError, match="generate.k=4 exceeds its 3 training records"):
         generate(GenerateParams(k=4), data, ckpt, tmp_path / "x", stations=["B"], device="cpu")
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    index = pd.read_csv(data / "index.csv")
-    index.loc[index["station"] == "A", "split"] = "holdout"
-    index.to_csv(empty / "index.csv", index=False)
-    np.save(empty / "waveforms.npy", np.load(data / "waveforms.npy"))
+    empty = resplit(data, tmp_path / "empty", "station", "A", "holdout")
     with pytest.raises(GenerateError, match="station A: no training records"):
         generate(g, empty, ckpt, tmp_path / "x", device="cpu")
     with pytest.raises(GenerateError, match=">= 1"):

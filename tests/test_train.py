@@ -15,6 +15,8 @@ import torch.multiprocessing as mp
 from timesnet_gen.config import params_from_dict
 from timesnet_gen.train import TrainError, load_model_file, main, train
 
+from conftest import resplit
+
 torch.set_num_threads(1)
 T = 240
 
@@ -172,12 +174,7 @@ def test_bad_inputs(prepared, pretrained, tmp_path):
     with pytest.raises(TrainError, match="seq_len=100"):
         train(tiny_params(seq_len=100), prepared, tmp_path / "x", "pretrain")
     # empty training split: every pretrain record moved to val
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    index = pd.read_csv(prepared / "index.csv")
-    index.loc[index["role"] == "pretrain", "split"] = "val"
-    index.to_csv(empty / "index.csv", index=False)
-    np.save(empty / "waveforms.npy", np.load(prepared / "waveforms.npy"))
+    empty = resplit(prepared, tmp_path / "empty", "role", "pretrain", "val")
     with pytest.raises(TrainError, match="empty training split"):
         train(tiny_params(), empty, tmp_path / "x", "pretrain")
     # NaN in a training record

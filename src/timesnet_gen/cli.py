@@ -6,6 +6,7 @@ their verb runs, so `timesnet-gen synth` does not pay for importing torch.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -24,6 +25,12 @@ COMMANDS = {
     "score": ("timesnet_gen.score", "the evaluate stage: every model vs all and held-out records"),
     "report": ("timesnet_gen.report", "score tables and the README results block"),
 }
+
+
+def stage_parser(verb: str, doc: str | None) -> argparse.ArgumentParser:
+    """The argument parser every subcommand starts from: its module docstring as help."""
+    return argparse.ArgumentParser(prog=f"timesnet-gen {verb}", description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def usage() -> str:

@@ -19,13 +19,13 @@ timesnet-recon), model, seed, source_records (';'-joined ids), weights (';'-join
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from timesnet_gen.cli import stage_parser
 from timesnet_gen.config import GenerateParams, load_params
 from timesnet_gen.corpus.format import write_corpus
 from timesnet_gen.models.timesnet import TimesNetConfig, TimesNetGen
@@ -188,8 +188,7 @@ def generate(params_g: GenerateParams, data_dir: str | Path, checkpoint: str | P
 
 
 def main(argv: list[str], verb: str = "generate") -> int:
-    parser = argparse.ArgumentParser(prog=f"timesnet-gen {verb}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser(verb, __doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data/prepared", type=Path)
     parser.add_argument("--model", default=None, type=Path, help="model folder (model.pt)")

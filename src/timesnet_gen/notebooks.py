@@ -16,7 +16,6 @@ check what they read and name the file and key when something is wrong.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from timesnet_gen.cli import stage_parser
 from timesnet_gen.config import EvaluateParams, ParamsError, load_params
 
 # Input parameters of the notebooks: default path (relative to the repository root) and the
@@ -449,8 +449,7 @@ def run_all(params_path: str | Path, figures: str | Path, executed: str | Path,
 
 
 def main(argv: list[str] | None = None, verb: str = "figures") -> int:
-    parser = argparse.ArgumentParser(prog=f"timesnet-gen {verb}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser(verb, __doc__)
     parser.add_argument("--params", default="params.yaml", type=Path)
     parser.add_argument("--figures", default="figures", type=Path)
     parser.add_argument("--executed", default="notebooks/executed", type=Path)

@@ -12,13 +12,13 @@ station_index: position of the station in data.target_stations (the conditioning
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from timesnet_gen.cli import stage_parser
 from timesnet_gen.config import DataParams, load_params
 from timesnet_gen.corpus.format import CorpusError, read_corpus, replace_dir
 
@@ -106,8 +106,7 @@ def select(index: pd.DataFrame, role: str, split: str) -> np.ndarray:
 
 
 def main(argv: list[str], verb: str = "prepare") -> int:
-    parser = argparse.ArgumentParser(prog=f"timesnet-gen {verb}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser(verb, __doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--raw", default="data/raw", type=Path)
     parser.add_argument("--out", default="data/prepared", type=Path)

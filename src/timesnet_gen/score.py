@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from timesnet_gen.cli import stage_parser
 from timesnet_gen.config import EvaluateParams, load_params
 from timesnet_gen.corpus.format import Corpus, read_corpus, replace_dir
 from timesnet_gen.evaluation.evaluate import evaluate_sources
@@ -238,8 +239,7 @@ def parse_model(text: str) -> tuple[str, Path]:
 
 
 def main(argv: list[str], verb: str = "score") -> int:
-    parser = argparse.ArgumentParser(prog=f"timesnet-gen {verb}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser(verb, __doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--raw", default="data/raw", type=Path)
     parser.add_argument("--prepared", default="data/prepared", type=Path)

@@ -26,7 +26,6 @@ Writes to --out
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import math
 import os
@@ -41,6 +40,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from timesnet_gen.cli import stage_parser
 from timesnet_gen.config import Params, load_params
 from timesnet_gen.models.timesnet import TimesNetConfig, TimesNetGen, latent_std
 from timesnet_gen.prepare import load_prepared, select
@@ -366,8 +366,7 @@ def train(params: Params, data_dir: str | Path, out_dir: str | Path, phase: str,
 
 
 def main(argv: list[str], verb: str = "pretrain") -> int:
-    parser = argparse.ArgumentParser(prog=f"timesnet-gen {verb}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser(verb, __doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data/prepared", type=Path)
     parser.add_argument("--out", default=f"models/{verb}", type=Path)

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from timesnet_gen.cli import stage_parser
 from timesnet_gen.config import VaeParams, load_params
 from timesnet_gen.corpus.format import replace_dir, write_corpus
 from timesnet_gen.models.cvae import (
@@ -425,8 +426,7 @@ def generate_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str], verb: str = "train-vae") -> int:
-    parser = argparse.ArgumentParser(prog=f"timesnet-gen {verb}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser(verb, __doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default=Path("data/prepared"), type=Path)
     if verb == "train-vae":

@@ -8,7 +8,6 @@ record, the HVSR curves with the true f0 marked, the f0 histogram).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from timesnet_gen.cli import stage_parser
 from timesnet_gen.config import EvaluateParams, load_params
 from timesnet_gen.corpus.format import Corpus, read_corpus
 from timesnet_gen.evaluation import f0, hvsr, median_hvsr
@@ -60,8 +60,7 @@ def scaling(records: pd.DataFrame) -> dict:
 
 
 def main(argv: list[str], verb: str = "check-corpus") -> int:
-    parser = argparse.ArgumentParser(prog=f"timesnet-gen {verb}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser(verb, __doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--raw", default="data/raw", type=Path)
     parser.add_argument("--metrics", default="metrics/corpus.json", type=Path)

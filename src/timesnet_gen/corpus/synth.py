@@ -18,7 +18,6 @@ real AFAD data cannot give.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from timesnet_gen.cli import stage_parser
 from timesnet_gen.config import SiteSpec, SynthParams, load_params
 from timesnet_gen.corpus.format import write_corpus
 from timesnet_gen.corpus.pin import verify
@@ -353,8 +353,7 @@ def _station_key(code: str) -> int:
 
 
 def main(argv: list[str], verb: str = "synth") -> int:
-    parser = argparse.ArgumentParser(prog=f"timesnet-gen {verb}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser(verb, __doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", default="data/raw", type=Path)
     parser.add_argument("--verify", metavar="DVC_FILE", type=Path,

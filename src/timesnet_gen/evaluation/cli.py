@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from timesnet_gen.cli import stage_parser
 from timesnet_gen.config import EvaluateParams, ParamsError, load_params
 from timesnet_gen.corpus.format import Corpus, CorpusError, read_corpus, replace_dir
 
@@ -69,8 +70,7 @@ def write_outputs(result: dict, out_dir: Path) -> None:
 
 
 def main(argv: list[str], verb: str = "evaluate") -> int:
-    parser = argparse.ArgumentParser(prog=f"timesnet-gen {verb}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser(verb, __doc__)
     parser.add_argument("--real", type=Path, required=True, help="corpus of real records")
     parser.add_argument("--generated", type=parse_source, action="append", default=[],
                         metavar="[NAME=]DIR", help="generated corpus (repeatable)")
