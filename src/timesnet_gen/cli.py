@@ -2,6 +2,9 @@
 
 Each verb lives in its own module as `main(argv) -> exit code`; modules are imported only when
 their verb runs, so `timesnet-gen synth` does not pay for importing torch.
+
+Exit codes: 0 done, 1 a user error (bad params key, path, record or checkpoint: one line on
+stderr naming it; `--debug` anywhere on the command line shows the traceback), 2 a usage error.
 """
 
 from __future__ import annotations
@@ -9,6 +12,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
+
+from timesnet_gen.errors import UserError
 
 COMMANDS = {
     "synth": ("timesnet_gen.corpus.synth", "simulate the physics-based default corpus"),
@@ -48,5 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in COMMANDS:
         print(f"timesnet-gen: unknown command {verb!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    debug = "--debug" in rest
+    rest = [a for a in rest if a != "--debug"]
     module = importlib.import_module(COMMANDS[verb][0])
-    return int(module.main(rest, verb) or 0)
+    try:
+        return int(module.main(rest, verb) or 0)
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"timesnet-gen {verb}: {exc}", file=sys.stderr)
+        return 1

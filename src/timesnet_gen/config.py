@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from timesnet_gen.errors import UserError
 
 TARGET_STATIONS = ["0205", "1716", "2020", "3130", "4628"]
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError):
     """params.yaml does not match the schema."""
 
 

@@ -31,9 +31,10 @@ from timesnet_gen.corpus.format import write_corpus
 from timesnet_gen.models.timesnet import TimesNetConfig, TimesNetGen
 from timesnet_gen.prepare import load_prepared
 from timesnet_gen.train import load_model_file, resolve_device
+from timesnet_gen.errors import UserError
 
 
-class GenerateError(ValueError):
+class GenerateError(UserError):
     """Generation cannot start: unknown station, too few records, bad checkpoint."""
 
 

@@ -7,7 +7,6 @@ here are display aids: KDE lines over histograms, medians and quartiles in summa
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from timesnet_gen.atomic import staged_file  # noqa: E402
 
 DPI = 300
 COMPONENT_NAMES = ("E", "N", "U")
@@ -39,11 +40,9 @@ MODEL_NAMES = {"timesnet": "TimesNet-Gen", "vae": "VAE"}
 def save(fig: plt.Figure, path: str | Path) -> Path:
     """Write a PNG at print resolution via a temporary file, then close the figure."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    with staged_file(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

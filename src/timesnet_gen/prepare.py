@@ -12,7 +12,6 @@ station_index: position of the station in data.target_stations (the conditioning
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,8 @@ import pandas as pd
 
 from timesnet_gen.cli import stage_parser
 from timesnet_gen.config import DataParams, load_params
-from timesnet_gen.corpus.format import CorpusError, read_corpus, replace_dir
+from timesnet_gen.atomic import staged_dir
+from timesnet_gen.corpus.format import CorpusError, read_corpus
 
 SPLITS = ("train", "val", "holdout")
 
@@ -76,12 +76,9 @@ def prepare(raw_dir: Path, out_dir: Path, data: DataParams) -> pd.DataFrame:
     waveforms = corpus.waveforms[[position[r] for r in index["record_id"]]]
     if not np.all(np.isfinite(waveforms)):
         raise CorpusError(f"{raw_dir}: corpus contains NaN/inf samples")
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    np.save(tmp / "waveforms.npy", waveforms.astype(np.float32))
-    index.to_csv(tmp / "index.csv", index=False)
-    replace_dir(tmp, out_dir)
+    with staged_dir(out_dir, [raw_dir]) as tmp:
+        np.save(tmp / "waveforms.npy", waveforms.astype(np.float32))
+        index.to_csv(tmp / "index.csv", index=False)
     return index
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
+
+from timesnet_gen.atomic import staged_file
 
 MODELS = {"timesnet": "TimesNet-Gen", "vae": "VAE (spectrogram cVAE)"}
 REFERENCES = {"all": "all real records", "holdout": "held-out real records"}
@@ -129,9 +130,8 @@ def results_markdown(metrics: dict, table: pd.DataFrame) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with staged_file(path) as tmp:
+        tmp.write_text(text)
 
 
 README_START = "<!-- results:start (written by `make readme-results` from figures/results.md) -->"

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +25,8 @@ import pandas as pd
 
 from timesnet_gen.cli import stage_parser
 from timesnet_gen.config import EvaluateParams, load_params
-from timesnet_gen.corpus.format import Corpus, read_corpus, replace_dir
+from timesnet_gen.atomic import staged_dir, staged_file
+from timesnet_gen.corpus.format import Corpus, read_corpus
 from timesnet_gen.evaluation.evaluate import evaluate_sources
 from timesnet_gen.evaluation.intensity import smoothed_fas
 
@@ -209,25 +207,18 @@ def score(raw: Path, prepared: Path, models: dict[str, Path], params: EvaluatePa
     fas = median_fas(sources, stations, params)
     nov = novelty(real, generated, stations)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as tmp:
         pd.concat(tables).to_csv(tmp / "records.csv", index=False, float_format="%.6g")
         np.savez(tmp / "hvsr_median.npz", **curves)
         np.savez(tmp / "fas_median.npz", **fas)
         np.savez(tmp / "matrices.npz", **matrices)
         nov.to_csv(tmp / "novelty.csv", index=False, float_format="%.6g")
         (tmp / "full_metrics.json").write_text(json.dumps(full, indent=1) + "\n")
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     plots_dir.mkdir(parents=True, exist_ok=True)
     for model, rows in confusions.items():
         rows.to_csv(plots_dir / f"confusion_{model}.csv", index=False)
-    tmp_metrics = metrics_path.with_name(f".{metrics_path.name}.tmp")
-    tmp_metrics.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp_metrics, metrics_path)
+    with staged_file(metrics_path) as tmp_metrics:
+        tmp_metrics.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

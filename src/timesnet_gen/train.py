@@ -40,15 +40,17 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from timesnet_gen.atomic import staged_file
 from timesnet_gen.cli import stage_parser
 from timesnet_gen.config import Params, load_params
 from timesnet_gen.models.timesnet import TimesNetConfig, TimesNetGen, latent_std
 from timesnet_gen.prepare import load_prepared, select
+from timesnet_gen.errors import UserError
 
 PHASES = ("pretrain", "finetune")
 
 
-class TrainError(ValueError):
+class TrainError(UserError):
     """Training cannot start: bad data, split, checkpoint or configuration."""
 
 
@@ -71,9 +73,8 @@ def model_config(params: Params) -> TimesNetConfig:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with staged_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -124,17 +125,15 @@ def plot_curve(history: list[dict], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=120)
+    with staged_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_losses(history: list[dict], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pd.DataFrame(history, columns=["epoch", "train_loss", "val_loss"]).to_csv(
-        tmp, sep="\t", index=False, float_format="%.6g")
-    os.replace(tmp, path)
+    with staged_file(path) as tmp:
+        pd.DataFrame(history, columns=["epoch", "train_loss", "val_loss"]).to_csv(
+            tmp, sep="\t", index=False, float_format="%.6g")
 
 
 # --------------------------------------------------------------------------------------------

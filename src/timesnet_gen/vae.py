@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -26,7 +24,8 @@ import torch
 
 from timesnet_gen.cli import stage_parser
 from timesnet_gen.config import VaeParams, load_params
-from timesnet_gen.corpus.format import replace_dir, write_corpus
+from timesnet_gen.atomic import staged_dir
+from timesnet_gen.corpus.format import write_corpus
 from timesnet_gen.models.cvae import (
     SpecCVAE,
     amplitude_scale,
@@ -37,6 +36,7 @@ from timesnet_gen.models.cvae import (
     vae_loss,
 )
 from timesnet_gen.prepare import load_prepared
+from timesnet_gen.errors import UserError
 
 CHECKPOINT_VERSION = 1
 MODEL_NAME = "cvae"
@@ -44,7 +44,7 @@ MODEL_NAME = "cvae"
 ARCH_KEYS = ("n_fft", "hop", "log_eps", "latent_dim", "channels", "condition_encoder")
 
 
-class VaeError(ValueError):
+class VaeError(UserError):
     """Bad input to the VAE stages (data, stations, checkpoint)."""
 
 
@@ -389,18 +389,10 @@ def train_main(args: argparse.Namespace) -> int:
           f"{vae.epochs} epochs on {device}")
     model, stats, losses = train_model(waveforms, rows["station_index"].to_numpy(),
                                        len(stations), vae, device)
-    # whole folder written beside the target, then renamed over it (atomic)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.tmp-", dir=args.out.parent))
-    try:
+    with staged_dir(args.out) as tmp:
         save_checkpoint(tmp / "model.pt", model, stats, vae, stations, waveforms.shape[-1])
         losses.to_csv(tmp / "losses.tsv", sep="\t", index=False, float_format="%.6g")
         plot_curve(losses, tmp / "training_curve.png")
-        tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is an ordinary output
-        replace_dir(tmp, args.out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"wrote {args.out}/model.pt, losses.tsv, training_curve.png")
     return 0
 

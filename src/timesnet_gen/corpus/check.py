@@ -9,13 +9,13 @@ record, the HVSR curves with the true f0 marked, the f0 histogram).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from timesnet_gen.atomic import staged_file
 from timesnet_gen.cli import stage_parser
 from timesnet_gen.config import EvaluateParams, load_params
 from timesnet_gen.corpus.format import Corpus, read_corpus
@@ -82,10 +82,8 @@ def main(argv: list[str], verb: str = "check-corpus") -> int:
         result["max_abs_f0_error_pct_targets"] = float(
             known[known["station"].isin(targets)]["f0_error_pct"].abs().max())
         result["median_abs_f0_error_pct_all"] = float(known["f0_error_pct"].abs().median())
-    args.metrics.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.metrics.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2, allow_nan=False, default=str) + "\n")
-    os.replace(tmp, args.metrics)
+    with staged_file(args.metrics) as tmp:
+        tmp.write_text(json.dumps(result, indent=2, allow_nan=False, default=str) + "\n")
     print(summary.to_string(index=False))
 
     from timesnet_gen import plotting  # matplotlib only when drawing

@@ -14,39 +14,26 @@ so an interrupted write leaves the previous corpus intact.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from obspy import Stream, Trace, UTCDateTime, read
 
-COMPONENTS = ("E", "N", "U")
-CHANNELS = ("HNE", "HNN", "HNZ")
-SAMPLING_RATE = 100.0  # Hz
-N_SAMPLES = 6000
-DEFAULT_COUNTS_PER_CM_S2 = 1.0e5  # 1 count = 1e-5 cm/s^2; int32 range covers +-21 g
-DEFAULT_STARTTIME = "2000-01-01T00:00:00"
+from timesnet_gen.atomic import staged_dir
+from timesnet_gen.records import (  # noqa: F401  (re-exported: the corpus API in one place)
+    CHANNELS,
+    COMPONENTS,
+    DEFAULT_COUNTS_PER_CM_S2,
+    DEFAULT_STARTTIME,
+    N_SAMPLES,
+    SAMPLING_RATE,
+    Corpus,
+    CorpusError,
+)
+
 INT32_MAX = np.iinfo(np.int32).max
-
-
-class CorpusError(ValueError):
-    """A corpus folder or record file is missing, malformed or inconsistent."""
-
-
-@dataclass
-class Corpus:
-    """Records in memory: waveforms (n, 3, T) float32 cm/s^2, rows aligned with `records`."""
-
-    waveforms: np.ndarray
-    records: pd.DataFrame
-    stations: pd.DataFrame
-
-    def station_mask(self, station: str) -> np.ndarray:
-        return (self.records["station"] == station).to_numpy()
 
 
 def to_counts(acc: np.ndarray, counts_per_cm_s2: float) -> np.ndarray:
@@ -108,22 +95,6 @@ def read_record(path: Path, counts_per_cm_s2: float = DEFAULT_COUNTS_PER_CM_S2) 
     return (data / counts_per_cm_s2).astype(np.float32)
 
 
-def _atomic_dir(out_dir: Path) -> Path:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-
-
-def replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move a completed temporary folder over `out_dir` (old contents removed only after)."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def check_records(waveforms: np.ndarray, records: pd.DataFrame) -> np.ndarray:
     """Waveforms (n, 3, T) aligned with a records table with unique record_id and station."""
     waveforms = np.asarray(waveforms)
@@ -140,23 +111,21 @@ def check_records(waveforms: np.ndarray, records: pd.DataFrame) -> np.ndarray:
     return waveforms
 
 
-def write_corpus(
-    out_dir: str | Path,
+def write_corpus_into(
+    folder: Path,
     waveforms: np.ndarray,
     records: pd.DataFrame,
     stations: pd.DataFrame,
     network: str = "XX",
 ) -> None:
-    """Write a whole corpus folder atomically.
+    """Write records/, records.csv and stations.csv into an existing (staging) folder.
 
     `records` needs columns record_id and station; optional starttime and counts_per_cm_s2
     (defaults filled in). The `file` column is set here.
     """
-    out_dir = Path(out_dir)
     waveforms = check_records(waveforms, records)
     if "station" not in stations.columns:
         raise CorpusError("stations table needs a 'station' column")
-
     records = records.copy()
     records["station"] = records["station"].astype(str)
     if "starttime" not in records.columns:
@@ -164,21 +133,28 @@ def write_corpus(
     if "counts_per_cm_s2" not in records.columns:
         records["counts_per_cm_s2"] = DEFAULT_COUNTS_PER_CM_S2
     records["file"] = [f"records/{rid}.mseed" for rid in records["record_id"]]
+    (folder / "records").mkdir()
+    for row, acc in zip(records.itertuples(index=False), waveforms):
+        write_record(
+            folder / row.file, acc, row.station, network=network, starttime=str(row.starttime),
+            counts_per_cm_s2=float(row.counts_per_cm_s2),
+        )
+    records.to_csv(folder / "records.csv", index=False, float_format="%.10g")
+    stations.to_csv(folder / "stations.csv", index=False, float_format="%.10g")
 
-    tmp = _atomic_dir(out_dir)
-    try:
-        (tmp / "records").mkdir()
-        for row, acc in zip(records.itertuples(index=False), waveforms):
-            write_record(
-                tmp / row.file, acc, row.station, network=network, starttime=str(row.starttime),
-                counts_per_cm_s2=float(row.counts_per_cm_s2),
-            )
-        records.to_csv(tmp / "records.csv", index=False, float_format="%.10g")
-        stations.to_csv(tmp / "stations.csv", index=False, float_format="%.10g")
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+def write_corpus(
+    out_dir: str | Path,
+    waveforms: np.ndarray,
+    records: pd.DataFrame,
+    stations: pd.DataFrame,
+    network: str = "XX",
+    sources: Iterable[str | Path] = (),
+) -> None:
+    """Write a whole corpus folder atomically (refused if out_dir is or contains a source)."""
+    check_records(waveforms, records)  # fail before a staging folder exists
+    with staged_dir(out_dir, sources) as tmp:
+        write_corpus_into(tmp, waveforms, records, stations, network)
 
 
 def read_tables(corpus_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:

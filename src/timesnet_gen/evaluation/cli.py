@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,8 @@ import pandas as pd
 
 from timesnet_gen.cli import stage_parser
 from timesnet_gen.config import EvaluateParams, ParamsError, load_params
-from timesnet_gen.corpus.format import Corpus, CorpusError, read_corpus, replace_dir
+from timesnet_gen.atomic import staged_dir
+from timesnet_gen.corpus.format import Corpus, CorpusError, read_corpus
 
 
 def parse_source(text: str) -> tuple[str, Path]:
@@ -52,9 +51,7 @@ def restrict_records(corpus: Corpus, csv: Path) -> Corpus:
 
 def write_outputs(result: dict, out_dir: Path) -> None:
     """metrics.json, records.csv, median_hvsr.npz, matrices.npz into out_dir, atomically."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(result["metrics"], indent=2) + "\n")
         result["records"].to_csv(tmp / "records.csv", index=False, float_format="%.6g")
         curves = {("grid" if key == "grid" else f"{key[0]}/{key[1]}"): value
@@ -63,10 +60,6 @@ def write_outputs(result: dict, out_dir: Path) -> None:
         matrices = {f"{model}/{kind}": m for model, ms in result["matrices"].items()
                     for kind, m in ms.items()}
         np.savez(tmp / "matrices.npz", **matrices)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def main(argv: list[str], verb: str = "evaluate") -> int:

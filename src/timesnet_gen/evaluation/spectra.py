@@ -12,9 +12,10 @@ import scipy.fft
 import scipy.signal
 
 from timesnet_gen.config import EvaluateParams
+from timesnet_gen.errors import UserError
 
 
-class RecordError(ValueError):
+class RecordError(UserError):
     """A record cannot be evaluated (NaN samples, wrong shape, too short, zero vertical...)."""
 
 

@@ -23,15 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
-import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from obspy import Stream, Trace, UTCDateTime
 
+from timesnet_gen.atomic import staged_dir
 from timesnet_gen.corpus.format import (
     CHANNELS,
     DEFAULT_STARTTIME,
@@ -39,7 +39,6 @@ from timesnet_gen.corpus.format import (
     CorpusError,
     check_records,
     read_corpus,
-    replace_dir,
 )
 
 FORMATS = ("mseed", "sac", "npz")
@@ -132,6 +131,7 @@ def export_records(
     provenance: dict | None = None,
     network: str = "XX",
     sampling_rate: float = SAMPLING_RATE,
+    sources: Iterable[str | Path] = (),
 ) -> list[Path]:
     """Write records (n, 3, T) float cm/s^2 (E, N, U) with their metadata rows to `out_dir`.
 
@@ -145,9 +145,7 @@ def export_records(
         raise ValueError("waveforms contain NaN or inf samples")
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir, sources) as tmp:
         rows = [_row_dict(r) for _, r in records.iterrows()]
         manifest = []
         if fmt == "npz":
@@ -175,10 +173,6 @@ def export_records(
                              "files": ";".join(files + [f"{stem}.json"])})
         pd.DataFrame(manifest).to_csv(tmp / "manifest.csv", index=False)
         written = sorted(p.name for p in tmp.iterdir())
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return [out_dir / name for name in written]
 
 
@@ -234,7 +228,7 @@ def export_corpus(src: str | Path, out_dir: str | Path, fmt: str,
                   provenance: dict | None = None) -> list[Path]:
     """Export every record of a corpus (or prepared) folder; see export_records."""
     waveforms, records = load_source(src)
-    return export_records(waveforms, records, out_dir, fmt, provenance)
+    return export_records(waveforms, records, out_dir, fmt, provenance, sources=[src])
 
 
 def _parse_provenance(items: list[str]) -> dict:

@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sys
 from collections import Counter
 from collections.abc import Iterable
@@ -31,14 +30,14 @@ import pandas as pd
 from obspy import UTCDateTime
 from tqdm import tqdm
 
+from timesnet_gen.atomic import check_out, staged_dir
 from timesnet_gen.corpus.format import (
     DEFAULT_COUNTS_PER_CM_S2,
     DEFAULT_STARTTIME,
     INT32_MAX,
     N_SAMPLES,
     SAMPLING_RATE,
-    replace_dir,
-    write_corpus,
+    write_corpus_into,
 )
 from timesnet_gen.io.quarantine import Quarantine, SkipRecord
 from timesnet_gen.io.readers import (
@@ -365,15 +364,13 @@ def summary(result: IngestResult, options: IngestOptions) -> str:
 
 
 def write_output(result: IngestResult, out_dir: Path, options: IngestOptions,
-                 network: str = "") -> None:
+                 network: str = "", sources: Iterable[str | Path] = ()) -> None:
     """Corpus + quarantine.csv + ingest.json into a staging folder, then renamed over out_dir."""
     out_dir = Path(out_dir)
-    staging = out_dir.with_name(f".{out_dir.name}.ingest-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
     nets = [n for n in result.records.get("network", pd.Series(dtype=str)) if n]
     network = network or (Counter(nets).most_common(1)[0][0] if nets else "XX")
-    try:
-        write_corpus(staging, result.waveforms, result.records, result.stations, network=network)
+    with staged_dir(out_dir, sources) as staging:
+        write_corpus_into(staging, result.waveforms, result.records, result.stations, network)
         result.quarantine.write_csv(staging / "quarantine.csv")
         info = {
             "options": asdict(options),
@@ -385,10 +382,6 @@ def write_output(result: IngestResult, out_dir: Path, options: IngestOptions,
                             result.records["station"].value_counts().sort_index().items()},
         }
         (staging / "ingest.json").write_text(json.dumps(info, indent=2) + "\n")
-        replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def ingest(
@@ -404,8 +397,9 @@ def ingest(
     then, as after any exception, `out_dir` is left as it was.
     """
     options = options or IngestOptions()
-    out_dir = Path(out_dir)
-    result = collect(list(sources), options, exclude=out_dir, progress=progress)
+    sources = list(sources)
+    out_dir = check_out(out_dir, sources)  # refused before any file is read
+    result = collect(sources, options, exclude=out_dir, progress=progress)
     if strict and len(result.quarantine):
         lines = "\n".join(e.line() for e in result.quarantine.entries)
         raise ValueError(f"--strict: {len(result.quarantine)} record(s) would be skipped; "
@@ -414,7 +408,7 @@ def ingest(
         raise ValueError(f"no record could be ingested from {result.n_files} file(s); "
                          f"{len(result.quarantine)} skipped:\n"
                          + "\n".join(e.line() for e in result.quarantine.entries[:50]))
-    write_output(result, out_dir, options)
+    write_output(result, out_dir, options, sources=sources)
     return result
 
 
