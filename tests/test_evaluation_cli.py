@@ -94,28 +94,35 @@ def test_cli_writes_outputs(corpora, capsys):
                    f"tn={corpora['gen']}", "--recon", f"tn={corpora['recon']}",
                    "--real-records", str(held), "--out", str(out), "--quiet"])
     assert rc == 0
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())["all"]  # one reference set
     assert metrics["models"]["tn"]["score_9x9"] > 0.9
     assert metrics["n_records"]["Real"] == {s: 3 for s in SITES}
     table = pd.read_csv(out / "records.csv", dtype={"station": str})
     assert len(table) == 9 + 12 + 12 and table["f0_hz"].notna().all()
     with np.load(out / "median_hvsr.npz") as npz:
-        assert "grid" in npz.files and "0205/tn" in npz.files
+        assert "grid" in npz.files and "0205/tn" in npz.files and "0205/tn-recon" in npz.files
     with np.load(out / "matrices.npz") as npz:
-        assert npz["tn/cross"].shape == (3, 3)
+        assert npz["tn/3x3/all"].shape == (3, 3)
+        assert list(npz["tn/9x9/all/labels"][:3]) == ["0205 Real", "0205 Recon", "0205 Gen"]
+    assert not (out / "novelty.csv").exists()  # no train split without --prepared
 
 
 def test_cli_bad_input(corpora, capsys, tmp_path):
     rc = cli_main(["evaluate", "--real", str(tmp_path / "nope"), "--generated",
                    str(corpora["gen"]), "--out", str(tmp_path / "o")])
-    assert rc == 2 and "not a corpus folder" in capsys.readouterr().err
+    assert rc == 1 and "not a corpus folder" in capsys.readouterr().err
     rc = cli_main(["evaluate", "--real", str(corpora["real"]), "--out", str(tmp_path / "o")])
-    assert rc == 2 and "--generated" in capsys.readouterr().err
+    assert rc == 1 and "--generated" in capsys.readouterr().err
+    # an --out that is the real corpus itself is refused before anything is written
+    rc = cli_main(["evaluate", "--real", str(corpora["real"]), "--generated",
+                   str(corpora["gen"]), "--out", str(corpora["real"])])
+    assert rc == 1 and "would replace the input" in capsys.readouterr().err
+    assert (corpora["real"] / "records.csv").exists()
     rc = cli_main(["evaluate", "--real", str(corpora["real"]), "--generated",
                    f"a={corpora['gen']}", "--generated", f"a={corpora['recon']}",
                    "--out", str(tmp_path / "o")])
-    assert rc == 2 and "unique" in capsys.readouterr().err
+    assert rc == 1 and "unique" in capsys.readouterr().err
     rc = cli_main(["evaluate", "--real", str(corpora["real"]), "--generated",
                    str(corpora["gen"]), "--stations", "9999", "--out", str(tmp_path / "o")])
-    assert rc == 2 and "9999" in capsys.readouterr().err
+    assert rc == 1 and "9999" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -21,6 +21,7 @@ from timesnet_gen.generate import (
     mixing_plan,
 )
 from timesnet_gen.models.timesnet import TimesNetConfig, TimesNetGen
+from timesnet_gen.runtime import RuntimeSetupError
 
 from conftest import resplit
 
@@ -55,7 +56,7 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
     cfg = TimesNetConfig(d_model=4, d_ff=8, num_kernels=2, seq_len=T, n_stations=2)
     model = TimesNetGen(cfg)
     path = root / "model.pt"
-    torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict(),
+    torch.save({"kind": "timesnet-gen", "config": cfg.to_dict(), "state_dict": model.state_dict(),
                 "latent_std": torch.ones(4), "stations": ["A", "B"], "phase": "finetune"}, path)
     return data, path
 
@@ -179,6 +180,6 @@ def test_bad_inputs(setup, tmp_path):
     index["station_index"] = 1 - index["station_index"]
     index.to_csv(swapped / "index.csv", index=False)
     np.save(swapped / "waveforms.npy", np.load(data / "waveforms.npy"))
-    with pytest.raises(GenerateError, match="station_index"):
+    with pytest.raises(RuntimeSetupError, match="station_index"):
         generate(g, swapped, ckpt, tmp_path / "x", device="cpu")
     assert not (tmp_path / "x").exists()  # nothing written by any failed call

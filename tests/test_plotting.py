@@ -35,7 +35,7 @@ def _records_table(stations: list[str], n: int = 6) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_save_writes_png_at_print_resolution(tmp_path) -> None:
+def test_save_writes_png_at_screen_resolution(tmp_path) -> None:
     from PIL import Image
 
     fig, ax = plt.subplots(figsize=(2, 1))
@@ -43,8 +43,8 @@ def test_save_writes_png_at_print_resolution(tmp_path) -> None:
     path = plotting.save(fig, tmp_path / "sub" / "a.png")
     assert path.exists() and not list(path.parent.glob(".*tmp*"))
     with Image.open(path) as image:
-        assert image.info["dpi"][0] == pytest.approx(300, abs=1)
-        assert image.size[0] > 400  # ~2 in at 300 dpi (tight bbox trims a little)
+        assert image.info["dpi"][0] == pytest.approx(plotting.DPI, abs=1)
+        assert 1.6 * plotting.DPI < image.size[0] <= 2 * plotting.DPI  # 2 in, tight bbox
 
 
 def test_f0_kde_matches_scipy_and_refuses_degenerate_input() -> None:

@@ -13,6 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from timesnet_gen.config import params_from_dict
+from timesnet_gen.runtime import CheckpointError
 from timesnet_gen.train import TrainError, load_model_file, main, train
 
 from conftest import resplit
@@ -148,9 +149,9 @@ def write_params(tmp_path: Path) -> Path:
 
 
 def test_checkpoint_from_another_configuration_is_refused(prepared, pretrained, tmp_path):
-    with pytest.raises(TrainError, match="d_model: 4 -> 6"):
+    with pytest.raises(CheckpointError, match="d_model: 4 -> 6"):
         train(tiny_params(d_model=6), prepared, tmp_path / "ft", "finetune", init=pretrained)
-    with pytest.raises(TrainError, match="conditioning: 'concat' -> 'film'"):
+    with pytest.raises(CheckpointError, match="conditioning: 'concat' -> 'film'"):
         train(tiny_params(conditioning="film"), prepared, tmp_path / "ft", "finetune",
               init=pretrained)
     # resuming a run whose params changed
@@ -164,12 +165,12 @@ def test_checkpoint_from_another_configuration_is_refused(prepared, pretrained, 
 def test_bad_inputs(prepared, pretrained, tmp_path):
     with pytest.raises(TrainError, match="needs --init"):
         train(tiny_params(), prepared, tmp_path / "x", "finetune")
-    with pytest.raises(TrainError, match="no model checkpoint"):
+    with pytest.raises(CheckpointError, match="no model checkpoint"):
         train(tiny_params(), prepared, tmp_path / "x", "finetune", init=tmp_path / "nothing")
     corrupt = tmp_path / "corrupt" / "model.pt"
     corrupt.parent.mkdir()
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(TrainError, match="unreadable checkpoint"):
+    with pytest.raises(CheckpointError, match="unreadable checkpoint"):
         train(tiny_params(), prepared, tmp_path / "x", "finetune", init=corrupt)
     with pytest.raises(TrainError, match="seq_len=100"):
         train(tiny_params(seq_len=100), prepared, tmp_path / "x", "pretrain")

@@ -24,11 +24,12 @@ from timesnet_gen.models.cvae import (
     stft,
     vae_loss,
 )
+from timesnet_gen.runtime import CheckpointError, RuntimeSetupError
 from timesnet_gen.vae import (
     VaeError,
     features,
     fit_stats,
-    load_checkpoint,
+    load_vae,
     load_targets,
     main,
     reconstruction_mse,
@@ -306,7 +307,7 @@ def test_nan_training_record_is_named(tmp_path):
 
 def test_unknown_station_and_empty_split(tmp_path):
     prepared = _prepared(tmp_path, holdout=0)
-    with pytest.raises(VaeError, match=r"unknown target station\(s\) \['BBB'\]"):
+    with pytest.raises(RuntimeSetupError, match=r"station\(s\) \['BBB'\] not in data.target_stations"):
         load_targets(prepared, ["AAA"], ("train",))
     with pytest.raises(VaeError, match="no target records in split"):
         load_targets(prepared, STATIONS, ("holdout",))
@@ -317,15 +318,18 @@ def test_checkpoint_mismatch_and_corrupt_file(tmp_path):
     models = tmp_path / "models"
     params = _params_file(tmp_path, epochs=1)
     main(["--params", str(params), "--data", str(prepared), "--out", str(models)], "train-vae")
-    with pytest.raises(VaeError, match="vae.n_fft=64 but params have 128"):
-        load_checkpoint(models / "model.pt", VaeParams(**{**TINY, "n_fft": 128}), STATIONS)
-    with pytest.raises(VaeError, match="data.target_stations"):
-        load_checkpoint(models / "model.pt", VaeParams(**TINY), ["AAA", "CCC"])
+    with pytest.raises(CheckpointError, match="vae.n_fft: 64 -> 128"):
+        load_vae(models / "model.pt", VaeParams(**{**TINY, "n_fft": 128}), STATIONS)
+    with pytest.raises(CheckpointError, match=r"data.target_stations: \['AAA', 'BBB'\] -> "):
+        load_vae(models / "model.pt", VaeParams(**TINY), ["AAA", "CCC"])
+    with pytest.raises(CheckpointError, match="a timesnet-gen checkpoint, expected spectrogram"):
+        torch.save({"kind": "timesnet-gen"}, tmp_path / "other.pt")
+        load_vae(tmp_path / "other.pt", VaeParams(**TINY), STATIONS)
     (models / "model.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(VaeError, match="unreadable VAE checkpoint"):
-        load_checkpoint(models / "model.pt", VaeParams(**TINY), STATIONS)
-    with pytest.raises(VaeError, match="no checkpoint"):
-        load_checkpoint(tmp_path / "missing.pt", VaeParams(**TINY), STATIONS)
+    with pytest.raises(CheckpointError, match="unreadable checkpoint"):
+        load_vae(models / "model.pt", VaeParams(**TINY), STATIONS)
+    with pytest.raises(CheckpointError, match="no model checkpoint"):
+        load_vae(tmp_path / "missing.pt", VaeParams(**TINY), STATIONS)
 
 
 @pytest.mark.parametrize(

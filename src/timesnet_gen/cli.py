@@ -15,20 +15,19 @@ import sys
 import traceback
 
 from timesnet_gen.errors import UserError
+from timesnet_gen.registry import GENERATORS
 
 COMMANDS = {
     "synth": ("timesnet_gen.corpus.synth", "simulate the physics-based default corpus"),
-    "check-corpus": ("timesnet_gen.corpus.check", "validate the corpus (HVSR f0 vs truth), overview figure"),
+    "check-corpus": ("timesnet_gen.corpus.check",
+                     "validate the corpus (HVSR f0 vs truth), overview figure"),
     "ingest": ("timesnet_gen.io.ingest", "convert real records (AFAD .mat/.asc, obspy formats)"),
     "export": ("timesnet_gen.io.export", "export records as MiniSEED, SAC or .npz"),
     "prepare": ("timesnet_gen.prepare", "stack the corpus and make the seeded splits"),
-    "pretrain": ("timesnet_gen.train", "phase 0: pre-train TimesNet on non-target stations"),
-    "finetune": ("timesnet_gen.train", "phase 1: station-conditioned fine-tuning"),
-    "generate": ("timesnet_gen.generate", "generate and reconstruct records with TimesNet-Gen"),
-    "train-vae": ("timesnet_gen.vae", "train the spectrogram conditional-VAE baseline"),
-    "generate-vae": ("timesnet_gen.vae", "generate and reconstruct records with the VAE"),
-    "evaluate": ("timesnet_gen.evaluation.cli", "HVSR, f0, specificity scores, intensity measures"),
-    "score": ("timesnet_gen.score", "the evaluate stage: every model vs all and held-out records"),
+    **{verb: command for g in GENERATORS for verb, command in g.commands.items()},
+    "evaluate": ("timesnet_gen.evaluate",
+                 "HVSR, f0, specificity scores, intensity measures of generated records"),
+    "figures": ("timesnet_gen.notebooks", "execute the figure notebooks (papermill)"),
     "report": ("timesnet_gen.report", "score tables and the README results block"),
 }
 

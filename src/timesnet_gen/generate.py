@@ -27,11 +27,17 @@ import torch
 
 from timesnet_gen.cli import stage_parser
 from timesnet_gen.config import GenerateParams, load_params
+from timesnet_gen.errors import UserError
 from timesnet_gen.corpus.format import write_corpus
 from timesnet_gen.models.timesnet import TimesNetConfig, TimesNetGen
 from timesnet_gen.prepare import load_prepared
-from timesnet_gen.train import load_model_file, resolve_device
-from timesnet_gen.errors import UserError
+from timesnet_gen.runtime import (
+    check_station_index,
+    resolve_device,
+    station_table,
+    write_generator_outputs,
+)
+from timesnet_gen.train import load_model_file
 
 
 class GenerateError(UserError):
@@ -92,15 +98,62 @@ def reconstruct(model: TimesNetGen, latent: tuple[torch.Tensor, ...], batch_size
                            device)
 
 
-def station_table(stations: list[str], raw_dir: Path | None) -> pd.DataFrame:
-    """stations.csv rows of the target stations; f0_true_hz from the raw corpus when known."""
-    table = pd.DataFrame({"station": stations, "role": "target", "f0_true_hz": np.nan})
-    path = None if raw_dir is None else Path(raw_dir) / "stations.csv"
-    if path is not None and path.exists():
-        raw = pd.read_csv(path, dtype={"station": str})
-        if "f0_true_hz" in raw.columns:
-            table["f0_true_hz"] = table["station"].map(raw.set_index("station")["f0_true_hz"])
-    return table
+def check_request(params_g: GenerateParams, model: TimesNetGen, known: list[str],
+                  stations: list[str], n: int, waveforms: np.ndarray, index: pd.DataFrame,
+                  data_dir: str | Path, checkpoint: str | Path) -> dict[str, tuple]:
+    """Every check before any long work -> {station: (train rows, holdout rows)}."""
+    unknown = [s for s in stations if s not in known]
+    if unknown:
+        raise GenerateError(f"station(s) {unknown} unknown to the model {checkpoint} "
+                            f"(it knows {known})")
+    if n < 1:
+        raise GenerateError(f"number of samples per station must be >= 1, got {n}")
+    if waveforms.shape[1:] != (model.cfg.c_in, model.cfg.seq_len):
+        raise GenerateError(f"{data_dir}: records of shape {waveforms.shape[1:]}, the model "
+                            f"expects ({model.cfg.c_in}, {model.cfg.seq_len})")
+    target = index[index["role"] == "target"]
+    check_station_index(target[target["station"].isin(stations)], known, f"{data_dir}/index.csv")
+    rows = {}
+    for s in stations:
+        mine = (index["station"] == s) & (index["role"] == "target")
+        train = np.flatnonzero(mine & (index["split"] == "train"))
+        if len(train) == 0:
+            raise GenerateError(f"station {s}: no training records in {data_dir} (empty split)")
+        if params_g.k > len(train):
+            raise GenerateError(f"station {s}: generate.k={params_g.k} exceeds its "
+                                f"{len(train)} training records")
+        rows[s] = (train, np.flatnonzero(mine & (index["split"] == "holdout")))
+    return rows
+
+
+def generate_station(model: TimesNetGen, waveforms: np.ndarray, ids: np.ndarray,
+                     rows: tuple[np.ndarray, np.ndarray], station: str, cls: int, n: int,
+                     params_g: GenerateParams, checkpoint: str, recon: bool,
+                     device: torch.device) -> tuple[list, list, list, list]:
+    """One station's samples (and reconstructions): waveforms and records-table rows."""
+    bs = params_g.batch_size
+    train, holdout = rows
+    latent = encode_records(model, waveforms[train], cls, bs, device)
+    picks, weights = mixing_plan(len(train), n, params_g, cls)
+    gen_w = [decode_mixtures(model, latent, picks, weights, bs, device)]
+    gen_meta = [{
+        "record_id": f"tng-{station}-{i:04d}", "station": station, "source": "timesnet-gen",
+        "model": checkpoint, "seed": params_g.seed, "source_records": ";".join(ids[train[p]]),
+        "weights": ";".join(f"{v:.6g}" for v in w),
+    } for i, (p, w) in enumerate(zip(picks, weights))]
+    rec_w, rec_meta = [], []
+    if recon:
+        for split, rr, lat in (("train", train, latent), ("holdout", holdout, None)):
+            if len(rr) == 0:
+                continue
+            lat = lat if lat is not None else encode_records(model, waveforms[rr], cls, bs, device)
+            rec_w.append(reconstruct(model, lat, bs, device))
+            rec_meta += [{
+                "record_id": f"rec-{rid}", "station": station, "source": "timesnet-recon",
+                "model": checkpoint, "seed": "", "source_records": rid, "weights": "1",
+                "split": split, "source_record": rid,
+            } for rid in ids[rr]]
+    return gen_w, gen_meta, rec_w, rec_meta
 
 
 def generate(params_g: GenerateParams, data_dir: str | Path, checkpoint: str | Path,
@@ -114,76 +167,27 @@ def generate(params_g: GenerateParams, data_dir: str | Path, checkpoint: str | P
     stations = known if stations is None else stations
     n = params_g.n_per_station if n is None else n
     waveforms, index = load_prepared(data_dir)
-
-    # ---- every check before any long work
-    unknown = [s for s in stations if s not in known]
-    if unknown:
-        raise GenerateError(f"station(s) {unknown} unknown to the model {checkpoint} "
-                            f"(it knows {known})")
-    if n < 1:
-        raise GenerateError(f"number of samples per station must be >= 1, got {n}")
-    if waveforms.shape[1:] != (model.cfg.c_in, model.cfg.seq_len):
-        raise GenerateError(f"{data_dir}: records of shape {waveforms.shape[1:]}, the model "
-                            f"expects ({model.cfg.c_in}, {model.cfg.seq_len})")
-    target = index[index["role"] == "target"]
-    rows = {}
-    for s in stations:
-        mine = target[target["station"] == s]
-        if (mine["station_index"] != known.index(s)).any():
-            raise GenerateError(f"{data_dir}: station {s} has station_index "
-                                f"{sorted(set(mine['station_index']))}, the model uses "
-                                f"{known.index(s)} (prepared with other target stations)")
-        train = np.flatnonzero((index["station"] == s) & (index["role"] == "target")
-                               & (index["split"] == "train"))
-        if len(train) == 0:
-            raise GenerateError(f"station {s}: no training records in {data_dir} (empty split)")
-        if params_g.k > len(train):
-            raise GenerateError(f"station {s}: generate.k={params_g.k} exceeds its "
-                                f"{len(train)} training records")
-        holdout = np.flatnonzero((index["station"] == s) & (index["role"] == "target")
-                                 & (index["split"] == "holdout"))
-        rows[s] = (train, holdout)
-
+    rows = check_request(params_g, model, known, stations, n, waveforms, index, data_dir,
+                         checkpoint)
     dev = resolve_device(device)
     model.to(dev)
-    bs = params_g.batch_size
-    gen_w, gen_meta, rec_w, rec_meta = [], [], [], []
+    parts: list[list] = [[], [], [], []]
     ids = index["record_id"].to_numpy()
     for s in stations:
-        cls = known.index(s)
-        train, holdout = rows[s]
-        latent = encode_records(model, waveforms[train], cls, bs, dev)
-        picks, weights = mixing_plan(len(train), n, params_g, cls)
-        gen_w.append(decode_mixtures(model, latent, picks, weights, bs, dev))
-        for i, (p, w) in enumerate(zip(picks, weights)):
-            gen_meta.append({
-                "record_id": f"tng-{s}-{i:04d}", "station": s, "source": "timesnet-gen",
-                "model": str(checkpoint), "seed": params_g.seed,
-                "source_records": ";".join(ids[train[p]]),
-                "weights": ";".join(f"{v:.6g}" for v in w),
-            })
-        if not recon:
-            continue
-        for split, rr, lat in (("train", train, latent),
-                               ("holdout", holdout, None)):
-            if len(rr) == 0:
-                continue
-            lat = lat if lat is not None else encode_records(model, waveforms[rr], cls, bs, dev)
-            rec_w.append(reconstruct(model, lat, bs, dev))
-            rec_meta += [{
-                "record_id": f"rec-{rid}", "station": s, "source": "timesnet-recon",
-                "model": str(checkpoint), "seed": "", "source_records": rid, "weights": "1",
-                "split": split, "source_record": rid,
-            } for rid in ids[rr]]
-        print(f"generate: station {s}: {n} samples from {len(train)} training records")
-
-    table = station_table(stations, Path(raw_dir) if raw_dir is not None else None)
+        got = generate_station(model, waveforms, ids, rows[s], s, known.index(s), n, params_g,
+                               str(checkpoint), recon, dev)
+        for part, values in zip(parts, got):
+            part += values
+        print(f"generate: station {s}: {n} samples from {len(rows[s][0])} training records")
+    gen_w, gen_meta, rec_w, rec_meta = parts
+    table = station_table(stations, raw_dir)
+    generated = (np.concatenate(gen_w), pd.DataFrame(gen_meta))
     if not recon:
-        write_corpus(out, np.concatenate(gen_w), pd.DataFrame(gen_meta), table)
+        write_corpus(out, *generated, table, sources=[data_dir])
         print(f"generate: wrote {len(gen_meta)} records -> {out}")
         return
-    write_corpus(out / "generated", np.concatenate(gen_w), pd.DataFrame(gen_meta), table)
-    write_corpus(out / "recon", np.concatenate(rec_w), pd.DataFrame(rec_meta), table)
+    write_generator_outputs(out, table, generated, (np.concatenate(rec_w), pd.DataFrame(rec_meta)),
+                            sources=[data_dir])
     print(f"generate: wrote {len(gen_meta)} generated -> {out / 'generated'}, "
           f"{len(rec_meta)} reconstructions -> {out / 'recon'}")
 

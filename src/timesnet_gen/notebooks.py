@@ -1,7 +1,6 @@
 """`figures` stage: execute the papermill notebooks of notebooks/, and the loaders they call.
 
-    python -m timesnet_gen.notebooks --params params.yaml --figures figures \
-        --executed notebooks/executed
+    timesnet-gen figures --params params.yaml --figures figures --executed notebooks/executed
 
 Every notebook has a cell tagged `parameters` (input paths, the figures folder, the target
 stations ...). The runner passes absolute paths for every parameter a notebook declares, runs
@@ -26,34 +25,37 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from timesnet_gen import registry
 from timesnet_gen.cli import stage_parser
-from timesnet_gen.config import EvaluateParams, ParamsError, load_params
+from timesnet_gen.config import EvaluateParams, load_params
+from timesnet_gen.errors import UserError
 
 # Input parameters of the notebooks: default path (relative to the repository root) and the
 # pipeline stage that writes it (named in the error when the file is missing).
 INPUTS: dict[str, tuple[str, str]] = {
     "records_csv": ("outputs/evaluation/records.csv", "evaluate"),
-    "hvsr_median": ("outputs/evaluation/hvsr_median.npz", "evaluate"),
+    "hvsr_median": ("outputs/evaluation/median_hvsr.npz", "evaluate"),
     "fas_median": ("outputs/evaluation/fas_median.npz", "evaluate"),
     "matrices": ("outputs/evaluation/matrices.npz", "evaluate"),
     "novelty_csv": ("outputs/evaluation/novelty.csv", "evaluate"),
     "metrics_json": ("metrics.json", "evaluate"),
     "raw": ("data/raw", "data"),
     "stations_csv": ("data/raw/stations.csv", "data"),
-    "timesnet_generated": ("outputs/timesnet/generated", "generate"),
-    "vae_generated": ("outputs/vae/generated", "generate_vae"),
-    "pretrain_losses": ("models/pretrain/losses.tsv", "pretrain"),
-    "finetune_losses": ("models/finetune/losses.tsv", "finetune"),
-    "vae_losses": ("models/vae/losses.tsv", "train_vae"),
+}
+# Inputs that come from the registry: parameter -> (generator -> {key: path}); a notebook
+# gets one dict per parameter, with the entries of every registered generator.
+REGISTRY_INPUTS = {
+    "generated": lambda g: {g.gen_label: f"{g.outputs}/generated"},
+    "losses": lambda g: dict(g.losses),
 }
 NOTEBOOKS = ("site_signature", "similarity", "records", "training", "novelty")
 KERNEL = "python3"
-SOURCES = ("Real", "TimesNet-Gen", "TimesNet-Recon", "VAE-Gen", "VAE-Recon")
+SOURCES = registry.source_labels()
 RECORD_COLUMNS = ("record_id", "station", "source", "split", "f0_hz", "pga_cm_s2", "pgv_cm_s",
                   "arias_m_s", "d5_95_s")
 
 
-class NotebookError(RuntimeError):
+class NotebookError(UserError):
     """A notebook failed, or did not write a figure it should have."""
 
 
@@ -170,7 +172,7 @@ def f0_by_source(records: pd.DataFrame, station: str, sources: tuple[str, ...] =
 
 
 def f0_summary(records: pd.DataFrame, true_f0: dict[str, float],
-               sources: tuple[str, ...] = ("Real", "TimesNet-Gen", "VAE-Gen")) -> pd.DataFrame:
+               sources: tuple[str, ...] = registry.generated_labels()) -> pd.DataFrame:
     """Median and quartiles of f0 (Hz) per station and source, next to the true site f0."""
     rows = records[records["source"].isin(sources)]
     grouped = rows.groupby(["station", "source"])["f0_hz"]
@@ -229,7 +231,7 @@ def similarity_panels(matrices: dict[str, tuple[np.ndarray, list[str]]], metrics
                       model: str, sizes: list[str], reference: str,
                       f0: dict[str, tuple[float, bool]]) -> list:
     """MatrixPanels of one model: the score (and the other reference's, the paper's) in titles."""
-    from timesnet_gen.plotting import MODEL_NAMES, MatrixPanel
+    from timesnet_gen.plotting import MatrixPanel
 
     other = {"all": "holdout", "holdout": "all"}.get(reference, "")
     names = {"all": "all real records", "holdout": "held-out real records"}
@@ -258,7 +260,7 @@ def similarity_panels(matrices: dict[str, tuple[np.ndarray, list[str]]], metrics
         paper = metrics.get("paper", {}).get(f"{model}_{size}")
         if paper is not None:
             extra.append(f"paper: {paper:.2f}")
-        title = (f"{MODEL_NAMES.get(model, model)} {size} vs {names.get(reference, reference)}\n"
+        title = (f"{registry.label_of(model)} {size} vs {names.get(reference, reference)}\n"
                  f"specificity score {score:.3f}" + (f"  ({'; '.join(extra)})" if extra else ""))
         cross = rows != cols  # k x k: real stations (rows) against generated ones (columns)
         axis = ("Generated records of station", "Real records of station") if cross else ("", "")
@@ -348,7 +350,13 @@ def notebook_parameters(params_path: Path, root: Path, figures: Path) -> dict:
     """Every parameter the runner knows, with absolute paths (notebooks take what they declare)."""
     params = load_params(params_path)
     values: dict = {name: str((root / rel).resolve()) for name, (rel, _) in INPUTS.items()}
+    for name, entries in REGISTRY_INPUTS.items():
+        values[name] = {key: str((root / rel).resolve())
+                        for g in registry.GENERATORS for key, rel in entries(g).items()}
     values.update(
+        models=registry.names(),
+        loss_units={title: g.loss_unit for g in registry.GENERATORS for title in g.losses
+                    if g.loss_unit},
         params_file=str(params_path.resolve()), figures=str(figures.resolve()),
         target_stations=list(params.data.target_stations), fmin=params.evaluate.fmin,
         fmax=params.evaluate.fmax, hist_bins=params.evaluate.hist_bins,
@@ -373,6 +381,10 @@ def check_inputs(names: list[str], values: dict) -> None:
     """FileNotFoundError naming every missing input and the stage that writes it."""
     missing = [f"{values[n]} (input {n!r}, written by the {INPUTS[n][1]!r} stage)"
                for n in names if n in INPUTS and not Path(values[n]).exists()]
+    missing += [f"{values[n][key]} (input {n}[{key!r}], written by the stages of the "
+                f"registered generator {g.name!r})"
+                for n in names if n in REGISTRY_INPUTS for g in registry.GENERATORS
+                for key in REGISTRY_INPUTS[n](g) if not Path(values[n][key]).exists()]
     if missing:
         raise FileNotFoundError("missing input file(s):\n  " + "\n  ".join(missing))
 
@@ -439,7 +451,7 @@ def run_all(params_path: str | Path, figures: str | Path, executed: str | Path,
         return expected[name]
 
     # Kernels are separate processes: `jobs` of them at a time use the cores (most of a
-    # notebook's time is kernel start-up, imports and rendering at 300 dpi).
+    # notebook's time is kernel start-up, imports and rendering).
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = [pool.submit(run, name, path) for name, path in zip(names, paths)]
         written = []
@@ -464,12 +476,8 @@ def main(argv: list[str] | None = None, verb: str = "figures") -> int:
     try:
         written = run_all(args.params, args.figures, args.executed, args.root, args.notebooks,
                           args.only, args.jobs)
-    except (NotebookError, FileNotFoundError, ParamsError) as exc:
-        print(f"figures: {exc}", file=sys.stderr)
-        return 1
+    except FileNotFoundError as exc:
+        raise NotebookError(str(exc)) from None
     print(f"figures: wrote {len(written)} figure(s) under {args.figures}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,24 +21,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from timesnet_gen import registry  # noqa: E402
 from timesnet_gen.atomic import staged_file  # noqa: E402
 
-DPI = 300
+# Screen resolution: figures are read on screen and live in git (figures/ stays under 3 MB).
+DPI = 110
 COMPONENT_NAMES = ("E", "N", "U")
-SOURCE_COLOURS = {
-    "Real": "black",
-    "TimesNet-Gen": "tab:red",
-    "TimesNet-Recon": "tab:orange",
-    "VAE-Gen": "tab:blue",
-    "VAE-Recon": "tab:cyan",
-}
+SOURCE_COLOURS = registry.source_colours()  # Real, then each generator's Gen and Recon
 SOURCES = tuple(SOURCE_COLOURS)
-GENERATED = ("Real", "TimesNet-Gen", "VAE-Gen")  # what the records and intensity figures compare
-MODEL_NAMES = {"timesnet": "TimesNet-Gen", "vae": "VAE"}
+GENERATED = registry.generated_labels()  # what the records and intensity figures compare
+MARKERS = {registry.REAL: "o", **{g.gen_label: g.marker for g in registry.GENERATORS}}
 
 
 def save(fig: plt.Figure, path: str | Path) -> Path:
-    """Write a PNG at print resolution via a temporary file, then close the figure."""
+    """Write a PNG at screen resolution via a temporary file, then close the figure."""
     path = Path(path)
     with staged_file(path) as tmp:
         fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
@@ -467,7 +463,6 @@ def ground_truth_f0(summary: pd.DataFrame, targets: list[str], tolerance: float 
     ax.fill_between(line, line * (1 - tolerance), line * (1 + tolerance), color="0.85",
                     label=f"±{tolerance:.0%} band")
     ax.plot(line, line, color="0.4", lw=0.8, label="1:1")
-    markers = {"Real": "o", "TimesNet-Gen": "s", "VAE-Gen": "^"}
     for source in sources:
         rows = known[known["source"] == source]
         if rows.empty:
@@ -477,7 +472,7 @@ def ground_truth_f0(summary: pd.DataFrame, targets: list[str], tolerance: float 
                                 rows["f0_q75_hz"].to_numpy(float) - y]))
         inside = int(np.sum(np.abs(y / x - 1) <= tolerance))
         colour = SOURCE_COLOURS.get(source, "0.4")
-        ax.errorbar(x, y, yerr=err, fmt=markers.get(source, "o"), mfc="none", mec=colour,
+        ax.errorbar(x, y, yerr=err, fmt=MARKERS.get(source, "o"), mfc="none", mec=colour,
                     ecolor=colour, elinewidth=0.8, capsize=2, ms=7,
                     label=f"{source} ({inside}/{len(rows)} within ±{tolerance:.0%})")
     for station, f0_true in known.drop_duplicates("station")[["station", "f0_true_hz"]].itertuples(
@@ -500,7 +495,9 @@ def ground_truth_f0(summary: pd.DataFrame, targets: list[str], tolerance: float 
 # --------------------------------------------------------------------------------------------
 # Figure 8: novelty (does the generator copy its training records?)
 
-NOVELTY_GROUPS = {"real": "Real vs real", "timesnet": "TimesNet-Gen", "vae": "VAE-Gen"}
+# novelty.csv "model" column -> (box label, colour)
+NOVELTY_GROUPS = {"real": ("Real vs real", registry.REAL_COLOUR),
+                  **{g.name: (g.gen_label, g.colour) for g in registry.GENERATORS}}
 
 
 def novelty_figure(table: pd.DataFrame, stations: list[str], ncols: int = 5,
@@ -513,10 +510,8 @@ def novelty_figure(table: pd.DataFrame, stations: list[str], ncols: int = 5,
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 4.0 * nrows), sharey=True,
                              squeeze=False)
     rng = np.random.default_rng(0)  # jitter of the points only
-    colours = {"real": SOURCE_COLOURS["Real"], "timesnet": SOURCE_COLOURS["TimesNet-Gen"],
-               "vae": SOURCE_COLOURS["VAE-Gen"]}
     for ax, station in zip(axes.flat, stations):
-        for k, (model, name) in enumerate(NOVELTY_GROUPS.items()):
+        for k, (model, (_, colour)) in enumerate(NOVELTY_GROUPS.items()):
             rows = (table["station"] == station) & (table["model"] == model)
             values = table.loc[rows, "nn_distance"].to_numpy(dtype=np.float64)
             values = values[np.isfinite(values)]
@@ -525,10 +520,10 @@ def novelty_figure(table: pd.DataFrame, stations: list[str], ncols: int = 5,
             box = ax.boxplot(values, positions=[k], widths=0.6, patch_artist=True,
                              showfliers=False, medianprops={"color": "black"},
                              manage_ticks=False)
-            box["boxes"][0].set(facecolor=colours[model], alpha=0.35)
-            ax.plot(k + rng.uniform(-0.18, 0.18, len(values)), values, ".", ms=3,
-                    color=colours[model])
-        ax.set_xticks(range(len(NOVELTY_GROUPS)), list(NOVELTY_GROUPS.values()), rotation=30,
+            box["boxes"][0].set(facecolor=colour, alpha=0.35)
+            ax.plot(k + rng.uniform(-0.18, 0.18, len(values)), values, ".", ms=3, color=colour)
+        ax.set_xticks(range(len(NOVELTY_GROUPS)), [n for n, _ in NOVELTY_GROUPS.values()],
+                      rotation=30,
                       ha="right", fontsize=8)
         ax.set_title(f"station {station}", fontsize=10)
         ax.set_ylim(bottom=0)

@@ -1,35 +1,37 @@
 """`report` stage: the score table (Markdown + CSV) and the results summary, from metrics.json.
 
 Nothing here computes science: it lays out what the `evaluate` stage measured next to the
-paper's published numbers (0.93 TimesNet-Gen, 0.81 VAE) and states which targets are met.
+paper's published numbers (paper.json) and states which targets are met. Rows come from the
+generator registry (registry.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pandas as pd
 
+from timesnet_gen import registry
 from timesnet_gen.atomic import staged_file
+from timesnet_gen.cli import stage_parser
+from timesnet_gen.errors import UserError
 
-MODELS = {"timesnet": "TimesNet-Gen", "vae": "VAE (spectrogram cVAE)"}
 REFERENCES = {"all": "all real records", "holdout": "held-out real records"}
 SIZES = ("5x5", "10x10", "15x15")
-TARGET_SCORE = 0.93  # issue 7: TimesNet-Gen's 15x15 and 5x5 scores at least this
 F0_TOLERANCE_PCT = 5.0
 ACCURACY_GAP = 0.05
 
 
 FIGURES = [
-    ("combined/station_<code>.png", "per station: f0 histograms + KDE and median HVSR of Real, "
-     "TimesNet-Gen, TimesNet-Recon, VAE-Gen, VAE-Recon, true f0 marked"),
-    ("similarity_matrices.png", "15x15 similarity matrices, TimesNet-Gen and VAE"),
+    ("combined/station_<code>.png", "per station: f0 histograms + KDE and median HVSR of "
+     + ", ".join(registry.source_labels()) + ", true f0 marked"),
+    ("similarity_matrices.png", "15x15 similarity matrices of "
+     + ", ".join(g.title for g in registry.GENERATORS)),
     ("similarity_matrices_5x5_10x10.png", "5x5 and 10x10 similarity matrices"),
     ("waveforms/station_<code>.png", "real vs generated waveforms (E, N, U) and their spectra"),
     ("intensity_measures.png", "PGA, Arias intensity, D5-95 and PSA per station"),
-    ("training_curves.png", "training curves of both phases and of the VAE"),
+    ("training_curves.png", "training curves of every generator"),
     ("ground_truth_f0.png", "recovered f0 (real and generated) against the true site f0"),
     ("novelty.png", "distance of generated records to their nearest training record"),
     ("corpus_overview.png", "the synthetic corpus: example records, HVSR, f0 histograms"),
@@ -39,7 +41,8 @@ FIGURES = [
 def score_table(metrics: dict) -> pd.DataFrame:
     """One row per model, reference set and matrix size."""
     rows = []
-    for model, name in MODELS.items():
+    for g in registry.GENERATORS:
+        model, name = g.name, g.title
         for ref in REFERENCES:
             m = metrics.get(model, {}).get(ref)
             if m is None:
@@ -78,13 +81,14 @@ def to_markdown(table: pd.DataFrame) -> str:
 def targets(metrics: dict) -> list[tuple[str, bool | None, str]]:
     """The issue's targets on the default corpus: (statement, met?, measured)."""
     out = []
+    target_score = registry.paper()["scores"]["timesnet_15x15"]
     tn = metrics.get("timesnet", {}).get("all", {})
     vae = metrics.get("vae", {}).get("all", {})
     for size in ("15x15", "5x5"):
         score, other = tn.get(f"score_{size}"), vae.get(f"score_{size}")
         if score is not None:
-            met = score >= TARGET_SCORE and (other is None or score > other)
-            out.append((f"TimesNet-Gen {size} score >= {TARGET_SCORE} and above the VAE's", met,
+            met = score >= target_score and (other is None or score > other)
+            out.append((f"TimesNet-Gen {size} score >= {target_score} and above the VAE's", met,
                         f"TimesNet-Gen {score:.3f}, VAE {_fmt(other)}"))
     acc = tn.get("nearest_station_accuracy")
     ceiling = metrics.get("real_ceiling", {}).get("nearest_station_accuracy")
@@ -110,7 +114,9 @@ def results_markdown(metrics: dict, table: pd.DataFrame) -> str:
         mark = "met" if met else "NOT met"
         lines.append(f"- {statement}: **{mark}** ({measured})")
     lines += ["", "### Station-specificity scores", ""]
-    lines.append("Paper: 0.93 (TimesNet-Gen) and 0.81 (VAE), on five AFAD stations.")
+    paper = registry.paper()["scores"]
+    lines.append(f"Paper: {paper['timesnet_15x15']:.2f} (TimesNet-Gen) and "
+                 f"{paper['vae_15x15']:.2f} (VAE), on five AFAD stations.")
     ceiling = metrics.get("real_ceiling", {})
     if "score_5x5" in ceiling:
         lines.append(
@@ -129,6 +135,15 @@ def results_markdown(metrics: dict, table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def read_metrics(path: Path) -> dict:
+    if not path.exists():
+        raise UserError(f"{path}: missing (run the evaluate stage first)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+
+
 def write_atomic(path: Path, text: str) -> None:
     with staged_file(path) as tmp:
         tmp.write_text(text)
@@ -142,14 +157,14 @@ def splice_readme(readme: Path, results: str) -> None:
     """Replace the README's results block (between the markers) with `results`."""
     text = readme.read_text()
     if README_START not in text or README_END not in text:
-        raise SystemExit(f"{readme}: no results markers ({README_START} ... {README_END})")
+        raise UserError(f"{readme}: no results markers ({README_START} ... {README_END})")
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
     write_atomic(readme, f"{head}{README_START}\n{results.strip()}\n{README_END}{tail}")
 
 
 def main(argv: list[str], verb: str = "report") -> int:
-    parser = argparse.ArgumentParser(prog=f"timesnet-gen {verb}", description=__doc__)
+    parser = stage_parser(verb, __doc__)
     parser.add_argument("--metrics", default="metrics.json", type=Path)
     parser.add_argument("--evaluation", default="outputs/evaluation", type=Path)
     parser.add_argument("--out", default="figures", type=Path)
@@ -157,12 +172,15 @@ def main(argv: list[str], verb: str = "report") -> int:
                         help="only copy <out>/results.md into this README's results block")
     args = parser.parse_args(argv)
     if args.readme:
-        splice_readme(args.readme, (args.out / "results.md").read_text())
+        results = args.out / "results.md"
+        if not results.exists():
+            raise UserError(f"{results}: missing (run the report stage first)")
+        splice_readme(args.readme, results.read_text())
         return 0
-    metrics = json.loads(args.metrics.read_text())
+    metrics = read_metrics(args.metrics)
     table = score_table(metrics)
     if table.empty:
-        raise SystemExit(f"{args.metrics}: no model scores found (run the evaluate stage)")
+        raise UserError(f"{args.metrics}: no model scores found (run the evaluate stage)")
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out / "table_scores.csv", table.to_csv(index=False, float_format="%.4f"))
     write_atomic(args.out / "table_scores.md", to_markdown(table))

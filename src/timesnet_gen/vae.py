@@ -12,7 +12,6 @@ generate-vae  writes two canonical corpus folders:
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -25,7 +24,6 @@ import torch
 from timesnet_gen.cli import stage_parser
 from timesnet_gen.config import VaeParams, load_params
 from timesnet_gen.atomic import staged_dir
-from timesnet_gen.corpus.format import write_corpus
 from timesnet_gen.models.cvae import (
     SpecCVAE,
     amplitude_scale,
@@ -35,11 +33,27 @@ from timesnet_gen.models.cvae import (
     station_onehot,
     vae_loss,
 )
-from timesnet_gen.prepare import load_prepared
 from timesnet_gen.errors import UserError
+from timesnet_gen.prepare import load_prepared
+from timesnet_gen.runtime import (
+    CheckpointError,
+    check_station_index,
+    config_diff,
+    load_checkpoint,
+    plot_curve,
+    record_ids,
+    resolve_device,
+    run_epochs,
+    save_checkpoint,
+    set_threads,
+    station_table,
+    write_generator_outputs,
+    write_losses,
+)
 
 CHECKPOINT_VERSION = 1
 MODEL_NAME = "cvae"
+KIND = "spectrogram-cvae"  # checkpoint kind (runtime.load_checkpoint checks it)
 # params that change the network or its input features: a checkpoint is usable only if they match
 ARCH_KEYS = ("n_fft", "hop", "log_eps", "latent_dim", "channels", "condition_encoder")
 
@@ -64,15 +78,7 @@ def load_targets(
     rows = index[(index["role"] == "target") & index["split"].isin(splits)]
     if rows.empty:
         raise VaeError(f"{prepared_dir}: no target records in split(s) {', '.join(splits)}")
-    unknown = sorted(set(rows["station"]) - set(stations))
-    if unknown:
-        raise VaeError(
-            f"{prepared_dir}: unknown target station(s) {unknown} (data.target_stations: "
-            f"{stations}); re-run prepare with the current params"
-        )
-    expected = rows["station"].map(stations.index).to_numpy()
-    if not np.array_equal(expected, rows["station_index"].to_numpy()):
-        raise VaeError(f"{prepared_dir}: station_index does not match data.target_stations order")
+    check_station_index(rows, stations, f"{prepared_dir}/index.csv")
     selected = np.asarray(waveforms[rows.index.to_numpy()], dtype=np.float32)
     bad = ~np.isfinite(selected).all(axis=(1, 2))
     if bad.any():
@@ -120,12 +126,6 @@ def beta_at(epoch: int, vae: VaeParams) -> float:
     if vae.beta_warmup_epochs <= 0:
         return vae.beta
     return vae.beta * min(1.0, epoch / vae.beta_warmup_epochs)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,30 +176,27 @@ def train_model(
 
     model = build_model(vae, spec.shape[2], spec.shape[3], n_classes).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=vae.lr, weight_decay=vae.weight_decay)
-    rows = []
-    for epoch in range(1, vae.epochs + 1):
+    clock = {"start": time.perf_counter()}
+
+    def batches(epoch: int) -> list[torch.Tensor]:
         model.train()
-        beta = beta_at(epoch, vae)
+        clock["start"] = time.perf_counter()
         order = torch.randperm(len(spec), generator=generator)
-        sums = np.zeros(3)
-        start_time = time.perf_counter()
-        for start in range(0, len(order), vae.batch_size):
-            batch = order[start : start + vae.batch_size]
-            x, c = spec[batch].to(device), onehot[batch].to(device)
-            recon, mean, logvar = model(x, c, generator)
-            loss, mse, kl = vae_loss(recon, x, mean, logvar, beta, vae.free_bits)
-            optimiser.zero_grad()
-            loss.backward()
-            if vae.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), vae.grad_clip)
-            optimiser.step()
-            sums += np.array([loss.item(), mse.item(), kl.item()]) * len(batch)
-        loss_, mse_, kl_ = sums / len(spec)
-        if not math.isfinite(loss_):
-            raise VaeError(f"training diverged at epoch {epoch} (loss {loss_}); lower vae.lr")
-        rows.append({"epoch": epoch, "train_loss": loss_, "recon_loss": mse_, "kl": kl_})
-        log(f"epoch {epoch:3d}/{vae.epochs}  loss {loss_:.4f}  recon {mse_:.4f}  "
-            f"kl {kl_:.1f} nats  beta {beta:.3g}  {time.perf_counter() - start_time:.1f} s")
+        return [order[i : i + vae.batch_size] for i in range(0, len(order), vae.batch_size)]
+
+    def loss_fn(batch: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict]:
+        x, c = spec[batch].to(device), onehot[batch].to(device)
+        recon, mean, logvar = model(x, c, generator)
+        loss, mse, kl = vae_loss(recon, x, mean, logvar, beta_at(epoch + 1, vae), vae.free_bits)
+        return loss, {"recon_loss": mse.item(), "kl": kl.item()}
+
+    def end_epoch(epoch: int, row: dict, count: int) -> None:
+        log(f"epoch {epoch + 1:3d}/{vae.epochs}  loss {row['train_loss']:.4f}  recon "
+            f"{row['recon_loss']:.4f}  kl {row['kl']:.1f} nats  beta {beta_at(epoch + 1, vae):.3g}"
+            f"  {time.perf_counter() - clock['start']:.1f} s")
+
+    rows = run_epochs(range(vae.epochs), batches, loss_fn, optimiser, model.parameters(),
+                      vae.grad_clip, None, end_epoch, "train-vae", show=False)
     return model.cpu().eval(), stats, pd.DataFrame(rows)
 
 
@@ -274,89 +271,51 @@ def sample(
 # checkpoint
 
 
-def save_checkpoint(
-    path: Path, model: SpecCVAE, stats: dict[str, torch.Tensor], vae: VaeParams,
-    stations: list[str], n_samples: int,
-) -> None:
+def checkpoint_payload(
+    model: SpecCVAE, stats: dict[str, torch.Tensor], vae: VaeParams, stations: list[str],
+    n_samples: int,
+) -> dict:
     config = {key: getattr(vae, key) for key in ARCH_KEYS}
     config.update(stations=list(stations), n_samples=int(n_samples), n_freq=model.n_freq,
                   n_frames=model.n_frames)
-    torch.save({"version": CHECKPOINT_VERSION, "config": config, "vae_params": asdict(vae),
-                "state_dict": model.state_dict(), "stats": stats}, path)
+    return {"kind": KIND, "version": CHECKPOINT_VERSION, "config": config,
+            "vae_params": asdict(vae), "state_dict": model.state_dict(), "stats": stats}
 
 
-def load_checkpoint(
+def load_vae(
     path: Path, vae: VaeParams, stations: list[str]
 ) -> tuple[SpecCVAE, dict[str, torch.Tensor], dict]:
-    """Load model.pt; stops with a message naming the key when it does not match the params."""
-    if not path.exists():
-        raise VaeError(f"{path}: no checkpoint (run timesnet-gen train-vae first)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        config, state, stats = ckpt["config"], ckpt["state_dict"], ckpt["stats"]
-    except Exception as exc:  # torch raises many types on a corrupt file
-        raise VaeError(f"{path}: unreadable VAE checkpoint ({exc})") from None
+    """Load model.pt; stops with a message naming every key that does not match the params."""
+    ckpt = load_checkpoint(path, KIND)
     if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise VaeError(f"{path}: checkpoint version {ckpt.get('version')}, "
-                       f"expected {CHECKPOINT_VERSION}")
-    wanted = {key: getattr(vae, key) for key in ARCH_KEYS} | {"stations": list(stations)}
-    for key, value in wanted.items():
-        if config.get(key) != value:
-            name = "data.target_stations" if key == "stations" else f"vae.{key}"
-            raise VaeError(f"{path}: trained with {name}={config.get(key)!r} but params have "
-                           f"{value!r}; retrain (timesnet-gen train-vae)")
+        raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')}, "
+                              f"expected {CHECKPOINT_VERSION}")
+    config = ckpt["config"]
+    wanted = {f"vae.{key}": getattr(vae, key) for key in ARCH_KEYS}
+    wanted["data.target_stations"] = list(stations)
+    saved = {name: config.get(name.split(".", 1)[1] if name.startswith("vae.") else "stations")
+             for name in wanted}
+    diff = config_diff(saved, wanted)
+    if diff:
+        raise CheckpointError(f"{path} was trained with other params (checkpoint -> params): "
+                              f"{'; '.join(diff)}; retrain (timesnet-gen train-vae)")
     model = build_model(vae, config["n_freq"], config["n_frames"], len(stations))
-    model.load_state_dict(state)
-    return model.eval(), stats, config
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt["stats"], config
 
 
 # --------------------------------------------------------------------------------------------
 # outputs
 
 
-def plot_curve(losses: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_kl) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax_loss.plot(losses["epoch"], losses["train_loss"], label="train loss")
-    ax_loss.plot(losses["epoch"], losses["recon_loss"], label="recon MSE")
-    ax_loss.set(xlabel="epoch", ylabel="standardised log-magnitude", yscale="log")
-    ax_loss.legend()
-    ax_kl.plot(losses["epoch"], losses["kl"], color="C2")
-    ax_kl.set(xlabel="epoch", ylabel="KL (nats / record)")
-    fig.suptitle("Spectrogram CVAE baseline")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def station_table(stations: list[str], raw_dir: Path | None) -> pd.DataFrame:
-    """stations.csv of an output corpus: target rows, f0_true_hz from the raw corpus if known."""
-    table = pd.DataFrame({"station": stations, "role": "target", "f0_true_hz": np.nan})
-    path = raw_dir / "stations.csv" if raw_dir is not None else None
-    if path is not None and path.exists():
-        raw = pd.read_csv(path, dtype={"station": str})
-        if "f0_true_hz" in raw.columns:
-            f0 = raw.drop_duplicates("station").set_index("station")["f0_true_hz"]
-            table["f0_true_hz"] = table["station"].map(f0)
-    return table
-
-
 def write_outputs(
     out_dir: Path, generated: np.ndarray, gen_index: np.ndarray, recon: np.ndarray,
     recon_rows: pd.DataFrame, stations: list[str], seed: int, raw_dir: Path | None,
 ) -> None:
-    """outputs/vae/generated and outputs/vae/recon as canonical corpus folders (each atomic)."""
+    """outputs/vae/generated and outputs/vae/recon as canonical corpus folders (one atomic step)."""
     table = station_table(stations, raw_dir)
     gen_stations = [stations[i] for i in gen_index]
-    counters: dict[str, int] = {}
-    ids = []
-    for station in gen_stations:
-        counters[station] = counters.get(station, 0) + 1
-        ids.append(f"vae-gen-{station}-{counters[station]:03d}")
+    ids = record_ids("vae-gen", gen_stations)
     gen_records = pd.DataFrame({"record_id": ids, "station": gen_stations, "source": "vae-gen",
                                 "model": MODEL_NAME, "seed": seed})
     recon_records = pd.DataFrame({
@@ -365,34 +324,28 @@ def write_outputs(
         "source_record": recon_rows["record_id"].to_numpy(), "source": "vae-recon",
         "model": MODEL_NAME, "seed": seed,
     })
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_corpus(out_dir / "generated", generated, gen_records, table)
-    write_corpus(out_dir / "recon", recon, recon_records, table)
+    write_generator_outputs(out_dir, table, (generated, gen_records), (recon, recon_records))
 
 
 # --------------------------------------------------------------------------------------------
 # CLI
 
 
-def _setup_torch(threads: int) -> None:
-    if threads > 0:
-        torch.set_num_threads(threads)
-
-
 def train_main(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     vae, stations = params.vae, params.data.target_stations
-    _setup_torch(params.train.num_threads)
+    set_threads(params.train.num_threads)
     waveforms, rows = load_targets(args.data, stations, ("train",))
     device = resolve_device(params.train.device)
     print(f"train-vae: {len(rows)} target training records, {len(stations)} stations, "
           f"{vae.epochs} epochs on {device}")
     model, stats, losses = train_model(waveforms, rows["station_index"].to_numpy(),
                                        len(stations), vae, device)
-    with staged_dir(args.out) as tmp:
-        save_checkpoint(tmp / "model.pt", model, stats, vae, stations, waveforms.shape[-1])
-        losses.to_csv(tmp / "losses.tsv", sep="\t", index=False, float_format="%.6g")
-        plot_curve(losses, tmp / "training_curve.png")
+    with staged_dir(args.out, [args.data]) as tmp:
+        save_checkpoint(checkpoint_payload(model, stats, vae, stations, waveforms.shape[-1]),
+                        tmp / "model.pt")
+        write_losses(losses, tmp / "losses.tsv")
+        plot_curve(losses, tmp / "training_curve.png", "Spectrogram CVAE baseline")
     print(f"wrote {args.out}/model.pt, losses.tsv, training_curve.png")
     return 0
 
@@ -400,8 +353,8 @@ def train_main(args: argparse.Namespace) -> int:
 def generate_main(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     vae, stations = params.vae, params.data.target_stations
-    _setup_torch(params.train.num_threads)
-    model, stats, config = load_checkpoint(args.model / "model.pt", vae, stations)
+    set_threads(params.train.num_threads)
+    model, stats, config = load_vae(args.model / "model.pt", vae, stations)
     waveforms, rows = load_targets(args.data, stations, ("train", "holdout"))
     if waveforms.shape[-1] != config["n_samples"]:
         raise VaeError(f"{args.data}: records have {waveforms.shape[-1]} samples, the model was "
@@ -430,4 +383,4 @@ def main(argv: list[str], verb: str = "train-vae") -> int:
         parser.add_argument("--raw", default=Path("data/raw"), type=Path,
                             help="raw corpus folder; its stations.csv gives f0_true_hz if present")
         return generate_main(parser.parse_args(argv))
-    raise ValueError(f"unknown verb {verb!r} for timesnet_gen.vae")
+    raise UserError(f"unknown verb {verb!r} for timesnet_gen.vae")

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from timesnet_gen.config import EvaluateParams, to_dict
-from timesnet_gen.corpus.format import SAMPLING_RATE, Corpus
+from timesnet_gen.errors import UserError
+from timesnet_gen.records import SAMPLING_RATE, Corpus
 from timesnet_gen.evaluation.hvsr import f0, hvsr_details, median_hvsr
 from timesnet_gen.evaluation.intensity import intensity_measures
 from timesnet_gen.evaluation.specificity import (
@@ -26,6 +27,10 @@ from timesnet_gen.evaluation.specificity import (
 )
 
 REAL = "Real"
+
+
+class EvaluationError(UserError):
+    """Sources that cannot be scored together (names, stations)."""
 
 
 def _geo(x: np.ndarray) -> np.ndarray:
@@ -114,23 +119,21 @@ def evaluate_sources(
     """
     params = params or EvaluateParams()
     if len(recon or {}) and len(generated) != 1 and set(recon) - set(generated):
-        raise ValueError(f"recon names {sorted(recon)} must match generated names "
+        raise EvaluationError(f"recon names {sorted(recon)} must match generated names "
                          f"{sorted(generated)} to be paired")
     # Source labels: the generated name, and "<name>-recon" for reconstructions.
     recon = {f"{n}-recon": c for n, c in (recon or {}).items()}
     names = [REAL, *generated, *recon]
     if len(set(names)) != len(names):
-        raise ValueError(f"source names must be unique (and not {REAL!r}): {names}")
+        raise EvaluationError(f"source names must be unique (and not {REAL!r}): {names}")
     if stations is None:
         stations = sorted(real.records["station"].astype(str).unique())
     missing = [s for s in stations if not real.station_mask(s).any()]
     if missing:
-        raise ValueError(f"station(s) {missing} have no real records")
+        raise EvaluationError(f"station(s) {missing} have no real records")
 
     def restrict(corpus: Corpus) -> Corpus:
-        mask = corpus.records["station"].astype(str).isin(stations).to_numpy()
-        return Corpus(corpus.waveforms[mask], corpus.records[mask].reset_index(drop=True),
-                      corpus.stations)
+        return corpus.subset(corpus.records["station"].astype(str).isin(stations).to_numpy())
 
     sources = [(REAL, "real", restrict(real))]
     sources += [(n, "generated", restrict(c)) for n, c in generated.items()]
@@ -176,8 +179,9 @@ def evaluate_sources(
         metrics["models"][name] = _source_metrics(name, f0s, medians, real_f0, stations,
                                                   nearest)
     for name in generated:
+        # a generator's own reconstructions; an unnamed pair only when there is one of each
         partner = f"{name}-recon" if f"{name}-recon" in recon else (
-            next(iter(recon)) if len(recon) == 1 else None)
+            next(iter(recon)) if len(recon) == 1 and len(generated) == 1 else None)
         used = [s for s in stations if _has_f0(real_f0[s]) and _has_f0(f0s[name][s])
                 and (partner is None or _has_f0(f0s[partner][s]))]
         entry = metrics["models"][name]

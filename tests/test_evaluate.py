@@ -1,17 +1,19 @@
-"""The evaluate and report stages on a small synthetic corpus with stand-in model outputs."""
+"""The evaluate stage (`timesnet-gen evaluate --prepared`) and the report stage on a small
+synthetic corpus with stand-in model outputs."""
 
 import json
 
 import numpy as np
 import pytest
 
-from timesnet_gen.config import DataParams, EvaluateParams, SynthParams
+from timesnet_gen import registry
+from timesnet_gen.cli import main as cli_main
+from timesnet_gen.config import DataParams, SynthParams
 from timesnet_gen.corpus import synth
 from timesnet_gen.corpus.format import read_corpus, write_corpus
+from timesnet_gen.evaluate import correlation_distance
 from timesnet_gen.prepare import prepare
-from timesnet_gen.report import main as report_main
 from timesnet_gen.report import targets
-from timesnet_gen.score import correlation_distance, score
 
 STATIONS = ["0205", "1716", "2020", "3130", "4628"]
 
@@ -35,10 +37,21 @@ def setup(tmp_path_factory):
         write_corpus(root / model / "recon", real.waveforms,
                      table.assign(source_record=table.record_id,
                                   record_id=table.record_id + "_r"), stations)
-    metrics = score(root / "raw", root / "prepared",
-                    {"timesnet": root / "timesnet", "vae": root / "vae"}, EvaluateParams(),
-                    STATIONS, root / "evaluation", root / "metrics.json", root / "plots")
-    return root, metrics
+    sources = []
+    for model in ("timesnet", "vae"):
+        sources += ["--generated", f"{model}={root / model / 'generated'}",
+                    "--recon", f"{model}={root / model / 'recon'}"]
+    rc = cli_main(["evaluate", "--real", str(root / "raw"), "--prepared", str(root / "prepared"),
+                   *sources, "--params", str(root / "none.yaml"), "--stations", *STATIONS,
+                   "--out", str(root / "evaluation"), "--metrics", str(root / "metrics.json"),
+                   "--plots", str(root / "plots"), "--quiet"])
+    assert rc == 1  # a params file that does not exist is named
+    rc = cli_main(["evaluate", "--real", str(root / "raw"), "--prepared", str(root / "prepared"),
+                   *sources, "--stations", *STATIONS, "--out", str(root / "evaluation"),
+                   "--metrics", str(root / "metrics.json"), "--plots", str(root / "plots"),
+                   "--quiet"])
+    assert rc == 0
+    return root, json.loads((root / "metrics.json").read_text())
 
 
 def test_copy_of_real_scores_higher_than_noise(setup):
@@ -65,8 +78,12 @@ def test_outputs_follow_the_contract(setup):
     assert matrices["timesnet/15x15/all"].shape == (15, 15)
     assert list(matrices["timesnet/15x15/all/labels"][:3]) == ["0205 Real", "0205 Recon",
                                                               "0205 Gen"]
-    curves = np.load(out / "hvsr_median.npz")
+    curves = np.load(out / "median_hvsr.npz")  # the standalone command's names
     assert curves["grid"].shape == (400,) and "4628/TimesNet-Gen" in curves.files
+    assert "4628/VAE-Recon" in curves.files and "4628/Real" in curves.files
+    full = json.loads((out / "metrics.json").read_text())
+    assert set(full) == {"all", "holdout"}
+    assert full["holdout"]["n_records"]["Real"]["0205"] == 3  # 30 % of 10 held out
     confusion = (root / "plots" / "confusion_timesnet.csv").read_text().splitlines()
     assert confusion[0] == "actual,predicted" and len(confusion) == 51
 
@@ -85,12 +102,29 @@ def test_novelty_flags_copies(setup):
     assert d[0, 0] == pytest.approx(0, abs=1e-9) and d[0, 2] == pytest.approx(2.0)
 
 
-def test_report_tables_and_target_statements(setup, tmp_path):
+def test_report_tables_and_target_statements(setup, tmp_path, capsys):
     root, metrics = setup
-    assert report_main(["--metrics", str(root / "metrics.json"), "--out", str(tmp_path)]) == 0
+    assert cli_main(["report", "--metrics", str(root / "metrics.json"), "--out",
+                     str(tmp_path)]) == 0
     table = (tmp_path / "table_scores.csv").read_text().splitlines()
     assert len(table) == 1 + 2 * 2 * 3  # models x references x matrix sizes
-    assert "0.93" in (tmp_path / "results.md").read_text()
-    statements = dict((s, met) for s, met, _ in targets(json.loads(
-        (root / "metrics.json").read_text())))
-    assert len(statements) == 4 and all(isinstance(v, bool) for v in statements.values())
+    # the measured score of every row, next to the paper's from paper.json
+    results = (tmp_path / "results.md").read_text()
+    paper = registry.paper()["scores"]
+    assert f"Paper: {paper['timesnet_15x15']:.2f} (TimesNet-Gen)" in results
+    measured = metrics["timesnet"]["all"]["score_15x15"]
+    assert f"| TimesNet-Gen | all | 15x15 | {measured:.3f} |" in results
+    statements = {s: met for s, met, _ in targets(metrics)}
+    tn, vae = metrics["timesnet"]["all"], metrics["vae"]["all"]
+    key = next(s for s in statements if s.startswith("TimesNet-Gen 15x15"))
+    assert statements[key] == (tn["score_15x15"] >= paper["timesnet_15x15"]
+                               and tn["score_15x15"] > vae["score_15x15"])
+    key = next(s for s in statements if s.startswith("nearest-station"))
+    assert statements[key] == (metrics["real_ceiling"]["nearest_station_accuracy"]
+                               - tn["nearest_station_accuracy"] <= 0.05)
+    # bad input: one line naming the file, exit 1
+    (tmp_path / "bad.json").write_text("{not json")
+    assert cli_main(["report", "--metrics", str(tmp_path / "bad.json"), "--out",
+                     str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "bad.json: not valid JSON" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,368 @@
+"""`timesnet-gen evaluate`: the paper's evaluation of generated records, standalone or as the
+pipeline's `evaluate` stage (one command, one set of output names).
+
+    timesnet-gen evaluate --real data/raw --generated my=outputs/mine/generated \
+        [--recon my=outputs/mine/recon] [--real-records holdout.csv] [--stations 0205 1716] \
+        [--params params.yaml] --out outputs/my_eval
+    timesnet-gen evaluate --real data/raw --prepared data/prepared --registered \
+        --out outputs/evaluation --metrics metrics.json --plots metrics      (the DVC stage)
+
+Every folder is a canonical corpus. `--registered` adds every generator of the registry
+(registry.py) from its output folder. With `--prepared` the real records are the target
+stations' records of the prepared index, and everything is scored twice: against all of them
+(the paper's setting: the records a generator mixes are among those it is scored against) and
+against the held-out ones only (never seen by training or generation), so leakage is visible.
+
+Writes into --out (atomically):
+    metrics.json      everything measured, per reference set ("all", "holdout")
+    records.csv       per record and source: f0, PGA, PGV, Arias, D5-95, PSA (reference "all")
+    median_hvsr.npz   "grid" and "<station>/<source>" median HVSR (400 points)
+    fas_median.npz    "freqs" and "<station>/<source>" median smoothed FAS
+    matrices.npz      "<model>/<size>/<reference>" similarity matrices (+ "/labels")
+    novelty.csv       nearest-training-record distance of each generated record (--prepared)
+and with --metrics the headline numbers (the DVC metrics file) and, in --plots,
+confusion_<model>.csv (nearest-station assignments, a DVC confusion plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from timesnet_gen import registry
+from timesnet_gen.atomic import staged_dir, staged_file
+from timesnet_gen.cli import stage_parser
+from timesnet_gen.config import EvaluateParams, ParamsError, load_params
+from timesnet_gen.corpus.format import read_corpus
+from timesnet_gen.evaluation.evaluate import evaluate_sources
+from timesnet_gen.evaluation.intensity import smoothed_fas
+from timesnet_gen.records import SAMPLING_RATE, Corpus, CorpusError
+
+SPLITS = ("all", "holdout")
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+
+
+def parse_source(text: str) -> tuple[str, Path]:
+    """'NAME=DIR' or 'DIR' (name = the folder's name)."""
+    name, sep, path = text.partition("=")
+    if not sep:
+        path, name = text, Path(text).name
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"expected [NAME=]DIR, got {text!r}")
+    return name, Path(path)
+
+
+def restrict_records(corpus: Corpus, csv: Path) -> Corpus:
+    """Keep the records whose record_id is listed in csv (e.g. the held-out split)."""
+    table = pd.read_csv(csv, dtype={"record_id": str})
+    if "record_id" not in table.columns:
+        raise CorpusError(f"{csv}: needs a 'record_id' column")
+    keep = corpus.records["record_id"].astype(str).isin(set(table["record_id"])).to_numpy()
+    if not keep.any():
+        raise CorpusError(f"{csv}: none of its record_ids is in the real corpus")
+    return corpus.subset(keep)
+
+
+def prepared_real(raw: Path, prepared: Path, stations: list[str]) -> Corpus:
+    """The target stations' real records with their split (train / holdout) from prepare."""
+    corpus = read_corpus(raw, stations)
+    index_path = prepared / "index.csv"
+    if not index_path.exists():
+        raise CorpusError(f"{prepared}: no index.csv (run the prepare stage first)")
+    index = pd.read_csv(index_path, dtype={"record_id": str, "station": str})
+    split = dict(zip(index["record_id"], index["split"]))
+    corpus = corpus.subset(corpus.records["record_id"].isin(split).to_numpy())  # tiny slices
+    corpus.records["split"] = corpus.records["record_id"].map(split)
+    return corpus
+
+
+def registered_sources() -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
+    """(generated, recon) NAME=DIR pairs of every registered generator."""
+    generated = [(g.name, Path(g.outputs) / "generated") for g in registry.GENERATORS]
+    recon = [(g.name, Path(g.outputs) / "recon") for g in registry.GENERATORS if g.has_recon]
+    return generated, recon
+
+
+def check_names(generated: list[tuple[str, Path]], recon: list[tuple[str, Path]]) -> None:
+    if not generated:
+        raise CorpusError("give at least one --generated [NAME=]DIR (or --registered)")
+    for group in (generated, recon):
+        names = [n for n, _ in group]
+        if len(set(names)) != len(names):
+            raise CorpusError(f"source names must be unique, got {names} (use NAME=DIR)")
+
+
+def holdout_references(real: Corpus, recon: dict[str, Corpus]) -> tuple[Corpus, dict]:
+    """The held-out real records and the reconstructions of exactly those records."""
+    held = real.subset((real.records["split"] == "holdout").to_numpy())
+    ids = set(held.records["record_id"])
+    return held, {m: c.subset(c.records["source_record"].isin(ids).to_numpy())
+                  for m, c in recon.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# headline numbers
+
+
+def headline(result: dict, model: str) -> dict:
+    """The numbers metrics.json keeps for one model and one reference set."""
+    m = result["metrics"]["models"][model]
+    out = {k: round(v, 4) for k, v in m.items() if k.startswith("score_")}
+    out["nearest_station_accuracy"] = round(m["nearest_station"]["accuracy"], 4)
+    truth = result["metrics"].get("true_f0", {})
+    stats = result["metrics"]["f0"]
+    per_station = {}
+    for station, values in m["per_station"].items():
+        item = {"delta_f0_hz": values.get("median_f0_abs_diff_hz"),
+                "hvsr_log_rmse": values.get("log_rmse_median_hvsr")}
+        if station in truth and station in stats.get(model, {}):
+            true = truth[station]["f0_true_hz"]
+            item["f0_error_vs_true_pct"] = 100 * (stats[model][station]["median"] / true - 1)
+        per_station[station] = {k: (None if v is None else round(v, 4)) for k, v in item.items()}
+    out["per_station"] = per_station
+    return out
+
+
+def real_headline(result: dict) -> dict:
+    """Real records against themselves: nearest-station ceiling, f0 error vs the true f0."""
+    truth = result["metrics"].get("true_f0", {})
+    return {
+        "real_ceiling": {"nearest_station_accuracy": round(
+            result["metrics"]["real_ceiling"]["accuracy"], 4)},
+        "real_f0_error_vs_true_pct": {
+            s: round(100 * (result["metrics"]["f0"][registry.REAL][s]["median"]
+                            / t["f0_true_hz"] - 1), 4) for s, t in truth.items()},
+    }
+
+
+def real_ceiling_scores(real: Corpus, params: EvaluateParams, stations: list[str]) -> dict:
+    """What a perfect generator could score here: the held-out real records scored as if they
+    were generated, against the training records (same protocol, station overlap included)."""
+    split = real.records["split"].to_numpy()
+    train, held = real.subset(split == "train"), real.subset(split == "holdout")
+    if not all(held.station_mask(s).any() for s in stations):
+        return {}
+    result = evaluate_sources(train, {"holdout": held}, None, params, stations)
+    scores = result["metrics"]["models"]["holdout"]
+    return {k: round(v, 4) for k, v in scores.items() if k.startswith("score_")}
+
+
+def confusion_rows(result: dict, model: str) -> pd.DataFrame:
+    """One row per generated record: actual station, predicted (nearest) station."""
+    nearest = result["metrics"]["models"][model]["nearest_station"]
+    stations, confusion = nearest["stations"], np.asarray(nearest["confusion"])
+    rows = [{"actual": stations[i], "predicted": stations[j]}
+            for i in range(len(stations)) for j in range(len(stations))
+            for _ in range(int(confusion[i, j]))]
+    return pd.DataFrame(rows, columns=["actual", "predicted"])
+
+
+# --------------------------------------------------------------------------------------------
+# tables beside the scores
+
+
+def correlation_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """1 - Pearson correlation between records (n, 3, T) and (m, 3, T), all components
+    standardised and concatenated -> (n, m). 0 = a copy, about 1 = unrelated (random phase)."""
+    def flat(x):
+        x = x - x.mean(axis=2, keepdims=True)
+        x = x / (x.std(axis=2, keepdims=True) + 1e-12)
+        return x.reshape(len(x), -1) / np.sqrt(x.shape[1] * x.shape[2])
+    return 1.0 - flat(a) @ flat(b).T
+
+
+def novelty(real: Corpus, generated: dict[str, Corpus], stations: list[str]) -> pd.DataFrame:
+    """Distance of each generated record to its nearest training record of the same station,
+    and of each real training record to its nearest other training record (the baseline)."""
+    rows = []
+    for station in stations:
+        in_train = real.station_mask(station) & (real.records["split"] == "train").to_numpy()
+        train = real.waveforms[in_train]
+        if len(train) < 2:
+            continue
+        d = correlation_distance(train, train)
+        np.fill_diagonal(d, np.inf)
+        ids = real.records.loc[in_train, "record_id"]
+        rows += [{"station": station, "model": "real", "record_id": r, "nn_distance": v}
+                 for r, v in zip(ids, d.min(axis=1))]
+        for model, corpus in generated.items():
+            mask = corpus.station_mask(station)
+            if mask.any():
+                d = correlation_distance(corpus.waveforms[mask], train).min(axis=1)
+                rows += [{"station": station, "model": model, "record_id": r, "nn_distance": v}
+                         for r, v in zip(corpus.records.loc[mask, "record_id"], d)]
+    return pd.DataFrame(rows, columns=["station", "model", "record_id", "nn_distance"])
+
+
+def median_fas(sources: dict[str, Corpus], stations: list[str], params: EvaluateParams,
+               fs: float) -> dict[str, np.ndarray]:
+    """Median over records of the smoothed FAS (geometric mean of E and N), per station."""
+    out: dict[str, np.ndarray] = {}
+    for label, corpus in sources.items():
+        for station in stations:
+            mask = corpus.station_mask(station)
+            if not mask.any():
+                continue
+            freqs, fas = smoothed_fas(corpus.waveforms[mask], fs, params=params)
+            out["freqs"] = freqs
+            out[f"{station}/{label}"] = np.median(np.sqrt(fas[:, 0] * fas[:, 1]), axis=0)
+    return out
+
+
+def matrix_entries(result: dict, reference: str) -> dict[str, np.ndarray]:
+    """matrices.npz entries "<model>/<size>/<reference>" and their "/labels"."""
+    out = {}
+    sources = {"cross": None, "real_gen": ["Real", "Gen"], "real_recon_gen": ["Real", "Recon", "Gen"]}
+    for model, kinds in result["matrices"].items():
+        used = result["metrics"]["models"][model]["matrix_stations"]
+        for kind, matrix in kinds.items():
+            size = f"{len(matrix)}x{len(matrix)}"
+            out[f"{model}/{size}/{reference}"] = matrix
+            if sources[kind] is None:
+                labels = [f"{s} Real" for s in used] + [f"{s} Gen" for s in used]
+            else:
+                labels = [f"{s} {src}" for s in used for src in sources[kind]]
+            out[f"{model}/{size}/{reference}/labels"] = np.array(labels)
+    return out
+
+
+def labelled_curves(median_hvsr: dict) -> dict[str, np.ndarray]:
+    return {("grid" if k == "grid" else f"{k[0]}/{registry.label_of(k[1])}"): v
+            for k, v in median_hvsr.items() if v is not None}
+
+
+# --------------------------------------------------------------------------------------------
+# the work
+
+
+def evaluate(real: Corpus, generated: dict[str, Corpus], recon: dict[str, Corpus],
+             params: EvaluateParams, stations: list[str], fs: float = SAMPLING_RATE,
+             progress: bool = False) -> dict:
+    """Every reference set's evaluation and the tables beside it -> {"metrics" (headline),
+    "full", "records", "curves", "fas", "matrices", "novelty", "confusions"}."""
+    has_split = "split" in real.records.columns and (real.records["split"] == "holdout").any()
+    references = {"all": (real, recon)}
+    if has_split:
+        references["holdout"] = holdout_references(real, recon)
+    out: dict = {"metrics": {m: {} for m in generated}, "full": {}, "matrices": {}}
+    for reference, (real_ref, recon_ref) in references.items():
+        result = evaluate_sources(real_ref, generated, recon_ref, params, stations, fs,
+                                  progress=progress)
+        out["full"][reference] = result["metrics"]
+        for model in generated:
+            out["metrics"][model][reference] = headline(result, model)
+        out["matrices"].update(matrix_entries(result, reference))
+        if reference == "all":
+            table = result["records"]
+            table["source"] = table["source"].map(registry.label_of)
+            out["records"] = table
+            out["curves"] = labelled_curves(result["median_hvsr"])
+            out["confusions"] = {m: confusion_rows(result, m) for m in generated}
+            out["metrics"].update(real_headline(result))
+    if has_split:
+        out["metrics"]["real_ceiling"].update(real_ceiling_scores(real, params, stations))
+        out["novelty"] = novelty(real, generated, stations)
+    out["metrics"]["paper"] = registry.paper()["scores"]
+    sources = {registry.REAL: real,
+               **{registry.label_of(m): c for m, c in generated.items()}}
+    out["fas"] = median_fas(sources, stations, params, fs)
+    return out
+
+
+def write_outputs(result: dict, out_dir: Path, metrics_path: Path | None,
+                  plots_dir: Path | None, sources: list[Path]) -> None:
+    """The evaluation folder (atomic), then the headline metrics file and confusion tables."""
+    with staged_dir(out_dir, sources) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(result["full"], indent=1) + "\n")
+        result["records"].to_csv(tmp / "records.csv", index=False, float_format="%.6g")
+        np.savez(tmp / "median_hvsr.npz", **result["curves"])
+        np.savez(tmp / "fas_median.npz", **result["fas"])
+        np.savez(tmp / "matrices.npz", **result["matrices"])
+        if "novelty" in result:
+            result["novelty"].to_csv(tmp / "novelty.csv", index=False, float_format="%.6g")
+    if plots_dir is not None:
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        for model, rows in result["confusions"].items():
+            with staged_file(plots_dir / f"confusion_{model}.csv") as tmp:
+                rows.to_csv(tmp, index=False)
+    if metrics_path is not None:
+        with staged_file(metrics_path) as tmp:
+            tmp.write_text(json.dumps(result["metrics"], indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def build_parser(verb: str) -> argparse.ArgumentParser:
+    parser = stage_parser(verb, __doc__)
+    parser.add_argument("--real", type=Path, required=True, help="corpus of real records")
+    parser.add_argument("--prepared", type=Path, help="prepared folder: score the target "
+                        "stations against all and against the held-out records")
+    parser.add_argument("--registered", action="store_true",
+                        help="add every registered generator from its output folder")
+    parser.add_argument("--generated", type=parse_source, action="append", default=[],
+                        metavar="[NAME=]DIR", help="generated corpus (repeatable)")
+    parser.add_argument("--recon", type=parse_source, action="append", default=[],
+                        metavar="[NAME=]DIR", help="reconstructed corpus (repeatable)")
+    parser.add_argument("--real-records", type=Path, help="CSV with a record_id column: "
+                        "use only these real records (e.g. the held-out split)")
+    parser.add_argument("--stations", nargs="+", help="stations to score (default: "
+                        "data.target_stations with --prepared, else every real station)")
+    parser.add_argument("--params", default="params.yaml",
+                        help="params file (evaluate section); defaults if absent")
+    parser.add_argument("--fs", type=float, default=SAMPLING_RATE, help="sampling rate (Hz)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, help="also write the headline metrics here")
+    parser.add_argument("--plots", type=Path, help="folder for confusion_<model>.csv")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def load_evaluate_params(path: str) -> tuple[EvaluateParams, list[str] | None]:
+    """(evaluate params, data.target_stations) of the params file; defaults when the default
+    file is absent."""
+    if Path(path).exists():
+        params = load_params(path)
+        return params.evaluate, list(params.data.target_stations)
+    if path == "params.yaml":
+        return EvaluateParams(), None
+    raise ParamsError(f"{path}: no such params file")
+
+
+def main(argv: list[str], verb: str = "evaluate") -> int:
+    args = build_parser(verb).parse_args(argv)
+    params, targets = load_evaluate_params(args.params)
+    generated, recon = list(args.generated), list(args.recon)
+    if args.registered:
+        more_gen, more_recon = registered_sources()
+        generated, recon = more_gen + generated, more_recon + recon
+    check_names(generated, recon)
+    stations = args.stations or (targets if args.prepared else None)
+    # Read everything (and fail on a bad folder) before the long computation.
+    if args.prepared:
+        real = prepared_real(args.real, args.prepared, stations)
+    else:
+        real = read_corpus(args.real, stations)
+    if args.real_records:
+        real = restrict_records(real, args.real_records)
+    stations = stations or sorted(real.records["station"].astype(str).unique())
+    gen = {n: read_corpus(p, stations) for n, p in generated}
+    rec = {n: read_corpus(p, stations) for n, p in recon}
+    result = evaluate(real, gen, rec, params, stations, args.fs, progress=not args.quiet)
+    inputs = [args.real, *(p for _, p in generated + recon)]
+    write_outputs(result, args.out, args.metrics, args.plots, inputs)
+    summary = {m: {r: {k: v for k, v in x.items() if k != "per_station"}
+                   for r, x in result["metrics"][m].items()} for m in gen}
+    print(json.dumps(summary, indent=1))
+    print(f"wrote {args.out}/metrics.json, records.csv, median_hvsr.npz, matrices.npz",
+          file=sys.stderr)
+    return 0
