@@ -12,8 +12,23 @@ def test_committed_params_validate():
     assert sum(params.data.synth.target_records.values()) == 325
 
 
-def test_defaults_equal_the_empty_file():
-    assert params_from_dict({}) == params_from_dict(None)
+def test_dataclass_defaults_are_the_committed_cpu_profile():
+    """The schema's defaults and params.yaml describe the same default profile: a key added to
+    one and forgotten in the other, or a default edited in only one place, fails here."""
+    from timesnet_gen.config import to_dict
+
+    committed = to_dict(load_params(ROOT / "params.yaml"))
+    defaults = to_dict(params_from_dict({}))
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def leaves(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    assert leaves(committed) == leaves(defaults)
+    assert set(leaves(raw)) == set(leaves(defaults)), "params.yaml must spell out every key"
 
 
 @pytest.mark.parametrize(
@@ -29,6 +44,13 @@ def test_defaults_equal_the_empty_file():
         ({"data": {"holdout_fraction": 1.5}}, "data.holdout_fraction"),
         ({"evaluate": {"fmin": 30.0}}, "fmin must be below"),
         ({"model": 3}, "model: expected a mapping"),
+        ({"train": {"finetune": {"epochs": -1}}}, "train.finetune.epochs must be >= 1, got -1"),
+        ({"train": {"pretrain": {"batch_size": 0}}}, "train.pretrain.batch_size must be >= 1"),
+        ({"data": {"split_seed": -1}}, "data.split_seed must be >= 0"),
+        ({"data": {"max_records_per_station": -1}}, "data.max_records_per_station must be >= 0"),
+        ({"data": {"max_pretrain_stations": -2}}, "data.max_pretrain_stations must be >= 0"),
+        ({"train": {"seed": -1}}, "train.seed must be >= 0"),
+        ({"generate": {"seed": -1}}, "generate.seed must be >= 0"),
     ],
 )
 def test_bad_params_name_the_key(raw, message):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -203,4 +202,3 @@ def test_params_default_is_paper_protocol():
     assert (p.fmin, p.fmax, p.smoothing, p.bandwidth, p.horizontal) == (
         1.0, 20.0, "paper", 40.0, "geometric")
     assert (p.highpass_hz, p.highpass_order, p.taper, p.nfft) == (0.05, 2, 0.0, 0)
-    assert dataclasses.replace(p, grid="log").grid == "log"

@@ -249,3 +249,11 @@ def test_corpus_overview_still_draws_three_panels_per_station() -> None:
         grid, [np.ones(400) * 2] * 2, [RNG.uniform(1, 20, 10)] * 2, [2.6, float("nan")], EDGES)
     assert len(fig.axes) == 6
     assert fig.axes[0].get_title() == "station 0205: example record"
+
+
+def test_committed_figures_stay_small_enough_for_git() -> None:
+    """figures/ is committed and rewritten by every pipeline run: it stays under 3 MB."""
+    from conftest import ROOT
+
+    total = sum(p.stat().st_size for p in (ROOT / "figures").rglob("*") if p.is_file())
+    assert total < 3_000_000, f"figures/ is {total / 1e6:.1f} MB"

@@ -9,7 +9,6 @@ stderr naming it; `--debug` anywhere on the command line shows the traceback), 2
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 import traceback
@@ -30,12 +29,6 @@ COMMANDS = {
     "figures": ("timesnet_gen.notebooks", "execute the figure notebooks (papermill)"),
     "report": ("timesnet_gen.report", "score tables and the README results block"),
 }
-
-
-def stage_parser(verb: str, doc: str | None) -> argparse.ArgumentParser:
-    """The argument parser every subcommand starts from: its module docstring as help."""
-    return argparse.ArgumentParser(prog=f"timesnet-gen {verb}", description=doc,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def usage() -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
 from timesnet_gen.errors import UserError
 
 TARGET_STATIONS = ["0205", "1716", "2020", "3130", "4628"]
@@ -95,6 +96,13 @@ class DataParams:
     max_records_per_station: int = 0  # 0 = all; the tiny profile slices the corpus
     max_pretrain_stations: int = 0  # 0 = all
 
+    def __post_init__(self) -> None:
+        _require([(self.split_seed >= 0, f"split_seed must be >= 0, got {self.split_seed}"),
+                  (self.max_records_per_station >= 0, "max_records_per_station must be >= 0 "
+                   f"(0 = all), got {self.max_records_per_station}"),
+                  (self.max_pretrain_stations >= 0, "max_pretrain_stations must be >= 0 "
+                   f"(0 = all), got {self.max_pretrain_stations}")])
+
 
 # --------------------------------------------------------------------------------------------
 # model / train / generate: TimesNet-Gen
@@ -132,11 +140,12 @@ class PhaseParams:
     grad_clip: float = 1.0
 
     def __post_init__(self) -> None:
-        _require([(self.epochs >= 1, f"train phase epochs must be >= 1, got {self.epochs}"),
-                  (self.batch_size >= 1, f"train phase batch_size must be >= 1, got "
-                   f"{self.batch_size}"),
-                  (self.lr > 0 and self.weight_decay >= 0 and self.grad_clip > 0,
-                   "train phase lr and grad_clip must be > 0, weight_decay >= 0")])
+        # keys relative to the section: _build prefixes the section (train.pretrain.epochs)
+        _require([(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+                  (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+                  (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+                  (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+                  (self.grad_clip > 0, f"grad_clip must be > 0, got {self.grad_clip}")])
 
 
 @dataclass
@@ -150,7 +159,8 @@ class TrainParams:
 
     def __post_init__(self) -> None:
         _require([(self.latent_noise_scale >= 0, "train.latent_noise_scale must be >= 0"),
-                  (self.num_threads >= 0, "train.num_threads must be >= 0")])
+                  (self.num_threads >= 0, "train.num_threads must be >= 0"),
+                  (self.seed >= 0, f"train.seed must be >= 0, got {self.seed}")])
 
 
 @dataclass
@@ -347,7 +357,13 @@ def _build(cls: type, raw: dict, prefix: str) -> Any:
         name: _convert(value, hints[name], f"{prefix}.{name}" if prefix else name)
         for name, value in raw.items()
     }
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ParamsError as exc:  # a value check: name the full key
+        message = str(exc)
+        if prefix and not message.startswith(f"{prefix.split('.')[0]}."):
+            message = f"{prefix}.{message}"
+        raise ParamsError(message) from None
 
 
 def _check_values(p: Params) -> None:
@@ -361,6 +377,9 @@ def _check_values(p: Params) -> None:
         (p.model.num_kernels >= 1, "model.num_kernels must be >= 1"),
         (p.model.top_k >= 1, "model.top_k must be >= 1"),
         (p.generate.k >= 1, "generate.k must be >= 1"),
+        (p.generate.seed >= 0, f"generate.seed must be >= 0, got {p.generate.seed}"),
+        (p.vae.seed >= 0, f"vae.seed must be >= 0, got {p.vae.seed}"),
+        (p.data.synth.seed >= 0, f"data.synth.seed must be >= 0, got {p.data.synth.seed}"),
         (p.evaluate.fmin < p.evaluate.fmax, "evaluate.fmin must be below evaluate.fmax"),
         (p.train.device == "auto" or p.train.device == "cpu" or p.train.device.startswith("cuda"),
          "train.device must be auto, cpu, cuda or cuda:N"),

@@ -36,7 +36,7 @@ import pandas as pd
 
 from timesnet_gen import registry
 from timesnet_gen.atomic import staged_dir, staged_file
-from timesnet_gen.cli import stage_parser
+from timesnet_gen.stage import stage_parser
 from timesnet_gen.config import EvaluateParams, ParamsError, load_params
 from timesnet_gen.corpus.format import read_corpus
 from timesnet_gen.evaluation.evaluate import evaluate_sources

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from timesnet_gen.cli import stage_parser
+from timesnet_gen.stage import stage_parser
 from timesnet_gen.config import GenerateParams, load_params
 from timesnet_gen.errors import UserError
 from timesnet_gen.corpus.format import write_corpus

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from timesnet_gen import registry
-from timesnet_gen.cli import stage_parser
+from timesnet_gen.stage import stage_parser
 from timesnet_gen.config import EvaluateParams, load_params
 from timesnet_gen.errors import UserError
 

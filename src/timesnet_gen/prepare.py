@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from timesnet_gen.cli import stage_parser
+from timesnet_gen.stage import stage_parser
 from timesnet_gen.config import DataParams, load_params
 from timesnet_gen.atomic import staged_dir
 from timesnet_gen.corpus.format import CorpusError, read_corpus

@@ -14,7 +14,7 @@ import pandas as pd
 
 from timesnet_gen import registry
 from timesnet_gen.atomic import staged_file
-from timesnet_gen.cli import stage_parser
+from timesnet_gen.stage import stage_parser
 from timesnet_gen.errors import UserError
 
 REFERENCES = {"all": "all real records", "holdout": "held-out real records"}

@@ -38,12 +38,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from timesnet_gen.cli import stage_parser
+from timesnet_gen.stage import stage_parser
 from timesnet_gen.config import Params, load_params
 from timesnet_gen.errors import UserError
 from timesnet_gen.models.timesnet import TimesNetConfig, TimesNetGen, latent_std
 from timesnet_gen.prepare import load_prepared, select
-from timesnet_gen.registry import MSE
 from timesnet_gen.runtime import (
     CheckpointError,
     check_station_index,
@@ -60,6 +59,7 @@ from timesnet_gen.runtime import (
 PHASES = ("pretrain", "finetune")
 KIND = "timesnet-gen"  # checkpoint kind (runtime.load_checkpoint checks it)
 LOSS_COLUMNS = ["epoch", "train_loss", "val_loss"]
+MSE = "MSE ((cm/s$^2$)$^2$)"
 
 
 class TrainError(UserError):

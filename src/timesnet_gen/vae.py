@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from timesnet_gen.cli import stage_parser
+from timesnet_gen.stage import stage_parser
 from timesnet_gen.config import VaeParams, load_params
 from timesnet_gen.atomic import staged_dir
 from timesnet_gen.models.cvae import (

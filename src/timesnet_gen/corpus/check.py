@@ -16,7 +16,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from timesnet_gen.atomic import staged_file
-from timesnet_gen.cli import stage_parser
+from timesnet_gen.stage import stage_parser
 from timesnet_gen.config import EvaluateParams, load_params
 from timesnet_gen.corpus.format import Corpus, read_corpus
 from timesnet_gen.evaluation import f0, hvsr, median_hvsr

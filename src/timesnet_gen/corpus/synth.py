@@ -26,11 +26,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from timesnet_gen.cli import stage_parser
+from timesnet_gen.stage import stage_parser
 from timesnet_gen.config import SiteSpec, SynthParams, load_params
 from timesnet_gen.corpus.format import write_corpus
 from timesnet_gen.corpus.pin import verify
 from timesnet_gen.evaluation.smoothing import smooth
+
+# The calibration of every site (calibrate_site) goes through the evaluation's smoothing
+# operator with these exact arguments: the paper's kernel (a Gaussian in ln f, b = 40) on the
+# 1/180 Hz grid. data/raw therefore depends on evaluation/smoothing.py: an edit there that moves
+# any calibrated f_SH by one ulp changes the corpus bytes, and tests/test_synth.py
+# (byte-for-byte against data.dvc, and the kernel against its closed form) fails.
+CALIBRATION_KERNEL = {"kind": "paper", "bandwidth": 40.0, "normalize": True, "tol": 1e-13}
 
 BETA_KM_S = 3.5  # crustal shear-wave speed
 ALPHA_KM_S = 6.0  # crustal P-wave speed
@@ -120,16 +127,16 @@ def p_transfer(f: np.ndarray, site: Site) -> np.ndarray:
 
 
 def theoretical_hvsr(site: Site, weight: np.ndarray | None = None, n_fft: int = 18000,
-                     fs: float = 100.0, b: float = 40.0):
+                     fs: float = 100.0):
     """Noise-free HVSR of the column under the paper's protocol: |SH| and |P| transfer functions
     times a bedrock spectrum `weight` (on the rfft grid without DC; flat if None), each smoothed
-    with the paper's kernel (Gaussian in ln f, b = 40) on the 1/180 Hz grid, then divided.
+    with CALIBRATION_KERNEL on the 1/180 Hz grid, then divided.
     Returns (freqs in 1-20 Hz, hvsr)."""
     f = np.fft.rfftfreq(n_fft, 1.0 / fs)[1:]
     centres = f[(f >= 1.0) & (f <= 20.0)]
     weight = np.ones_like(f) if weight is None else weight
     h, v = smooth(np.stack([sh_transfer(f, site), p_transfer(f, site)]) * weight, f, centres,
-                  kind="paper", bandwidth=b)
+                  **CALIBRATION_KERNEL)
     return centres, h / v
 
 
