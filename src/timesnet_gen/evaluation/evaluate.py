@@ -100,29 +100,13 @@ def _jsonable(x):
     return x
 
 
-def evaluate_sources(
-    real: Corpus,
-    generated: dict[str, Corpus],
-    recon: dict[str, Corpus] | None = None,
-    params: EvaluateParams | None = None,
-    stations: list[str] | None = None,
-    fs: float = SAMPLING_RATE,
-    progress: bool = False,
-) -> dict:
-    """Score generated (and reconstructed) corpora against the real one.
-
-    generated / recon: {name: corpus}. A recon corpus is paired with the generated corpus of
-    the same name (or with the only one) for the [Real, Recon, Gen] matrix; its source label
-    is "<name>-recon".
-    Returns {"records": DataFrame (one row per record and source), "metrics": JSON-ready dict,
-    "median_hvsr": {"grid": (G,), (station, source): (G,)}, "matrices": {name: {...}}}.
-    """
-    params = params or EvaluateParams()
-    if len(recon or {}) and len(generated) != 1 and set(recon) - set(generated):
+def _check_sources(real: Corpus, generated: dict, recon: dict, stations: list[str] | None
+                   ) -> tuple[dict, list[str]]:
+    """Source labels ("<name>-recon" for reconstructions) and the stations, checked."""
+    if len(recon) and len(generated) != 1 and set(recon) - set(generated):
         raise EvaluationError(f"recon names {sorted(recon)} must match generated names "
-                         f"{sorted(generated)} to be paired")
-    # Source labels: the generated name, and "<name>-recon" for reconstructions.
-    recon = {f"{n}-recon": c for n, c in (recon or {}).items()}
+                              f"{sorted(generated)} to be paired")
+    recon = {f"{n}-recon": c for n, c in recon.items()}
     names = [REAL, *generated, *recon]
     if len(set(names)) != len(names):
         raise EvaluationError(f"source names must be unique (and not {REAL!r}): {names}")
@@ -131,13 +115,12 @@ def evaluate_sources(
     missing = [s for s in stations if not real.station_mask(s).any()]
     if missing:
         raise EvaluationError(f"station(s) {missing} have no real records")
+    return recon, stations
 
-    def restrict(corpus: Corpus) -> Corpus:
-        return corpus.subset(corpus.records["station"].astype(str).isin(stations).to_numpy())
 
-    sources = [(REAL, "real", restrict(real))]
-    sources += [(n, "generated", restrict(c)) for n, c in generated.items()]
-    sources += [(n, "recon", restrict(c)) for n, c in recon.items()]
+def _score_records(sources: list[tuple[str, str, Corpus]], stations: list[str],
+                   params: EvaluateParams, fs: float, progress: bool) -> tuple:
+    """Per-record tables, f0 per source and station, median HVSR per (station, source)."""
     tables, medians = [], {}
     f0s: dict[str, dict[str, np.ndarray]] = {}
     grid = None
@@ -150,7 +133,61 @@ def evaluate_sources(
             if rows.any():
                 grid, medians[(s, name)] = median_hvsr(
                     freqs, curves[rows], params.n_median_points, params.fmin, params.fmax)
-    records = pd.concat(tables, ignore_index=True)
+    return pd.concat(tables, ignore_index=True), f0s, grid, medians
+
+
+def _specificity(name: str, partner: str | None, f0s: dict, stations: list[str],
+                 entry: dict, params: EvaluateParams, edges: np.ndarray) -> dict | None:
+    """The k x k, 2k x 2k (and 3k x 3k with a recon partner) scores of one generator, into
+    `entry`; returns its matrices (None when fewer than 2 stations can be scored)."""
+    real_f0 = f0s[REAL]
+    used = [s for s in stations if _has_f0(real_f0[s]) and _has_f0(f0s[name][s])
+            and (partner is None or _has_f0(f0s[partner][s]))]
+    entry["matrix_stations"] = used
+    entry["stations_skipped"] = [s for s in stations if s not in used]
+    if len(used) < 2:
+        entry["scores_error"] = "fewer than 2 stations with f0 values in every source"
+        return None
+    pdf = {n: [f0_histogram(f0s[n][s], edges) for s in used]
+           for n in {REAL, name, *([partner] if partner else [])}}
+    scores = specificity_scores(pdf[REAL], pdf[name], pdf[partner] if partner else None,
+                                params.js_eps)
+    k = len(used)
+    sizes = {"cross": k, "real_gen": 2 * k, "real_recon_gen": 3 * k}
+    for key, value in scores.items():
+        entry[f"score_{sizes[key]}x{sizes[key]}"] = value["score"]
+    if partner:
+        entry["recon_partner"] = partner
+    return {key: value["matrix"] for key, value in scores.items()}
+
+
+def evaluate_sources(
+    real: Corpus,
+    generated: dict[str, Corpus],
+    recon: dict[str, Corpus] | None = None,
+    params: EvaluateParams | None = None,
+    stations: list[str] | None = None,
+    fs: float = SAMPLING_RATE,
+    progress: bool = False,
+) -> dict:
+    """Score generated (and reconstructed) corpora against the real one.
+
+    generated / recon: {name: corpus}. A recon corpus is paired with the generated corpus of
+    the same name (or, with one of each, with the only one) for the [Real, Recon, Gen] matrix;
+    its source label is "<name>-recon".
+    Returns {"records": DataFrame (one row per record and source), "metrics": JSON-ready dict,
+    "median_hvsr": {"grid": (G,), (station, source): (G,)}, "matrices": {name: {...}}}.
+    """
+    params = params or EvaluateParams()
+    recon, stations = _check_sources(real, generated, recon or {}, stations)
+
+    def restrict(corpus: Corpus) -> Corpus:
+        return corpus.subset(corpus.records["station"].astype(str).isin(stations).to_numpy())
+
+    sources = [(REAL, "real", restrict(real))]
+    sources += [(n, "generated", restrict(c)) for n, c in generated.items()]
+    sources += [(n, "recon", restrict(c)) for n, c in recon.items()]
+    records, f0s, grid, medians = _score_records(sources, stations, params, fs, progress)
 
     edges = histogram_edges(params.fmin, params.fmax, params.hist_bins)
     nearest = {"method": params.nearest_method, "sigma_floor": params.sigma_ln_floor,
@@ -172,35 +209,20 @@ def evaluate_sources(
     truth = _true_f0(real, stations)
     if truth:
         metrics["true_f0"] = {s: {"f0_true_hz": t, **{n: true_f0_error(f0s[n][s], t)
-                                                    for n in names if _has_f0(f0s[n][s])}}
+                                                    for n in f0s if _has_f0(f0s[n][s])}}
                               for s, t in truth.items()}
-    matrices: dict = {}
     for name in [*generated, *recon]:
         metrics["models"][name] = _source_metrics(name, f0s, medians, real_f0, stations,
                                                   nearest)
+    matrices: dict = {}
     for name in generated:
         # a generator's own reconstructions; an unnamed pair only when there is one of each
         partner = f"{name}-recon" if f"{name}-recon" in recon else (
             next(iter(recon)) if len(recon) == 1 and len(generated) == 1 else None)
-        used = [s for s in stations if _has_f0(real_f0[s]) and _has_f0(f0s[name][s])
-                and (partner is None or _has_f0(f0s[partner][s]))]
-        entry = metrics["models"][name]
-        entry["matrix_stations"] = used
-        entry["stations_skipped"] = [s for s in stations if s not in used]
-        if len(used) < 2:
-            entry["scores_error"] = "fewer than 2 stations with f0 values in every source"
-            continue
-        pdf = {n: [f0_histogram(f0s[n][s], edges) for s in used]
-               for n in {REAL, name, *([partner] if partner else [])}}
-        scores = specificity_scores(pdf[REAL], pdf[name], pdf[partner] if partner else None,
-                                    params.js_eps)
-        k = len(used)
-        sizes = {"cross": k, "real_gen": 2 * k, "real_recon_gen": 3 * k}
-        for key, value in scores.items():
-            entry[f"score_{sizes[key]}x{sizes[key]}"] = value["score"]
-        if partner:
-            entry["recon_partner"] = partner
-        matrices[name] = {key: value["matrix"] for key, value in scores.items()}
+        found = _specificity(name, partner, f0s, stations, metrics["models"][name], params,
+                             edges)
+        if found is not None:
+            matrices[name] = found
     return {"records": records, "metrics": _jsonable(metrics),
             "median_hvsr": {"grid": grid, **medians}, "matrices": matrices}
 
