@@ -17,8 +17,17 @@ def test_dataclass_defaults_are_the_committed_cpu_profile():
     one and forgotten in the other, or a default edited in only one place, fails here."""
     from timesnet_gen.config import to_dict
 
+    import importlib
+
+    from timesnet_gen import registry
+
     committed = to_dict(load_params(ROOT / "params.yaml"))
     defaults = to_dict(params_from_dict({}))
+    for g in registry.GENERATORS:  # generators.<name>: the generator's own dataclass
+        if g.params:
+            module, _, cls = g.params.partition(":")
+            defaults["generators"][g.name] = to_dict(getattr(importlib.import_module(module),
+                                                             cls)())
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
 
     def leaves(d: dict, prefix: str = "") -> dict:

@@ -276,6 +276,18 @@ class Params:
     generate: GenerateParams = field(default_factory=GenerateParams)
     vae: VaeParams = field(default_factory=VaeParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    # sections of generators added through the registry: generators.<name> is validated
+    # against that generator's own params dataclass by `section` when its stage starts
+    generators: dict[str, Any] = field(default_factory=dict)
+
+
+def section(params: Params, name: str, cls: type) -> Any:
+    """params.generators.<name> as the generator's dataclass `cls` (defaults for absent keys);
+    an unknown key or a wrong type is a ParamsError naming generators.<name>.<key>."""
+    raw = params.generators.get(name, {})
+    if not isinstance(raw, dict):
+        raise ParamsError(f"generators.{name}: expected a mapping, got {type(raw).__name__}")
+    return _build(cls, raw, f"generators.{name}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,6 +305,8 @@ def _type_name(tp: Any) -> str:
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; return it converted (int -> float only)."""
     origin = typing.get_origin(tp)
+    if tp is Any:  # checked later by its owner (see `section`)
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ParamsError(f"{key}: expected a mapping, got {type(value).__name__}")

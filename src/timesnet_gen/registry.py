@@ -34,6 +34,9 @@ class Generator:
     recon_colour: str | None = None  # None: the generator makes no reconstructions
     # its stages' CLI verbs: verb -> (module with main(argv, verb), one-line help)
     commands: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # "module:Class" of its params dataclass, read from params.yaml generators.<name>
+    # (config.section); "" for the generators whose sections predate the registry
+    params: str = ""
 
     @property
     def gen_label(self) -> str:
