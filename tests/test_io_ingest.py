@@ -115,7 +115,8 @@ EXPECTED = {
 
 def test_broken_files_are_quarantined_and_good_ones_ingested(broken_set, tmp_path):
     out = tmp_path / "raw"
-    result = ingest([broken_set], out, IngestOptions(target_stations=("0205", "2020")))
+    result = ingest([broken_set], out, IngestOptions(target_stations=("0205", "2020"),
+                                                     scale=1.0))
     quarantine = pd.read_csv(out / "quarantine.csv", dtype={"station": str})
     reasons = {}
     for row in quarantine.itertuples():
@@ -189,7 +190,8 @@ def test_default_rate_rescues_files_without_rate(broken_set):
 
 def test_strict_fails_with_the_quarantine_message(broken_set, tmp_path, capsys):
     out = tmp_path / "raw"
-    code = cli_main(["ingest", str(broken_set), "--out", str(out), "--strict", "--no-progress"])
+    code = cli_main(["ingest", str(broken_set), "--out", str(out), "--strict", "--no-progress",
+                     "--scale", "1"])
     assert code == 1
     err = capsys.readouterr().err
     assert "--strict: 15 record(s) would be skipped" in err
@@ -197,7 +199,7 @@ def test_strict_fails_with_the_quarantine_message(broken_set, tmp_path, capsys):
     assert not out.exists()
     # without --strict the same call succeeds and prints the summary
     assert cli_main(["ingest", str(broken_set), "--out", str(out), "--no-progress",
-                     "--target-stations", "0205", "9999"]) == 0
+                     "--scale", "1", "--target-stations", "0205", "9999"]) == 0
     printed = capsys.readouterr().out
     assert "ingest: 3 record(s)" in printed and "skipped truncated: 1" in printed
     assert "target station(s) without records: 9999" in printed
@@ -260,8 +262,8 @@ def test_failure_while_reading_leaves_previous_output_intact(broken_set, tmp_pat
 
 def test_output_inside_source_is_not_reingested(broken_set):
     out = broken_set / "raw"
-    ingest([broken_set], out)
-    again = ingest([broken_set], out)
+    ingest([broken_set], out, IngestOptions(scale=1.0))
+    again = ingest([broken_set], out, IngestOptions(scale=1.0))
     assert len(again.records) == 3  # the previous corpus's .mseed files were not read
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from obspy import Stream, Trace, UTCDateTime
 
+from timesnet_gen.io.orientation import parse_mapping
 from timesnet_gen.io.quarantine import SkipRecord
 from timesnet_gen.io.readers import (
     RawRecord,
@@ -112,7 +113,7 @@ def test_channel_component(channel, expected):
 def test_mseed_hne_hnn_hnz_read_in_enu_order(tmp_path):
     stream = _stream(["HNZ", "HNE", "HNN"])
     stream.write(str(tmp_path / "x.mseed"), format="MSEED")
-    (record,) = read_obspy(tmp_path / "x.mseed")
+    (record,) = read_obspy(tmp_path / "x.mseed", scale=1.0)  # the user declares cm/s^2
     assert record.station == "0205" and record.network == "TK" and record.sampling_rate == 100
     by_channel = {tr.stats.channel: tr.data for tr in stream}
     for row, channel in zip(record.data, ["HNE", "HNN", "HNZ"]):
@@ -122,9 +123,18 @@ def test_mseed_hne_hnn_hnz_read_in_enu_order(tmp_path):
 
 def test_broadband_channels_and_scale(tmp_path):
     _stream(["BHE", "BHN", "BHZ"]).write(str(tmp_path / "bb.mseed"), format="MSEED")
-    (plain,) = read_obspy(tmp_path / "bb.mseed")
+    (plain,) = read_obspy(tmp_path / "bb.mseed", scale=1.0)
     (scaled,) = read_obspy(tmp_path / "bb.mseed", scale=100.0)  # m/s^2 -> cm/s^2
     np.testing.assert_allclose(scaled.data, 100.0 * plain.data)
+    assert scaled.meta["units_original"] == "declared by --scale"
+    assert scaled.meta["processing"] == "x calib 1 x --scale 100"
+
+
+def test_mseed_without_units_is_quarantined_not_guessed(tmp_path):
+    _stream(["HNE", "HNN", "HNZ"]).write(str(tmp_path / "counts.mseed"), format="MSEED")
+    (skip,) = read_obspy(tmp_path / "counts.mseed")
+    assert isinstance(skip, SkipRecord) and skip.reason == "units_unknown"
+    assert "--inventory" in skip.detail and "--scale" in skip.detail
 
 
 def test_sac_1_2_rotated_with_azimuths(tmp_path):
@@ -135,14 +145,20 @@ def test_sac_1_2_rotated_with_azimuths(tmp_path):
     h2 = north * np.cos(np.radians(az2)) + east * np.sin(np.radians(az2))
     stream = _stream(["HN1", "HN2", "HNZ"], data=[h1, h2, up], n=2000)
     for trace, az in zip(stream, (az1, az2, 0.0)):
-        trace.stats.sac = {"cmpaz": az}
+        trace.stats.sac = {"cmpaz": az}  # no cmpinc: the dip is unknown
         trace.write(str(tmp_path / f"r.{trace.stats.channel}.sac"), format="SAC")
-    (record,) = read_obspy(tmp_path / "r.*.sac")
-    assert record.meta["orientation"] == "rotated from 1/2 (azimuths 30, 120 deg)"
+    (skip,) = read_obspy(tmp_path / "r.*.sac", scale=1.0)
+    assert skip.reason == "unknown_orientation" and "HN1, HN2" in skip.detail
+    for trace, az in zip(stream, (az1, az2, 0.0)):
+        trace.stats.sac = {"cmpaz": az, "cmpinc": 90.0 if az else 0.0}
+        trace.write(str(tmp_path / f"r.{trace.stats.channel}.sac"), format="SAC")
+    (record,) = read_obspy(tmp_path / "r.*.sac", scale=1.0)
+    assert record.meta["orientation"] == ("rotated from HN1/HN2 (azimuths 30, 120 deg) "
+                                          "[HN1: sac, HN2: sac, HNZ: code]")
     # SAC stores float32: compare at that precision
     np.testing.assert_allclose(record.data, np.stack([east, north, up]), atol=1e-5)
     # a single component per file is an incomplete record, not a crash
-    (skip,) = read_obspy(tmp_path / "r.HN1.sac")
+    (skip,) = read_obspy(tmp_path / "r.HN1.sac", scale=1.0)
     assert isinstance(skip, SkipRecord) and skip.reason == "missing_component"
 
 
@@ -151,10 +167,19 @@ def test_orient_horizontals_refuses_parallel_azimuths():
         orient_horizontals(np.zeros(3), np.zeros(3), 10.0, 190.0)
 
 
-def test_hn1_hn2_without_azimuth_use_seed_convention(tmp_path):
-    _stream(["HN1", "HN2", "HNZ"]).write(str(tmp_path / "x.mseed"), format="MSEED")
-    (record,) = read_obspy(tmp_path / "x.mseed")
-    assert record.meta["orientation"] == "assumed 1=N 2=E (no azimuth in header)"
+def test_hn1_hn2_without_azimuth_are_quarantined_unless_mapped(tmp_path):
+    stream = _stream(["HN1", "HN2", "HNZ"])
+    stream.write(str(tmp_path / "x.mseed"), format="MSEED")
+    (skip,) = read_obspy(tmp_path / "x.mseed", scale=1.0)
+    assert isinstance(skip, SkipRecord) and skip.reason == "unknown_orientation"
+    assert "HN1, HN2" in skip.detail and "--orientation" in skip.detail
+    # the user's mapping orients them: 1 = N, 2 = E exactly, no rotation
+    (record,) = read_obspy(tmp_path / "x.mseed", scale=1.0,
+                           mapping=parse_mapping(["HN1=N", "HN2=E"]))
+    by_channel = {tr.stats.channel: tr.data for tr in stream}
+    np.testing.assert_array_equal(record.data[0], by_channel["HN2"])
+    np.testing.assert_array_equal(record.data[1], by_channel["HN1"])
+    assert record.meta["orientation"] == "ENU"
 
 
 def test_sac_headers_become_metadata(tmp_path):
@@ -165,7 +190,7 @@ def test_sac_headers_become_metadata(tmp_path):
     # SAC holds one trace per file; obspy reads a file list as one stream via a glob
     for trace in stream:
         trace.write(str(tmp_path / f"r.{trace.stats.channel}.sac"), format="SAC")
-    (record,) = read_obspy(tmp_path / "r.*.sac")
+    (record,) = read_obspy(tmp_path / "r.*.sac", scale=1.0)
     assert record.meta["p_pick_s"] == pytest.approx(7.0)
     assert record.meta["magnitude"] == pytest.approx(5.1)
     assert record.meta["event_id"] == "ev42"
@@ -175,7 +200,7 @@ def test_sac_headers_become_metadata(tmp_path):
 def test_empty_station_code_falls_back_to_file_name(tmp_path):
     _stream(["HNE", "HNN", "HNZ"], station="").write(
         str(tmp_path / "AFAD.1716.02_20201030115124.mseed"), format="MSEED")
-    (record,) = read_obspy(tmp_path / "AFAD.1716.02_20201030115124.mseed")
+    (record,) = read_obspy(tmp_path / "AFAD.1716.02_20201030115124.mseed", scale=1.0)
     assert record.station == "1716"
 
 
@@ -185,7 +210,7 @@ def test_obspy_problems_are_skips_not_crashes(tmp_path):
         read_obspy(tmp_path / "junk.mseed")
     assert info.value.reason == "unreadable"
     _stream(["HNE", "HNZ"]).write(str(tmp_path / "two.mseed"), format="MSEED")
-    (skip,) = read_obspy(tmp_path / "two.mseed")
+    (skip,) = read_obspy(tmp_path / "two.mseed", scale=1.0)
     assert isinstance(skip, SkipRecord) and skip.reason == "missing_component"
     assert "no N" in skip.detail
 
