@@ -79,7 +79,7 @@ def main(argv: list[str], verb: str = "evaluate") -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
-    from timesnet_gen.evaluation.evaluate import evaluate_sources
+    from timesnet_gen.evaluation.evaluate import EmptySourceError, evaluate_sources
 
     try:
         if Path(args.params).exists():
@@ -103,9 +103,14 @@ def main(argv: list[str], verb: str = "evaluate") -> int:
         result = evaluate_sources(real, generated, recon, params, args.stations, args.fs,
                                   progress=not args.quiet)
         write_outputs(result, args.out)
+    except EmptySourceError as exc:
+        print(f"timesnet-gen {verb}: {exc}", file=sys.stderr)
+        return 1
     except (CorpusError, ParamsError, ValueError) as exc:
         print(f"timesnet-gen {verb}: {exc}", file=sys.stderr)
         return 2
+    for warning in result["metrics"]["warnings"]:
+        print(f"timesnet-gen {verb}: WARNING: {warning}", file=sys.stderr)
     summary = {n: {k: v for k, v in m.items() if k.startswith("score_")}
                for n, m in result["metrics"]["models"].items()}
     print(json.dumps(summary, indent=1))

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from timesnet_gen.config import EvaluateParams, to_dict
-from timesnet_gen.corpus.format import SAMPLING_RATE, Corpus
+from timesnet_gen.corpus.format import SAMPLING_RATE, Corpus, CorpusError
 from timesnet_gen.evaluation.hvsr import f0, hvsr_details, median_hvsr
 from timesnet_gen.evaluation.intensity import intensity_measures
 from timesnet_gen.evaluation.specificity import (
@@ -26,6 +26,31 @@ from timesnet_gen.evaluation.specificity import (
 )
 
 REAL = "Real"
+
+
+class EmptySourceError(CorpusError):
+    """A generated or reconstructed corpus with no records (for the stations scored)."""
+
+
+def _unscored_stations(name: str, corpus: Corpus, stations: list[str]) -> str | None:
+    """Warning text when `corpus` has stations that are not scored (no real records)."""
+    extra = sorted(set(corpus.records["station"].astype(str)) - set(stations))
+    if not extra:
+        return None
+    return (f"{name}: station(s) {', '.join(extra)} have generated records but no real "
+            f"records; left out of every score")
+
+
+def _skipped_warning(name: str, stations: list[str], used: list[str]) -> str | None:
+    """Warning text when scores use fewer stations than were asked for."""
+    skipped = [s for s in stations if s not in used]
+    if not skipped:
+        return None
+    k, n = len(used), len(stations)
+    what = (f"scores use the {k}x{k} station matrix (score_{k}x{k}, score_{2 * k}x{2 * k} ...)"
+            f" of {', '.join(used)} instead of {n}x{n}" if k >= 2 else
+            f"no scores: {k} station(s) left of {n}")
+    return f"{name}: station(s) {', '.join(skipped)} have no f0 values in every source; {what}"
 
 
 def _geo(x: np.ndarray) -> np.ndarray:
@@ -121,11 +146,18 @@ def evaluate_sources(
     names = [REAL, *generated, *recon]
     if len(set(names)) != len(names):
         raise ValueError(f"source names must be unique (and not {REAL!r}): {names}")
+    warnings = []
     if stations is None:
         stations = sorted(real.records["station"].astype(str).unique())
+        warnings += [_unscored_stations(n, c, stations)
+                     for n, c in [*generated.items(), *recon.items()]]
     missing = [s for s in stations if not real.station_mask(s).any()]
     if missing:
         raise ValueError(f"station(s) {missing} have no real records")
+    empty = [n for n, c in [*generated.items(), *recon.items()] if not len(c.records)]
+    if empty:
+        raise EmptySourceError(f"source(s) {', '.join(empty)} have no records; nothing to "
+                               "evaluate")
 
     def restrict(corpus: Corpus) -> Corpus:
         mask = corpus.records["station"].astype(str).isin(stations).to_numpy()
@@ -183,6 +215,7 @@ def evaluate_sources(
         entry = metrics["models"][name]
         entry["matrix_stations"] = used
         entry["stations_skipped"] = [s for s in stations if s not in used]
+        warnings.append(_skipped_warning(name, stations, used))
         if len(used) < 2:
             entry["scores_error"] = "fewer than 2 stations with f0 values in every source"
             continue
@@ -197,6 +230,7 @@ def evaluate_sources(
         if partner:
             entry["recon_partner"] = partner
         matrices[name] = {key: value["matrix"] for key, value in scores.items()}
+    metrics["warnings"] = [w for w in warnings if w]
     return {"records": records, "metrics": _jsonable(metrics),
             "median_hvsr": {"grid": grid, **medians}, "matrices": matrices}
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from obspy import Stream, Trace, UTCDateTime
+from obspy import Stream, Trace, UTCDateTime, read
 
 from timesnet_gen.atomic import staged_dir
 from timesnet_gen.corpus.format import (
@@ -213,7 +213,10 @@ def load_source(src: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
     src = Path(src)
     if (src / "records.csv").exists() and (src / "records").is_dir():
         corpus = read_corpus(src)
-        return corpus.waveforms, corpus.records
+        records = corpus.records
+        if "network" not in records.columns:  # the code is in the MiniSEED headers
+            records = records.assign(network=[record_network(src / f) for f in records["file"]])
+        return corpus.waveforms, records
     if (src / "waveforms.npy").exists():
         table = next((src / n for n in ("index.csv", "records.csv") if (src / n).exists()), None)
         if table is None:
@@ -222,6 +225,11 @@ def load_source(src: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
         return np.load(src / "waveforms.npy"), records
     raise CorpusError(f"{src}: neither a corpus folder (records.csv + records/) nor a folder "
                       "with waveforms.npy")
+
+
+def record_network(path: Path) -> str:
+    """Network code of a canonical record file (its first trace's header)."""
+    return read(str(path), format="MSEED", headonly=True)[0].stats.network
 
 
 def export_corpus(src: str | Path, out_dir: str | Path, fmt: str,
