@@ -21,6 +21,7 @@ COMMANDS = {
     "check-corpus": ("timesnet_gen.corpus.check", "validate the corpus (HVSR f0 vs truth), overview figure"),
     "ingest": ("timesnet_gen.io.ingest", "convert real records (AFAD .mat/.asc, obspy formats)"),
     "export": ("timesnet_gen.io.export", "export records as MiniSEED, SAC or .npz"),
+    "hvsr": ("timesnet_gen.hvsr_survey", "earthquake HVSR survey (f0 per record and station)"),
     "prepare": ("timesnet_gen.prepare", "stack the corpus and make the seeded splits"),
     "pretrain": ("timesnet_gen.train", "phase 0: pre-train TimesNet on non-target stations"),
     "finetune": ("timesnet_gen.train", "phase 1: station-conditioned fine-tuning"),
