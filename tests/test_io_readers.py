@@ -430,7 +430,7 @@ def test_response_removal_recovers_the_known_acceleration(tmp_path, layout):
     expected = truth * 100.0  # cm/s^2
     inner = slice(int(5 * rate), int(55 * rate))
     error = np.abs(record.data[:, inner] - expected[:, inner]).max()
-    assert error < 0.01 * np.abs(expected).max()
+    assert error < 1e-4 * np.abs(expected).max()  # measured 1.7e-6 (int32 rounding)
     assert record.meta["units_original"] == "COUNTS (response input M/S**2)"
     assert record.meta["processing"].startswith("remove_response(output=ACC, pre_filt=")
     assert record.meta["station_latitude"] == 38.0

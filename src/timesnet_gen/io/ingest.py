@@ -37,8 +37,10 @@ from tqdm import tqdm
 
 from timesnet_gen.atomic import check_out, staged_dir
 from timesnet_gen.errors import UserError
+from timesnet_gen.corpus import format as corpus_format
 from timesnet_gen.corpus.format import (
     DEFAULT_COUNTS_PER_CM_S2,
+    CorpusError,
     DEFAULT_STARTTIME,
     INT32_MAX,
     N_SAMPLES,
@@ -394,6 +396,11 @@ def collect(
             continue
         except (ValueError, ArithmeticError) as exc:  # odd samples the checks did not foresee
             quarantine.add(where, "unreadable", f"{type(exc).__name__}: {exc}", item.station)
+            continue
+        try:  # what the writer will do, so that no single record can stop the run
+            corpus_format.to_counts(window, DEFAULT_COUNTS_PER_CM_S2)
+        except CorpusError as exc:
+            quarantine.add(where, "unencodable", str(exc), item.station)
             continue
         start_key = round(float(UTCDateTime(row["record_starttime"]).timestamp)) if \
             row["record_starttime"] else None
