@@ -105,7 +105,8 @@ def folder(tmp_path):
 def test_hvsr_command_writes_the_survey(folder, tmp_path, capsys):
     out = tmp_path / "survey"
     assert cli_main(["hvsr", str(folder), "--out", str(out), "--smoothing", "konno-ohmachi",
-                     "--bandwidth", "40", "--title", "test"]) == 0
+                     "--bandwidth", "40", "--grid", "log", "--n-grid-points", "150",
+                     "--title", "test"]) == 0
     assert "2 record(s), 2 with an f0, at 2 station(s); 1 skipped" in capsys.readouterr().out
     summary = pd.read_csv(out / "summary.csv", dtype={"station": str}).set_index("station")
     assert summary.loc["0205", "f0_lognormal_median_hz"] == pytest.approx(2.5, rel=0.08)

@@ -26,8 +26,8 @@ def _corpus(stations, per_station=3, seed=0, n=6000):
 
 
 def test_stations_left_out_of_the_scores_are_named():
-    real = _corpus(["0205", "1716", "2020"], seed=1)
-    generated = _corpus(["0205", "1716", "4444"], seed=2)  # no 2020; 4444 has no real records
+    real = _corpus(["0205", "1716", "2020"], per_station=2, seed=1)
+    generated = _corpus(["0205", "1716", "4444"], per_station=2, seed=2)  # no 2020; 4444 has no real records
     result = evaluate_sources(real, {"gen": generated})
     warnings = result["metrics"]["warnings"]
     assert warnings == [
@@ -37,7 +37,8 @@ def test_stations_left_out_of_the_scores_are_named():
         "matrix (score_2x2, score_4x4 ...) of 0205, 1716 instead of 3x3",
     ]
     assert "score_2x2" in result["metrics"]["models"]["gen"]
-    complete = evaluate_sources(real, {"gen": _corpus(["0205", "1716", "2020"], seed=3)})
+    complete = evaluate_sources(real, {"gen": _corpus(["0205", "1716", "2020"], per_station=2,
+                                                      seed=3)})
     assert complete["metrics"]["warnings"] == []
     assert "score_3x3" in complete["metrics"]["models"]["gen"]
 

@@ -500,3 +500,21 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
     assert cli_main(["ingest", str(tmp_path / "src"), "--out", str(target)]) == 1
     assert "is an existing file" in capsys.readouterr().err
     assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(("step", "encoding"), [
+    (2**29 - 1, "STEIM2"), (-(2**29), "STEIM2"), (2**29, "INT32"), (-(2**29) - 1, "INT32"),
+])
+def test_writer_picks_a_lossless_encoding_at_the_steim2_limit(tmp_path, step, encoding):
+    from obspy import read
+
+    from timesnet_gen.corpus.format import lossless_encoding, read_record, write_record
+
+    counts = np.zeros((3, 600), np.int64)
+    counts[1, 300:] = step  # one jump of `step` counts
+    assert lossless_encoding(counts) == encoding
+    write_record(tmp_path / "r.mseed", counts / 1e5, "0205")
+    assert {tr.stats.mseed.encoding for tr in read(str(tmp_path / "r.mseed"))} == {encoding}
+    raw = np.stack([tr.data for tr in read(str(tmp_path / "r.mseed"))])
+    np.testing.assert_array_equal(raw[[0, 1, 2]], counts)  # HNE, HNN, HNZ written in order
+    np.testing.assert_allclose(read_record(tmp_path / "r.mseed"), counts / 1e5, rtol=1e-7)

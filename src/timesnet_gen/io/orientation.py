@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from timesnet_gen.errors import UserError
 from timesnet_gen.io.quarantine import SkipRecord
 
 Orientation = tuple[float, float]  # (azimuth deg from N, dip deg down from horizontal)
@@ -32,7 +33,7 @@ HORIZONTAL_DIP = 10.0  # |dip| <= this: a horizontal channel
 SAC_UNSET = -12345.0
 
 
-class OrientationError(ValueError):
+class OrientationError(UserError):
     """A malformed --orientation entry."""
 
 

@@ -541,6 +541,12 @@ def _obspy_meta(trace: object) -> dict:
                 meta[key] = float(knet[name])
         if knet.get("evot") is not None:
             meta["event_time"] = str(knet["evot"])
+    evt = trace.stats.get("kinemetrics_evt")
+    if evt is not None:
+        for key, name in (("station_latitude", "latitude"), ("station_longitude", "longitude"),
+                          ("station_elevation_m", "elevation")):
+            if _float(evt.get(name)) is not None:
+                meta[key] = float(evt[name])
     if "distance_km" not in meta and "event_latitude" in meta and "station_latitude" in meta:
         meta["distance_km"] = haversine_km(
             meta["event_latitude"], meta["event_longitude"],
