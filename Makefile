@@ -56,7 +56,9 @@ clean-venv:
 # A0 per station against the header VS30 -> figures/samos_f0_vs_vs30.png; the whole survey
 # (records.csv, summary.md, a figure per station ...) -> SAMOS_HVSR_OUT.
 SAMOS_ASC ?= ../shared/data/afad_asc/samos_2020
-SAMOS_HVSR_OUT ?= $(shell mktemp -u -d)/samos_hvsr
+ifndef SAMOS_HVSR_OUT
+SAMOS_HVSR_OUT := $(shell mktemp -u -d)/samos_hvsr
+endif
 .PHONY: samos-hvsr
 samos-hvsr: setup
 	$(BIN)/timesnet-gen hvsr $(SAMOS_ASC) --out $(SAMOS_HVSR_OUT) \
