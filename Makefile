@@ -51,3 +51,16 @@ bench: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Earthquake HVSR of the 26 AFAD records of the 2020 Samos earthquake (../shared/data): f0 and
+# A0 per station against the header VS30 -> figures/samos_f0_vs_vs30.png; the whole survey
+# (records.csv, summary.md, a figure per station ...) -> SAMOS_HVSR_OUT.
+SAMOS_ASC ?= ../shared/data/afad_asc/samos_2020
+ifndef SAMOS_HVSR_OUT
+SAMOS_HVSR_OUT := $(shell mktemp -u -d)/samos_hvsr
+endif
+.PHONY: samos-hvsr
+samos-hvsr: setup
+	$(BIN)/timesnet-gen hvsr $(SAMOS_ASC) --out $(SAMOS_HVSR_OUT) \
+	  --title "Samos 2020-10-30 Mw 6.6" --vs30-figure figures/samos_f0_vs_vs30.png
+	@echo "survey tables and per-station figures: $(SAMOS_HVSR_OUT)"

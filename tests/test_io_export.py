@@ -131,3 +131,17 @@ def test_export_from_arrays_and_prepared_folder(tmp_path):
     stream = read(str(tmp_path / "exp" / "r0.mseed"))
     assert stream[0].stats.station == "0205"  # kept as a string, not the number 205
     np.testing.assert_array_equal(np.stack([tr.data for tr in stream]), waveforms[0])
+
+
+def test_export_keeps_the_corpus_network_code(tmp_path):
+    waveforms = np.random.default_rng(2).normal(size=(1, 3, 600)).astype(np.float32)
+    records = pd.DataFrame({"record_id": ["r0"], "station": ["0205"]})  # no network column
+    write_corpus(tmp_path / "syn", waveforms, records,
+                 pd.DataFrame({"station": ["0205"]}), network="SY")
+    export_corpus(tmp_path / "syn", tmp_path / "m", "mseed")
+    assert {tr.stats.network for tr in read(str(tmp_path / "m" / "r0.mseed"))} == {"SY"}
+    export_corpus(tmp_path / "syn", tmp_path / "s", "sac")
+    (trace,) = read(str(tmp_path / "s" / "r0.HNE.sac"))
+    assert trace.stats.sac.knetwk == "SY"
+    sidecar = json.loads((tmp_path / "m" / "r0.json").read_text())
+    assert sidecar["metadata"]["network"] == "SY"

@@ -115,7 +115,8 @@ EXPECTED = {
 
 def test_broken_files_are_quarantined_and_good_ones_ingested(broken_set, tmp_path):
     out = tmp_path / "raw"
-    result = ingest([broken_set], out, IngestOptions(target_stations=("0205", "2020")))
+    result = ingest([broken_set], out, IngestOptions(target_stations=("0205", "2020"),
+                                                     scale=1.0))
     quarantine = pd.read_csv(out / "quarantine.csv", dtype={"station": str})
     reasons = {}
     for row in quarantine.itertuples():
@@ -189,7 +190,8 @@ def test_default_rate_rescues_files_without_rate(broken_set):
 
 def test_strict_fails_with_the_quarantine_message(broken_set, tmp_path, capsys):
     out = tmp_path / "raw"
-    code = cli_main(["ingest", str(broken_set), "--out", str(out), "--strict", "--no-progress"])
+    code = cli_main(["ingest", str(broken_set), "--out", str(out), "--strict", "--no-progress",
+                     "--scale", "1"])
     assert code == 1
     err = capsys.readouterr().err
     assert "--strict: 15 record(s) would be skipped" in err
@@ -197,7 +199,7 @@ def test_strict_fails_with_the_quarantine_message(broken_set, tmp_path, capsys):
     assert not out.exists()
     # without --strict the same call succeeds and prints the summary
     assert cli_main(["ingest", str(broken_set), "--out", str(out), "--no-progress",
-                     "--target-stations", "0205", "9999"]) == 0
+                     "--scale", "1", "--target-stations", "0205", "9999"]) == 0
     printed = capsys.readouterr().out
     assert "ingest: 3 record(s)" in printed and "skipped truncated: 1" in printed
     assert "target station(s) without records: 9999" in printed
@@ -260,8 +262,8 @@ def test_failure_while_reading_leaves_previous_output_intact(broken_set, tmp_pat
 
 def test_output_inside_source_is_not_reingested(broken_set):
     out = broken_set / "raw"
-    ingest([broken_set], out)
-    again = ingest([broken_set], out)
+    ingest([broken_set], out, IngestOptions(scale=1.0))
+    again = ingest([broken_set], out, IngestOptions(scale=1.0))
     assert len(again.records) == 3  # the previous corpus's .mseed files were not read
 
 
@@ -287,3 +289,232 @@ def test_real_folders_ingest_without_skips(tmp_path):
     assert corpus.waveforms.shape == (34, 3, 6000)
     assert set(corpus.stations.loc[corpus.stations["role"] == "target", "station"]) == \
         {"0905", "6501"}
+
+
+# ------------------------------------------------------------------------------------------
+# processed AFAD ASCII through the whole ingest: provenance columns, short records padded
+
+
+def _processed_triplet(folder, station, data, seconds):
+    """A processed TADAS export: tag + AAD_* keys before the raw header, `seconds` long."""
+    n = int(seconds * 100)
+    paths = write_triplet(folder, station, data[:, :n])
+    preamble = ("AAD_Filtered_TADAS_FILE\nAAD_BASELINE_CORRECTION: YES\nAAD_FILTER_TYPE: "
+                "Butterworth\nAAD_FILTER_ORDER: 4\nAAD_LOW_CUT_FREQUENCY_HZ: 0.1\n"
+                "AAD_HIGH_CUT_FREQUENCY_HZ: 25\n")
+    for path in paths:
+        path.write_text(preamble + path.read_text())
+    return paths
+
+
+def test_processed_afad_ascii_is_ingested_with_its_processing(tmp_path):
+    data = _signal(seed=7)
+    _processed_triplet(tmp_path / "src" / "proc_0205", "0205", data, seconds=35.0)
+    result = collect([tmp_path / "src"])
+    assert len(result.quarantine) == 0
+    (row,) = result.records.to_dict("records")
+    assert row["aad_filter_type"] == "Butterworth" and row["aad_filter_order"] == "4"
+    assert row["aad_low_cut_frequency_hz"] == "0.1" and row["aad_baseline_correction"] == "YES"
+    assert row["source_preamble"] == "AAD_Filtered_TADAS_FILE"
+    assert row["processing"].startswith("AFAD: AAD_BASELINE_CORRECTION=YES")
+    window = result.waveforms[0]
+    np.testing.assert_allclose(window[:, :3500], data[:, :3500], atol=1e-6)  # 6 decimals
+    assert np.all(window[:, 3500:] == 0)  # 35 s record zero-padded to 6000 samples
+
+
+# ------------------------------------------------------------------------------------------
+# units are never guessed; orientation is never assumed
+
+
+def test_obspy_record_without_units_is_quarantined(broken_set):
+    result = collect([broken_set / "TK.2020.HN.mseed"])
+    assert len(result.records) == 0
+    (entry,) = result.quarantine.entries
+    assert entry.reason == "units_unknown" and entry.station == "2020"
+    scaled = collect([broken_set / "TK.2020.HN.mseed"], IngestOptions(scale=1.0))
+    assert scaled.records["units_original"].tolist() == ["declared by --scale"]
+
+
+def test_evt_ingest_needs_an_orientation_and_uses_the_header_sensitivity(tmp_path, capsys):
+    import warnings
+
+    import obspy
+
+    evt = Path(obspy.__file__).parent / "io" / "kinemetrics" / "tests" / "data" / \
+        "BI008_MEMA-04823.evt"
+    if not evt.exists():
+        pytest.skip(f"obspy test file {evt} is not installed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = collect([evt])
+        assert [e.reason for e in plain.quarantine.entries] == ["unknown_orientation"]
+        code = cli_main(["ingest", str(evt), "--out", str(tmp_path / "raw"), "--no-progress",
+                         "--orientation", "0=N", "1=E", "2=U", "--min-duration-s", "5"])
+    assert code == 0, capsys.readouterr().err
+    records = pd.read_csv(tmp_path / "raw" / "records.csv", dtype={"station": str})
+    (row,) = records.to_dict("records")
+    assert row["station"] == "MEMA" and row["sampling_rate_original"] == 250.0
+    assert row["units_original"] == "counts (Kinemetrics EVT)"
+    assert "V/g" in row["processing"]
+
+
+def test_ingest_with_a_stationxml_inventory(tmp_path):
+    from test_io_readers import _band_limited, _counts, _inventory
+    from obspy import Stream, Trace, UTCDateTime
+
+    rate = 100.0
+    truth = _band_limited(rate, seconds=70.0)
+    channels = ["HNE", "HNN", "HNZ"]
+    src = tmp_path / "src"
+    src.mkdir()
+    Stream([Trace(np.rint(c).astype(np.int32), header={
+        "network": "XX", "station": "TEST", "channel": ch, "sampling_rate": rate,
+        "starttime": UTCDateTime(2021, 1, 1)}) for c, ch in zip(_counts(truth, rate), channels)]
+    ).write(str(src / "XX.TEST.mseed"), format="MSEED")
+    inventory = tmp_path / "station.xml"
+    _inventory(channels, [90.0, 0.0, 0.0], [0.0, 0.0, -90.0], rate).write(
+        str(inventory), format="STATIONXML")
+    assert cli_main(["ingest", str(src), "--out", str(tmp_path / "raw"), "--no-progress"]) == 1
+    assert cli_main(["ingest", str(src), "--out", str(tmp_path / "raw"), "--no-progress",
+                     "--inventory", str(inventory), "--water-level", "none"]) == 0
+    corpus = read_corpus(tmp_path / "raw")
+    row = corpus.records.iloc[0]
+    assert "remove_response(output=ACC" in row["processing"] and "station.xml" in \
+        row["processing"]
+    assert "water_level=None" in row["processing"]
+    inner = slice(500, 5500)
+    expected = truth[:, :6000] * 100.0
+    error = np.abs(corpus.waveforms[0][:, inner] - expected[:, inner]).max()
+    assert error < 1e-3 * np.abs(expected).max()
+
+
+def test_bad_inventory_and_orientation_options_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "bad.xml").write_text("<not a station xml/>")
+    assert cli_main(["ingest", str(tmp_path / "src"), "--out", str(tmp_path / "o"),
+                     "--inventory", str(tmp_path / "bad.xml")]) == 1
+    assert "--inventory" in capsys.readouterr().err
+    assert cli_main(["ingest", str(tmp_path / "src"), "--out", str(tmp_path / "o"),
+                     "--orientation", "1=sideways"]) == 1
+    assert "--orientation '1=sideways'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="pre_filt"):
+        IngestOptions(pre_filt=(1.0, 0.5, 20.0, 30.0))
+
+
+# ------------------------------------------------------------------------------------------
+# no single record stops an ingest; an ingested folder round-trips exactly
+
+
+def test_spike_beyond_steim2_is_written_losslessly(tmp_path):
+    from obspy import read
+
+    data = _signal(seed=8)
+    data[0, 2000] = 7000.0  # a 7000 cm/s^2 jump: STEIM2 holds at most 2^29 counts (5369)
+    write_triplet(tmp_path / "src" / "spike_0205", "0205", data)
+    write_triplet(tmp_path / "src" / "good_1716", "1716", _signal(seed=9))
+    result = ingest([tmp_path / "src"], tmp_path / "raw")
+    assert len(result.records) == 2 and len(result.quarantine) == 0
+    rows = pd.read_csv(tmp_path / "raw" / "records.csv", dtype={"station": str})
+    files = dict(zip(rows["station"], rows["file"]))
+    spike = read(str(tmp_path / "raw" / files["0205"]))
+    assert {tr.stats.mseed.encoding for tr in spike} == {"INT32"}
+    good = read(str(tmp_path / "raw" / files["1716"]))
+    assert {tr.stats.mseed.encoding for tr in good} == {"STEIM2"}
+    assert spike[0].data[2000] == 700_000_000  # 7000 cm/s^2 at 1e5 counts per cm/s^2
+    corpus = read_corpus(tmp_path / "raw")
+    index = list(corpus.records["station"]).index("0205")
+    np.testing.assert_allclose(corpus.waveforms[index], data[:, :6000], atol=2e-4)
+
+
+def _counts_of(folder):
+    from obspy import read
+
+    rows = pd.read_csv(folder / "records.csv", dtype={"station": str})
+    return {row.station: np.stack([tr.data for tr in read(str(folder / row.file))])
+            for row in rows.itertuples()}
+
+
+def test_reingesting_an_ingested_folder_is_exact(tmp_path):
+    data = _signal(seed=10)
+    data[1, 3000] = -3000.0  # x 3 below: a 9000 cm/s^2 jump, beyond STEIM2 too
+    write_triplet(tmp_path / "src" / "a_0205", "0205", data * 3.0)  # peaks ~ 200 cm/s^2
+    savemat(tmp_path / "src" / "20201030115124_1716.mat", {"signal": _signal(seed=11).T,
+                                                           "fs": 200.0})
+    first = tmp_path / "first"
+    assert len(ingest([tmp_path / "src"], first).records) == 2
+    second = tmp_path / "second"
+    result = ingest([first], second)
+    assert len(result.quarantine) == 0 and len(result.records) == 2
+    before, after = _counts_of(first), _counts_of(second)
+    assert before.keys() == after.keys()
+    for station in before:
+        np.testing.assert_array_equal(after[station], before[station])  # bit-exact counts
+    rows = result.records.set_index("station")
+    assert rows.loc["0205", "vs30"] == 369  # metadata carried over
+    assert rows.loc["0205", "source_record_id"] == "0205_20201030T115101"
+    assert rows.loc["0205", "source_format"] == "corpus"
+    third = ingest([second], tmp_path / "third")
+    assert third.records["record_id"].tolist() == result.records["record_id"].tolist()
+
+
+def test_a_record_the_writer_refuses_is_quarantined_not_fatal(tmp_path, monkeypatch):
+    import timesnet_gen.corpus.format as fmt
+
+    write_triplet(tmp_path / "src" / "a_0205", "0205", _signal(seed=12))
+    write_triplet(tmp_path / "src" / "b_1716", "1716", _signal(seed=13))
+    real = fmt.to_counts
+
+    def refuse_1716(acc, counts_per_cm_s2):
+        if abs(float(acc[0, 0]) - _signal(seed=13)[0, 0]) < 1e-5:
+            raise fmt.CorpusError("cannot encode")
+        return real(acc, counts_per_cm_s2)
+
+    monkeypatch.setattr(fmt, "to_counts", refuse_1716)
+    result = ingest([tmp_path / "src"], tmp_path / "raw")
+    assert list(result.records["station"]) == ["0205"]
+    assert [(e.station, e.reason) for e in result.quarantine.entries] == [
+        ("1716", "unencodable")]
+    quarantine = pd.read_csv(tmp_path / "raw" / "quarantine.csv", dtype={"station": str})
+    assert "cannot encode" in quarantine["detail"].iloc[0]
+
+
+# ------------------------------------------------------------------------------------------
+# --out that is a file or holds a source is refused before anything is read
+
+
+def test_out_containing_a_source_is_refused(tmp_path, capsys):
+    src = tmp_path / "out" / "p" / "afad"
+    write_triplet(src, "0205", _signal(seed=14))
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    assert cli_main(["ingest", str(src), "--out", str(tmp_path / "out" / "p")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "would replace the input" in err
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before
+    assert cli_main(["ingest", str(src), "--out", str(src)]) == 1
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    write_triplet(tmp_path / "src", "0205", _signal(seed=15))
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    assert cli_main(["ingest", str(tmp_path / "src"), "--out", str(target)]) == 1
+    assert "is an existing file" in capsys.readouterr().err
+    assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(("step", "encoding"), [
+    (2**29 - 1, "STEIM2"), (-(2**29), "STEIM2"), (2**29, "INT32"), (-(2**29) - 1, "INT32"),
+])
+def test_writer_picks_a_lossless_encoding_at_the_steim2_limit(tmp_path, step, encoding):
+    from obspy import read
+
+    from timesnet_gen.corpus.format import lossless_encoding, read_record, write_record
+
+    counts = np.zeros((3, 600), np.int64)
+    counts[1, 300:] = step  # one jump of `step` counts
+    assert lossless_encoding(counts) == encoding
+    write_record(tmp_path / "r.mseed", counts / 1e5, "0205")
+    assert {tr.stats.mseed.encoding for tr in read(str(tmp_path / "r.mseed"))} == {encoding}
+    raw = np.stack([tr.data for tr in read(str(tmp_path / "r.mseed"))])
+    np.testing.assert_array_equal(raw[[0, 1, 2]], counts)  # HNE, HNN, HNZ written in order
+    np.testing.assert_allclose(read_record(tmp_path / "r.mseed"), counts / 1e5, rtol=1e-7)

@@ -221,8 +221,8 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(prepared, tmp_path):
 
 
 @pytest.mark.parametrize("section,raw,message", [
-    ("train", {"pretrain": {"epochs": 0}}, "epochs must be >= 1"),
-    ("train", {"finetune": {"lr": 0.0}}, "lr and grad_clip must be > 0"),
+    ("train", {"pretrain": {"epochs": 0}}, "train.pretrain.epochs must be >= 1, got 0"),
+    ("train", {"finetune": {"lr": 0.0}}, "train.finetune.lr must be > 0, got 0.0"),
     ("train", {"latent_noise_scale": -1.0}, "latent_noise_scale"),
     ("model", {"dropout": 1.5}, "dropout"),
     ("model", {"conditioning": "attention"}, "conditioning"),

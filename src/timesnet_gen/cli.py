@@ -22,6 +22,7 @@ COMMANDS = {
                      "validate the corpus (HVSR f0 vs truth), overview figure"),
     "ingest": ("timesnet_gen.io.ingest", "convert real records (AFAD .mat/.asc, obspy formats)"),
     "export": ("timesnet_gen.io.export", "export records as MiniSEED, SAC or .npz"),
+    "hvsr": ("timesnet_gen.hvsr_survey", "earthquake HVSR survey (f0 per record and station)"),
     "prepare": ("timesnet_gen.prepare", "stack the corpus and make the seeded splits"),
     **{verb: command for g in GENERATORS for verb, command in g.commands.items()},
     "evaluate": ("timesnet_gen.evaluate",

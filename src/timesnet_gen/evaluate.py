@@ -360,6 +360,9 @@ def main(argv: list[str], verb: str = "evaluate") -> int:
     result = evaluate(real, gen, rec, params, stations, args.fs, progress=not args.quiet)
     inputs = [args.real, *(p for _, p in generated + recon)]
     write_outputs(result, args.out, args.metrics, args.plots, inputs)
+    warnings = dict.fromkeys(w for ref in result["full"].values() for w in ref["warnings"])
+    for warning in warnings:
+        print(f"timesnet-gen {verb}: WARNING: {warning}", file=sys.stderr)
     summary = {m: {r: {k: v for k, v in x.items() if k != "per_station"}
                    for r, x in result["metrics"][m].items()} for m in gen}
     print(json.dumps(summary, indent=1))

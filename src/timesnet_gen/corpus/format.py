@@ -2,7 +2,8 @@
 
 A corpus folder holds
     records/<record_id>.mseed   one MiniSEED file per record: three traces E, N, U (channel codes
-                                HNE, HNN, HNZ), 100 Hz, 6000 samples, int32 counts (STEIM2);
+                                HNE, HNN, HNZ), 100 Hz, 6000 samples, int32 counts (STEIM2, or INT32
+                                when a jump is too large for STEIM2);
                                 acceleration in cm/s^2 = counts / counts_per_cm_s2
     records.csv                 one row per record (record_id, station, file, counts_per_cm_s2,
                                 starttime, and any metadata: magnitude, distance_km, source ...)
@@ -49,6 +50,20 @@ def to_counts(acc: np.ndarray, counts_per_cm_s2: float) -> np.ndarray:
     return scaled.astype(np.int32)
 
 
+STEIM2_MAX_DIFF = 2**29  # STEIM2 packs first differences in at most 30 bits (signed)
+
+
+def lossless_encoding(counts: np.ndarray) -> str:
+    """'STEIM2' when every sample-to-sample difference fits its 30 bits, else 'INT32'.
+
+    A jump of 2**29 counts (5369 cm/s^2 at 1e5 counts per cm/s^2) or more cannot be packed by
+    STEIM2 (libmseed refuses it); plain INT32 holds any int32 sample, at ~2x the file size.
+    """
+    diffs = np.diff(np.asarray(counts, dtype=np.int64), axis=-1)
+    fits = diffs.size == 0 or (diffs.min() >= -STEIM2_MAX_DIFF and diffs.max() < STEIM2_MAX_DIFF)
+    return "STEIM2" if fits else "INT32"
+
+
 def write_record(
     path: Path,
     acc: np.ndarray,
@@ -58,7 +73,8 @@ def write_record(
     counts_per_cm_s2: float = DEFAULT_COUNTS_PER_CM_S2,
     sampling_rate: float = SAMPLING_RATE,
 ) -> None:
-    """Write one 3-component record (3, T) in cm/s^2 as int32 MiniSEED."""
+    """Write one 3-component record (3, T) in cm/s^2 as int32 MiniSEED (STEIM2, or INT32 when
+    a jump is too large for STEIM2: both lossless, `read_record` reads either)."""
     acc = np.asarray(acc)
     if acc.ndim != 2 or acc.shape[0] != 3:
         raise CorpusError(f"record must have shape (3, T), got {acc.shape}")
@@ -74,7 +90,8 @@ def write_record(
             "starttime": UTCDateTime(starttime),
         }
         traces.append(Trace(data=np.ascontiguousarray(data), header=header))
-    Stream(traces).write(str(path), format="MSEED", encoding="STEIM2", reclen=4096)
+    encoding = lossless_encoding(counts)
+    Stream(traces).write(str(path), format="MSEED", encoding=encoding, reclen=4096)
 
 
 def read_record(path: Path, counts_per_cm_s2: float = DEFAULT_COUNTS_PER_CM_S2) -> np.ndarray:

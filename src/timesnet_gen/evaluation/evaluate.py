@@ -33,6 +33,31 @@ class EvaluationError(UserError):
     """Sources that cannot be scored together (names, stations)."""
 
 
+class EmptySourceError(EvaluationError):
+    """A generated or reconstructed corpus with no records (for the stations scored)."""
+
+
+def _unscored_stations(name: str, corpus: Corpus, stations: list[str]) -> str | None:
+    """Warning text when `corpus` has stations that are not scored (no real records)."""
+    extra = sorted(set(corpus.records["station"].astype(str)) - set(stations))
+    if not extra:
+        return None
+    return (f"{name}: station(s) {', '.join(extra)} have generated records but no real "
+            f"records; left out of every score")
+
+
+def _skipped_warning(name: str, stations: list[str], used: list[str]) -> str | None:
+    """Warning text when scores use fewer stations than were asked for."""
+    skipped = [s for s in stations if s not in used]
+    if not skipped:
+        return None
+    k, n = len(used), len(stations)
+    what = (f"scores use the {k}x{k} station matrix (score_{k}x{k}, score_{2 * k}x{2 * k} ...)"
+            f" of {', '.join(used)} instead of {n}x{n}" if k >= 2 else
+            f"no scores: {k} station(s) left of {n}")
+    return f"{name}: station(s) {', '.join(skipped)} have no f0 values in every source; {what}"
+
+
 def _geo(x: np.ndarray) -> np.ndarray:
     """Geometric mean of the E and N values (n, 3, ...) -> (n, ...)."""
     return np.sqrt(x[:, 0] * x[:, 1])
@@ -101,8 +126,8 @@ def _jsonable(x):
 
 
 def _check_sources(real: Corpus, generated: dict, recon: dict, stations: list[str] | None
-                   ) -> tuple[dict, list[str]]:
-    """Source labels ("<name>-recon" for reconstructions) and the stations, checked."""
+                   ) -> tuple[dict, list[str], list]:
+    """Source labels ("<name>-recon" for reconstructions), the stations, and warnings."""
     if len(recon) and len(generated) != 1 and set(recon) - set(generated):
         raise EvaluationError(f"recon names {sorted(recon)} must match generated names "
                               f"{sorted(generated)} to be paired")
@@ -110,12 +135,19 @@ def _check_sources(real: Corpus, generated: dict, recon: dict, stations: list[st
     names = [REAL, *generated, *recon]
     if len(set(names)) != len(names):
         raise EvaluationError(f"source names must be unique (and not {REAL!r}): {names}")
+    warnings = []
     if stations is None:
         stations = sorted(real.records["station"].astype(str).unique())
+        warnings += [_unscored_stations(n, c, stations)
+                     for n, c in [*generated.items(), *recon.items()]]
     missing = [s for s in stations if not real.station_mask(s).any()]
     if missing:
         raise EvaluationError(f"station(s) {missing} have no real records")
-    return recon, stations
+    empty = [n for n, c in [*generated.items(), *recon.items()] if not len(c.records)]
+    if empty:
+        raise EmptySourceError(f"source(s) {', '.join(empty)} have no records; nothing to "
+                               "evaluate")
+    return recon, stations, warnings
 
 
 def _score_records(sources: list[tuple[str, str, Corpus]], stations: list[str],
@@ -137,14 +169,17 @@ def _score_records(sources: list[tuple[str, str, Corpus]], stations: list[str],
 
 
 def _specificity(name: str, partner: str | None, f0s: dict, stations: list[str],
-                 entry: dict, params: EvaluateParams, edges: np.ndarray) -> dict | None:
+                 entry: dict, params: EvaluateParams, edges: np.ndarray, warnings: list
+                 ) -> dict | None:
     """The k x k, 2k x 2k (and 3k x 3k with a recon partner) scores of one generator, into
-    `entry`; returns its matrices (None when fewer than 2 stations can be scored)."""
+    `entry` (a warning when stations are left out); returns its matrices (None when fewer
+    than 2 stations can be scored)."""
     real_f0 = f0s[REAL]
     used = [s for s in stations if _has_f0(real_f0[s]) and _has_f0(f0s[name][s])
             and (partner is None or _has_f0(f0s[partner][s]))]
     entry["matrix_stations"] = used
     entry["stations_skipped"] = [s for s in stations if s not in used]
+    warnings.append(_skipped_warning(name, stations, used))
     if len(used) < 2:
         entry["scores_error"] = "fewer than 2 stations with f0 values in every source"
         return None
@@ -179,7 +214,7 @@ def evaluate_sources(
     "median_hvsr": {"grid": (G,), (station, source): (G,)}, "matrices": {name: {...}}}.
     """
     params = params or EvaluateParams()
-    recon, stations = _check_sources(real, generated, recon or {}, stations)
+    recon, stations, warnings = _check_sources(real, generated, recon or {}, stations)
 
     def restrict(corpus: Corpus) -> Corpus:
         return corpus.subset(corpus.records["station"].astype(str).isin(stations).to_numpy())
@@ -220,9 +255,10 @@ def evaluate_sources(
         partner = f"{name}-recon" if f"{name}-recon" in recon else (
             next(iter(recon)) if len(recon) == 1 and len(generated) == 1 else None)
         found = _specificity(name, partner, f0s, stations, metrics["models"][name], params,
-                             edges)
+                             edges, warnings)
         if found is not None:
             matrices[name] = found
+    metrics["warnings"] = [w for w in warnings if w]
     return {"records": records, "metrics": _jsonable(metrics),
             "median_hvsr": {"grid": grid, **medians}, "matrices": matrices}
 

@@ -20,18 +20,17 @@ replaced atomically.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from obspy import Stream, Trace, UTCDateTime
+from obspy import Stream, Trace, UTCDateTime, read
 
 from timesnet_gen.atomic import staged_dir
+from timesnet_gen.stage import stage_parser
 from timesnet_gen.corpus.format import (
     CHANNELS,
     DEFAULT_STARTTIME,
@@ -139,10 +138,10 @@ def export_records(
     when present. Returns the files written (paths inside out_dir). out_dir is replaced.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+        raise CorpusError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     waveforms = check_records(waveforms, records)
     if not np.all(np.isfinite(waveforms)):
-        raise ValueError("waveforms contain NaN or inf samples")
+        raise CorpusError("waveforms contain NaN or inf samples")
 
     out_dir = Path(out_dir)
     with staged_dir(out_dir, sources) as tmp:
@@ -213,7 +212,10 @@ def load_source(src: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
     src = Path(src)
     if (src / "records.csv").exists() and (src / "records").is_dir():
         corpus = read_corpus(src)
-        return corpus.waveforms, corpus.records
+        records = corpus.records
+        if "network" not in records.columns:  # the code is in the MiniSEED headers
+            records = records.assign(network=[record_network(src / f) for f in records["file"]])
+        return corpus.waveforms, records
     if (src / "waveforms.npy").exists():
         table = next((src / n for n in ("index.csv", "records.csv") if (src / n).exists()), None)
         if table is None:
@@ -222,6 +224,11 @@ def load_source(src: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
         return np.load(src / "waveforms.npy"), records
     raise CorpusError(f"{src}: neither a corpus folder (records.csv + records/) nor a folder "
                       "with waveforms.npy")
+
+
+def record_network(path: Path) -> str:
+    """Network code of a canonical record file (its first trace's header)."""
+    return read(str(path), format="MSEED", headonly=True)[0].stats.network
 
 
 def export_corpus(src: str | Path, out_dir: str | Path, fmt: str,
@@ -236,27 +243,19 @@ def _parse_provenance(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--provenance expects KEY=VALUE, got {item!r}")
+            raise CorpusError(f"--provenance expects KEY=VALUE, got {item!r}")
         out[key] = value
     return out
 
 
 def main(argv: list[str], verb: str = "export") -> int:
-    parser = argparse.ArgumentParser(
-        prog=f"timesnet-gen {verb}",
-        description="Export records of a corpus folder as MiniSEED, SAC or .npz (cm/s^2).",
-    )
+    parser = stage_parser(verb, __doc__)
     parser.add_argument("src", type=Path, help="corpus folder (or folder with waveforms.npy)")
     parser.add_argument("--format", choices=FORMATS, required=True)
     parser.add_argument("--out", type=Path, required=True, help="output folder (replaced)")
     parser.add_argument("--provenance", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra provenance for every record, e.g. model=timesnet-gen seed=0")
     args = parser.parse_args(argv)
-    try:
-        files = export_corpus(args.src, args.out, args.format,
-                              _parse_provenance(args.provenance))
-    except (ValueError, FileNotFoundError) as exc:  # CorpusError is a ValueError
-        print(f"timesnet-gen {verb}: {exc}", file=sys.stderr)
-        return 1
+    files = export_corpus(args.src, args.out, args.format, _parse_provenance(args.provenance))
     print(f"export: wrote {len(files)} file(s) to {args.out} ({args.format})")
     return 0

@@ -2,12 +2,17 @@
 
     timesnet-gen ingest SRC... --out data/raw [--target-stations 0205 1716 ...]
                         [--window first|p_aligned|energy] [--min-duration-s 10] [--strict]
+                        [--inventory station.xml] [--scale 100] [--orientation 0=N 1=E 2=U]
 
-Formats: AFAD .mat (EQ.anEQ struct or `signal` array), AFAD ASCII .asc (one file per
-component, grouped by folder, station, event and file stem), and every format obspy reads
-(MiniSEED, SAC, GSE2, K-NET, SEISAN, ...). Each record is converted to cm/s^2, resampled to
-100 Hz with an anti-aliasing filter when needed, and cut to a 6000-sample window
-(default `first`, the paper's). Anything unusable is skipped and listed with its reason in
+Formats: AFAD .mat (EQ.anEQ struct or `signal` array), AFAD ASCII .asc (raw or processed
+TADAS exports; one file per component, grouped by folder, station, event and file stem),
+canonical corpus folders (re-ingested exactly), and every format obspy reads (MiniSEED, SAC,
+GSE2, K-NET, Kinemetrics EVT, SEISAN, ...). Units are taken from the record, never guessed:
+header units, K-NET / EVT calibration, the instrument response of --inventory, or --scale;
+otherwise the record is quarantined as units_unknown. Channels are oriented from their codes,
+headers or --orientation, else quarantined as unknown_orientation. Each record is converted
+to cm/s^2, resampled to 100 Hz with an anti-aliasing filter when needed, and cut to a
+6000-sample window (default `first`, the paper's; shorter records are zero-padded). Anything unusable is skipped and listed with its reason in
 `quarantine.csv` in the output folder; `--strict` turns any skip into exit code 1 and writes
 nothing. Source files are only read. The output folder is replaced atomically, so a failed
 ingest leaves the previous one intact.
@@ -31,22 +36,29 @@ from obspy import UTCDateTime
 from tqdm import tqdm
 
 from timesnet_gen.atomic import check_out, staged_dir
+from timesnet_gen.errors import UserError
+from timesnet_gen.corpus import format as corpus_format
 from timesnet_gen.corpus.format import (
     DEFAULT_COUNTS_PER_CM_S2,
+    CorpusError,
     DEFAULT_STARTTIME,
     INT32_MAX,
     N_SAMPLES,
     SAMPLING_RATE,
     write_corpus_into,
 )
+from timesnet_gen.io.orientation import OrientationError, parse_mapping
 from timesnet_gen.io.quarantine import Quarantine, SkipRecord
 from timesnet_gen.io.readers import (
     RawRecord,
+    is_corpus_folder,
     parse_afad_asc,
     read_afad_asc,
     read_afad_mat,
+    read_corpus_folder,
     read_obspy,
 )
+from timesnet_gen.io.units import DEFAULT_PRE_FILT, DEFAULT_WATER_LEVEL, UnitOptions
 from timesnet_gen.io.stations import normalize_station, safe_code, station_from_name
 from timesnet_gen.io.windowing import (
     RATE_RTOL,
@@ -65,6 +77,10 @@ IGNORED_SUFFIXES = {
 }
 
 
+class IngestError(UserError):
+    """An ingest the user asked for cannot run (bad option, missing source, nothing usable)."""
+
+
 @dataclass
 class IngestOptions:
     """Command-line options of `ingest` (defaults are the paper's choices where it has one)."""
@@ -75,20 +91,38 @@ class IngestOptions:
     # zero-padded at the end, as in the paper)
     min_rate_hz: float = 50.0  # Hz; lower rates cannot carry the 0.5-20 Hz HVSR band
     default_rate_hz: float | None = None  # Hz, for files without a rate (else quarantined)
-    scale: float = 1.0  # cm/s^2 per input unit for obspy formats (100 for m/s^2)
+    scale: float | None = None  # cm/s^2 per input unit, for records whose unit is not known
     target_stations: tuple[str, ...] = ()
+    inventory: tuple[str, ...] = ()  # StationXML / RESP / dataless files (obspy.read_inventory)
+    pre_filt: tuple[float, ...] | None = DEFAULT_PRE_FILT  # Hz, response-removal taper
+    water_level: float | None = DEFAULT_WATER_LEVEL  # dB, response-removal water level
+    orientation: tuple[str, ...] = ()  # CHANNEL=E|N|U|AZ/DIP|skip entries
 
     def __post_init__(self) -> None:
         if self.window not in WINDOW_MODES:
-            raise ValueError(f"unknown window {self.window!r}; choose {', '.join(WINDOW_MODES)}")
-        if self.min_duration_s < 0 or self.p_lead_s < 0 or self.scale <= 0:
-            raise ValueError("min_duration_s and p_lead_s must be >= 0 and scale > 0")
+            raise IngestError(f"unknown window {self.window!r}; choose "
+                              f"{', '.join(WINDOW_MODES)}")
+        if self.min_duration_s < 0 or self.p_lead_s < 0 or (
+                self.scale is not None and not self.scale > 0):
+            raise IngestError("min_duration_s and p_lead_s must be >= 0 and scale > 0")
+        if self.pre_filt is not None:
+            self.pre_filt = tuple(float(f) for f in self.pre_filt)
+            if len(self.pre_filt) != 4 or list(self.pre_filt) != sorted(self.pre_filt) or \
+                    self.pre_filt[0] <= 0:
+                raise IngestError(f"pre_filt must be 4 increasing frequencies > 0 Hz, got "
+                                  f"{self.pre_filt}")
+        try:
+            parse_mapping(self.orientation)
+        except OrientationError as exc:
+            raise IngestError(str(exc)) from None
         self.target_stations = tuple(normalize_station(s) for s in self.target_stations)
+        self.inventory = tuple(str(p) for p in self.inventory)
+        self.orientation = tuple(self.orientation)
 
 
 @dataclass
 class IngestResult:
-    waveforms: np.ndarray  # (n, 3, 6000) float32 cm/s^2, rows aligned with records
+    waveforms: np.ndarray  # (n, 3, 6000) float64 cm/s^2 (exact re-ingest), rows = records
     records: pd.DataFrame
     stations: pd.DataFrame
     quarantine: Quarantine
@@ -116,7 +150,8 @@ def discover(
 ) -> tuple[list[Path], Counter]:
     """Candidate record files under `sources` (files or folders, recursive, sorted).
 
-    Returns (files, ignored kinds -> count). Hidden folders and `exclude` (the output folder,
+    Returns (files, ignored kinds -> count). A canonical corpus folder (records.csv +
+    records/) is one candidate, read whole. Hidden folders and `exclude` (the output folder,
     so that re-running into a folder inside SRC does not ingest the previous corpus) are skipped.
     """
     files: list[Path] = []
@@ -125,8 +160,8 @@ def discover(
     for source in sources:
         source = Path(source)
         if not source.exists():
-            raise FileNotFoundError(f"source {source} does not exist")
-        if source.is_file():
+            raise IngestError(f"source {source} does not exist")
+        if source.is_file() or is_corpus_folder(source):
             candidates = [source]
         else:
             candidates = []
@@ -136,7 +171,10 @@ def discover(
                     d for d in dirs if not d.startswith(".") and d != "__MACOSX"
                     and (exclude is None or (root_path / d).resolve() != exclude)
                 )
+                corpora = [d for d in dirs if is_corpus_folder(root_path / d)]
+                dirs[:] = [d for d in dirs if d not in corpora]
                 candidates += [root_path / n for n in sorted(names)]
+                candidates += [root_path / d for d in corpora]
         for path in candidates:
             kind = _ignored_kind(path)
             if kind:
@@ -199,6 +237,7 @@ def to_canonical(record: RawRecord, options: IngestOptions) -> tuple[np.ndarray,
         "window": used,
         "window_start_s": start / SAMPLING_RATE,
         "p_pick_s": p_pick_s,
+        "processing": "none",
         **{k: v for k, v in record.meta.items() if k != "p_pick_s"},
         "source_format": record.fmt,
         "source_path": ";".join(record.sources),
@@ -230,11 +269,51 @@ def _fingerprint(window: np.ndarray) -> str:
 # the whole run
 
 
-def _read_file(path: Path, options: IngestOptions, asc_parts: list) -> list:
+@dataclass
+class ReadContext:
+    """What every reader call shares: the options, loaded inventory, orientation mapping."""
+
+    options: IngestOptions
+    units: UnitOptions
+    mapping: dict
+
+
+def load_inventory(paths: Iterable[str | Path]) -> object:
+    """obspy Inventory of every file (StationXML, RESP, dataless SEED), or None when none."""
+    from obspy import read_inventory
+
+    inventory = None
+    for path in paths:
+        try:
+            part = read_inventory(str(path))
+        except Exception as exc:  # obspy raises many types on unknown or corrupt files
+            raise IngestError(f"--inventory {path}: cannot be read by obspy.read_inventory "
+                              f"({type(exc).__name__}: {str(exc)[:120]})") from None
+        inventory = part if inventory is None else inventory + part
+    return inventory
+
+
+def read_context(options: IngestOptions) -> ReadContext:
+    units = UnitOptions(
+        scale=options.scale, inventory=load_inventory(options.inventory),
+        inventory_names=", ".join(Path(p).name for p in options.inventory),
+        pre_filt=options.pre_filt, water_level=options.water_level,
+    )
+    return ReadContext(options, units, parse_mapping(options.orientation))
+
+
+def _read_file(path: Path, context: ReadContext, asc_parts: list) -> list:
     """Read one file: [(paths, RawRecord | SkipRecord)]; .asc parts are grouped later."""
     suffix = path.suffix.lower()
-    known = options.target_stations
+    known = context.options.target_stations
+
+    def obspy_records() -> list:
+        return [([str(path)], r) for r in read_obspy(path, known=known, units=context.units,
+                                                     mapping=context.mapping)]
+
     try:
+        if path.is_dir():
+            return read_corpus_folder(path)
         if suffix == ".mat":
             return [([str(path)], r) for r in read_afad_mat(path, known)]
         if suffix == ".asc":
@@ -243,10 +322,10 @@ def _read_file(path: Path, options: IngestOptions, asc_parts: list) -> list:
                 return []
             except SkipRecord as not_afad:
                 try:  # not AFAD ASCII: obspy may know it (SH_ASC, TSPAIR ...)
-                    return [([str(path)], r) for r in read_obspy(path, options.scale, known)]
+                    return obspy_records()
                 except SkipRecord:
                     raise not_afad from None
-        return [([str(path)], r) for r in read_obspy(path, options.scale, known)]
+        return obspy_records()
     except SkipRecord as skip:
         skip.station = skip.station or station_from_name(path, known) or ""
         return [([str(path)], skip)]
@@ -294,11 +373,12 @@ def collect(
 ) -> IngestResult:
     """Read, check, resample and window every record under `sources` (writes nothing)."""
     options = options or IngestOptions()
+    context = read_context(options)
     files, ignored = discover(sources, exclude)
     items: list[tuple[list[str], RawRecord | SkipRecord]] = []
     asc_parts: list = []
     for path in tqdm(files, desc="ingest", unit="file", disable=not progress):
-        items += _read_file(path, options, asc_parts)
+        items += _read_file(path, context, asc_parts)
     items += read_afad_asc(asc_parts, options.target_stations)
 
     quarantine = Quarantine()
@@ -316,6 +396,11 @@ def collect(
             continue
         except (ValueError, ArithmeticError) as exc:  # odd samples the checks did not foresee
             quarantine.add(where, "unreadable", f"{type(exc).__name__}: {exc}", item.station)
+            continue
+        try:  # what the writer will do, so that no single record can stop the run
+            corpus_format.to_counts(window, DEFAULT_COUNTS_PER_CM_S2)
+        except CorpusError as exc:
+            quarantine.add(where, "unencodable", str(exc), item.station)
             continue
         start_key = round(float(UTCDateTime(row["record_starttime"]).timestamp)) if \
             row["record_starttime"] else None
@@ -336,8 +421,8 @@ def collect(
     if len(records):
         first_columns = ["record_id", "station", "starttime"]
         records = records[first_columns + [c for c in records.columns if c not in first_columns]]
-    waveforms = (np.stack([windows[i] for i in order]).astype(np.float32) if windows
-                 else np.zeros((0, 3, N_SAMPLES), np.float32))
+    waveforms = (np.stack([windows[i] for i in order]) if windows
+                 else np.zeros((0, 3, N_SAMPLES)))
     stations = station_table(records, options.target_stations) if len(records) else \
         pd.DataFrame(columns=["station", "role", "f0_true_hz"])
     return IngestResult(waveforms, records, stations, quarantine, ignored, len(files))
@@ -393,7 +478,7 @@ def ingest(
 ) -> IngestResult:
     """Collect every record under `sources` and write the corpus folder `out_dir`.
 
-    Raises ValueError when nothing could be ingested, or (strict) when anything was skipped;
+    Raises IngestError when nothing could be ingested, or (strict) when anything was skipped;
     then, as after any exception, `out_dir` is left as it was.
     """
     options = options or IngestOptions()
@@ -402,26 +487,22 @@ def ingest(
     result = collect(sources, options, exclude=out_dir, progress=progress)
     if strict and len(result.quarantine):
         lines = "\n".join(e.line() for e in result.quarantine.entries)
-        raise ValueError(f"--strict: {len(result.quarantine)} record(s) would be skipped; "
+        raise IngestError(f"--strict: {len(result.quarantine)} record(s) would be skipped; "
                          f"nothing written\n{lines}")
     if not len(result.records):
-        raise ValueError(f"no record could be ingested from {result.n_files} file(s); "
+        raise IngestError(f"no record could be ingested from {result.n_files} file(s); "
                          f"{len(result.quarantine)} skipped:\n"
                          + "\n".join(e.line() for e in result.quarantine.entries[:50]))
     write_output(result, out_dir, options, sources=sources)
     return result
 
 
-def build_parser(verb: str = "ingest") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"timesnet-gen {verb}",
-        description="Convert real strong-motion records (AFAD .mat/.asc, MiniSEED, SAC, K-NET, "
-        "any obspy format) into the canonical corpus folder. Unusable records are listed "
-        "in OUT/quarantine.csv.",
-    )
-    parser.add_argument("sources", nargs="+", type=Path, help="files or folders (recursive)")
-    parser.add_argument("--out", type=Path, default=Path("data/raw"), help="corpus folder "
-                        "(replaced atomically; default data/raw)")
+def _water_level(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
+def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that decide how records are read and windowed (ingest and hvsr share them)."""
     parser.add_argument("--target-stations", nargs="*", default=[], metavar="CODE",
                         help="stations marked role=target in stations.csv (e.g. 0205 1716)")
     parser.add_argument("--window", choices=WINDOW_MODES, default="first",
@@ -434,8 +515,42 @@ def build_parser(verb: str = "ingest") -> argparse.ArgumentParser:
                         help="quarantine records sampled below this (Hz, default 50)")
     parser.add_argument("--default-rate-hz", type=float, default=None,
                         help="rate for files that give none (default: quarantine them)")
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="cm/s^2 per input unit for obspy formats (default 1; 100 for m/s^2)")
+    parser.add_argument("--scale", type=float, default=None,
+                        help="cm/s^2 per input unit for records whose unit the file does not "
+                        "state (MiniSEED counts without --inventory ...); default: quarantine "
+                        "them as units_unknown")
+    parser.add_argument("--inventory", action="append", default=[], metavar="FILE",
+                        help="StationXML, RESP or dataless SEED (repeatable): remove the "
+                        "instrument response to acceleration")
+    parser.add_argument("--pre-filt", type=float, nargs=4, default=list(DEFAULT_PRE_FILT),
+                        metavar=("F1", "F2", "F3", "F4"),
+                        help=f"response-removal cosine taper, Hz (default {DEFAULT_PRE_FILT})")
+    parser.add_argument("--water-level", type=_water_level, default=DEFAULT_WATER_LEVEL,
+                        metavar="DB", help="response-removal water level in dB, or none "
+                        f"(default {DEFAULT_WATER_LEVEL:g})")
+    parser.add_argument("--orientation", nargs="*", default=[], metavar="CHANNEL=DIR",
+                        help="orientation of channels the headers do not orient: 0=N 1=E "
+                        "2=U, HN1=30/0 (azimuth/dip deg), STATION.CHANNEL=..., 3=skip")
+
+
+def options_from_args(args: argparse.Namespace) -> IngestOptions:
+    return IngestOptions(
+        window=args.window, p_lead_s=args.p_lead_s, min_duration_s=args.min_duration_s,
+        min_rate_hz=args.min_rate_hz, default_rate_hz=args.default_rate_hz,
+        scale=args.scale, target_stations=tuple(args.target_stations),
+        inventory=tuple(args.inventory), pre_filt=tuple(args.pre_filt),
+        water_level=args.water_level, orientation=tuple(args.orientation),
+    )
+
+
+def build_parser(verb: str = "ingest") -> argparse.ArgumentParser:
+    from timesnet_gen.stage import stage_parser
+
+    parser = stage_parser(verb, __doc__)
+    parser.add_argument("sources", nargs="+", type=Path, help="files or folders (recursive)")
+    parser.add_argument("--out", type=Path, default=Path("data/raw"), help="corpus folder "
+                        "(replaced atomically; default data/raw)")
+    add_reading_arguments(parser)
     parser.add_argument("--strict", action="store_true",
                         help="any skipped record is an error (exit 1, nothing written)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -444,17 +559,9 @@ def build_parser(verb: str = "ingest") -> argparse.ArgumentParser:
 
 def main(argv: list[str], verb: str = "ingest") -> int:
     args = build_parser(verb).parse_args(argv)
-    try:
-        options = IngestOptions(
-            window=args.window, p_lead_s=args.p_lead_s, min_duration_s=args.min_duration_s,
-            min_rate_hz=args.min_rate_hz, default_rate_hz=args.default_rate_hz,
-            scale=args.scale, target_stations=tuple(args.target_stations),
-        )
-        result = ingest(args.sources, args.out, options, strict=args.strict,
-                        progress=not args.no_progress and sys.stderr.isatty())
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"timesnet-gen {verb}: {exc}", file=sys.stderr)
-        return 1
+    options = options_from_args(args)
+    result = ingest(args.sources, args.out, options, strict=args.strict,
+                    progress=not args.no_progress and sys.stderr.isatty())
     print(summary(result, options))
     print(f"  wrote {args.out} ({len(result.records)} records; quarantine.csv lists "
           f"{len(result.quarantine)} skipped)")

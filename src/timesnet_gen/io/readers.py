@@ -24,17 +24,19 @@ from pathlib import Path
 import numpy as np
 from obspy import Stream, UTCDateTime, read
 
+from timesnet_gen.io.orientation import (
+    GEOGRAPHIC,
+    SKIP,
+    Orientation,
+    assemble_enu,
+    rotate_to_en,
+    trace_orientation,
+)
 from timesnet_gen.io.quarantine import SkipRecord
 from timesnet_gen.io.stations import normalize_station, station_from_name
+from timesnet_gen.io.units import G, UNIT_FACTORS, UnitOptions, to_cm_s2  # noqa: F401
 
 COMPONENTS = ("E", "N", "U")
-G = 980.665  # cm/s^2
-# factor to cm/s^2 for the units AFAD and others write in headers
-UNIT_FACTORS = {
-    "cm/s^2": 1.0, "cm/s/s": 1.0, "cm/s2": 1.0, "gal": 1.0, "cm/sec^2": 1.0,
-    "m/s^2": 100.0, "m/s/s": 100.0, "m/s2": 100.0,
-    "mm/s^2": 0.1, "g": G,
-}
 
 
 @dataclass
@@ -264,28 +266,62 @@ class AscComponent:
     header: dict[str, str]
     data: np.ndarray  # (N,) float64 in header UNITS
     error: str = ""  # non-empty when the sample block could not be parsed
+    preamble: list[str] = field(default_factory=list)  # lines before the header (processed
+    # TADAS exports: a format tag such as AAD_Filtered_TADAS_FILE, AAD_* processing keys)
 
 
-def parse_afad_asc(path: str | Path) -> AscComponent:
-    """Read one AFAD ASCII component file; SkipRecord('unreadable') when it is not one."""
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("latin-1")
-    except OSError as exc:
-        raise SkipRecord("unreadable", f"{path.name}: {exc}") from None
+_AAD_KEY = re.compile(r"^(AAD_[A-Z0-9_]+)\s*(?:[:=]\s*|\s+)(\S.*)$", re.IGNORECASE)
+
+
+def _is_sample_line(line: str) -> bool:
+    return all(_float(t) is not None for t in line.split())
+
+
+def _split_header(text: str) -> tuple[list[str], dict[str, str], int]:
+    """(preamble lines, `KEY: value` header, offset where the samples start).
+
+    Lines before the first `KEY: value` line that are not samples are the preamble; after
+    the header has started, the first line without ':' starts the samples.
+    """
+    preamble: list[str] = []
     header: dict[str, str] = {}
-    # header lines are `KEY: value`; the first line without ':' starts the samples
     pos = 0
     while pos < len(text):
         end = text.find("\n", pos)
         end = len(text) if end < 0 else end
         line = text[pos:end].strip()
         if line and ":" not in line:
-            break
-        if line:
+            if header or _is_sample_line(line):
+                break
+            preamble.append(line)
+        elif line:
             key, _, value = line.partition(":")
             header[key.strip().upper()] = value.strip()
         pos = end + 1
+    return preamble, header, pos
+
+
+def processing_keys(preamble: list[str], header: dict[str, str]) -> dict[str, str]:
+    """AAD_* processing keys (baseline, filter type/order/corners) from preamble or header."""
+    keys = {k: v for k, v in header.items() if k.startswith("AAD_") and v}
+    for line in preamble:
+        match = _AAD_KEY.match(line)
+        if match:
+            keys[match.group(1).upper()] = match.group(2).strip()
+    return keys
+
+
+def parse_afad_asc(path: str | Path) -> AscComponent:
+    """Read one AFAD ASCII component file (raw or processed TADAS export).
+
+    SkipRecord('unreadable') when it is not one.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("latin-1")
+    except OSError as exc:
+        raise SkipRecord("unreadable", f"{path.name}: {exc}") from None
+    preamble, header, pos = _split_header(text)
     if not any(k in header for k in ("STATION_CODE", "SAMPLING_INTERVAL_S", "STREAM")):
         raise SkipRecord("unreadable", f"{path.name}: no AFAD ASCII header (STATION_CODE, "
                          "SAMPLING_INTERVAL_S, STREAM)")
@@ -297,7 +333,7 @@ def parse_afad_asc(path: str | Path) -> AscComponent:
         bad = next(t for t in tokens if _float(t) is None and t.lower() not in
                    ("nan", "inf", "-inf", "+inf"))
         data, error = np.zeros(0), f"non-numeric sample {bad[:20]!r}"
-    return AscComponent(path, header, data, error)
+    return AscComponent(path, header, data, error, preamble)
 
 
 def _asc_component(comp: AscComponent) -> str | None:
@@ -355,6 +391,18 @@ def _asc_meta(headers: list[dict[str, str]]) -> dict:
     return meta
 
 
+def _asc_provenance(parts: list[AscComponent]) -> dict:
+    """records.csv columns for processed exports: the preamble and the AAD_* keys."""
+    first = parts[0]
+    keys = processing_keys(first.preamble, first.header)
+    meta: dict = {f"aad_{k[4:].lower()}": v for k, v in keys.items()}
+    if first.preamble:
+        meta["source_preamble"] = " | ".join(first.preamble)
+    meta["processing"] = ("AFAD: " + "; ".join(f"{k}={v}" for k, v in keys.items())
+                          if keys else "none")
+    return meta
+
+
 def _asc_record(group: dict[str, AscComponent], where: str) -> RawRecord:
     first = next(iter(group.values()))
     station = normalize_station(first.header.get("STATION_CODE", ""))
@@ -390,7 +438,7 @@ def _asc_record(group: dict[str, AscComponent], where: str) -> RawRecord:
         data=data, sampling_rate=rate, station=station, starttime=start,
         sources=[str(c.path) for c in ordered], fmt="afad_asc",
         network=first.header.get("NETWORK", ""),
-        meta=_asc_meta([c.header for c in ordered]),
+        meta={**_asc_meta([c.header for c in ordered]), **_asc_provenance(ordered)},
     )
 
 
@@ -431,17 +479,19 @@ def read_afad_asc(
 
 
 # ------------------------------------------------------------------------------------------
-# obspy formats (MiniSEED, SAC, GSE2, K-NET, SEISAN, ...)
+# obspy formats (MiniSEED, SAC, GSE2, K-NET, Kinemetrics EVT, SEISAN, ...)
 
 _KNET_DIRS = {"EW": "E", "NS": "N", "UD": "U"}
-_LAST_CHAR = {"E": "E", "N": "N", "Z": "U", "U": "U", "1": "1", "2": "2", "3": "U"}
+_LAST_CHAR = {"E": "E", "N": "N", "Z": "U", "U": "U"}
 
 
 def channel_component(channel: str) -> tuple[str, str] | None:
-    """Channel code -> (instrument prefix, E|N|U|1|2), None when it is not a ground component.
+    """Channel code -> (instrument prefix, E|N|U or the orientation code), None when it is not
+    a ground component.
 
-    HNE/HNN/HNZ -> E/N/U; HN1/HN2 -> 1/2 (oriented later); BH?, HH?, EN? alike; K-NET
-    EW/NS/UD (KiK-net EW1/EW2: the digit tells the sensor, borehole 1 or surface 2).
+    HNE/HNN/HNZ -> E/N/U; HN1/HN2/HN3 and numeric EVT channels 0, 1, 2 ... -> '1', '2', '0'
+    (oriented from headers or --orientation later); BH?, HH?, EN? alike; K-NET EW/NS/UD
+    (KiK-net EW1/EW2: the digit tells the sensor, borehole 1 or surface 2).
     """
     code = channel.strip().upper().replace("-", "")
     for tag, comp in _KNET_DIRS.items():
@@ -449,32 +499,16 @@ def channel_component(channel: str) -> tuple[str, str] | None:
             return code[len(tag):], comp
     if not code:
         return None
-    comp = _LAST_CHAR.get(code[-1])
+    last = code[-1]
+    comp = _LAST_CHAR.get(last) or (last if last.isdigit() else None)
     return (code[:-1], comp) if comp else None
-
-
-def _azimuth(trace: object) -> float | None:
-    """Horizontal orientation in degrees clockwise from north, when the header gives it."""
-    sac = trace.stats.get("sac")
-    if sac is not None and _float(sac.get("cmpaz")) is not None and sac.get("cmpaz") != -12345:
-        return float(sac["cmpaz"])
-    return _float(trace.stats.get("azimuth"))
 
 
 def orient_horizontals(
     h1: np.ndarray, h2: np.ndarray, az1: float, az2: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Two horizontal components at azimuths az1, az2 (deg from N) -> (E, N).
-
-    Each channel measures N cos(az) + E sin(az); solving the 2 x 2 system also handles
-    non-orthogonal pairs.
-    """
-    a1, a2 = math.radians(az1), math.radians(az2)
-    matrix = np.array([[math.cos(a1), math.sin(a1)], [math.cos(a2), math.sin(a2)]])
-    if abs(np.linalg.det(matrix)) < 1e-3:
-        raise ValueError(f"horizontal azimuths {az1:g} and {az2:g} are parallel")
-    north, east = np.linalg.solve(matrix, np.stack([h1, h2]))
-    return east, north
+    """Two horizontal components at azimuths az1, az2 (deg from N) -> (E, N)."""
+    return rotate_to_en(h1, h2, az1, az2)
 
 
 def _obspy_meta(trace: object) -> dict:
@@ -507,6 +541,12 @@ def _obspy_meta(trace: object) -> dict:
                 meta[key] = float(knet[name])
         if knet.get("evot") is not None:
             meta["event_time"] = str(knet["evot"])
+    evt = trace.stats.get("kinemetrics_evt")
+    if evt is not None:
+        for key, name in (("station_latitude", "latitude"), ("station_longitude", "longitude"),
+                          ("station_elevation_m", "elevation")):
+            if _float(evt.get(name)) is not None:
+                meta[key] = float(evt[name])
     if "distance_km" not in meta and "event_latitude" in meta and "station_latitude" in meta:
         meta["distance_km"] = haversine_km(
             meta["event_latitude"], meta["event_longitude"],
@@ -515,52 +555,75 @@ def _obspy_meta(trace: object) -> dict:
     return meta
 
 
-def _obspy_group(traces: list, where: str, scale: float) -> RawRecord:
-    """Traces of one station and instrument -> RawRecord (E, N, U in cm/s^2)."""
-    by_comp: dict[str, list] = defaultdict(list)
+def _merge_pieces(traces: list, where: str) -> dict[str, object]:
+    """{channel code: one trace}; several pieces of a channel are joined, gaps refused."""
+    by_channel: dict[str, list] = defaultdict(list)
     for trace in traces:
-        by_comp[channel_component(trace.stats.channel)[1]].append(trace)
+        by_channel[trace.stats.channel].append(trace)
     merged = {}
-    for comp, group in by_comp.items():
-        if len(group) > 1:  # several pieces of one channel: join them, refuse gaps
+    for channel, group in by_channel.items():
+        if len(group) > 1:
             stream = Stream(group).merge(method=1)
             if len(stream) != 1 or np.ma.is_masked(stream[0].data):
-                raise SkipRecord("gaps", f"{where}: component {comp} has gaps or overlaps")
+                raise SkipRecord("gaps", f"{where}: channel {channel} has gaps or overlaps")
             group = [stream[0]]
-        merged[comp] = group[0]
-    first = next(iter(merged.values()))
-    knet = first.stats.get("knet") is not None
-    # obspy's convention: data * calib is the physical value; K-NET's calib gives m/s^2
-    factor = scale * (100.0 if knet else 1.0)
+        merged[channel] = group[0]
+    return merged
 
-    def part(tr: object) -> tuple[np.ndarray, float | None, UTCDateTime]:
-        rate = float(tr.stats.sampling_rate)
-        data = np.asarray(tr.data, dtype=np.float64) * float(tr.stats.calib) * factor
-        return data, rate if rate > 0 else None, tr.stats.starttime
 
-    parts = {c: part(tr) for c, tr in merged.items()}
-    orientation = "ENU"
-    if "1" in parts or "2" in parts:
-        if "E" in parts or "N" in parts or not ("1" in parts and "2" in parts):
-            have = ", ".join(sorted(parts))
-            raise SkipRecord("missing_component", f"{where}: horizontal pair incomplete ({have})")
-        az1, az2 = _azimuth(merged["1"]), _azimuth(merged["2"])
-        (d1, r1, s1), (d2, r2, s2) = parts.pop("1"), parts.pop("2")
-        if az1 is not None and az2 is not None and len(d1) == len(d2):
-            try:
-                east, north = orient_horizontals(d1, d2, az1, az2)
-            except ValueError as exc:
-                raise SkipRecord("missing_component", f"{where}: {exc}") from None
-            orientation = f"rotated from 1/2 (azimuths {az1:g}, {az2:g} deg)"
-        else:
-            # SEED convention: channel 1 is the horizontal closest to north
-            east, north = d2, d1
-            orientation = "assumed 1=N 2=E (no azimuth in header)"
-        parts["E"], parts["N"] = (east, r2, s2), (north, r1, s1)
-    data, rate, start = stack_components(parts, where)
+def _orientations(merged: dict, where: str, mapping: dict | None, inventory: object
+                  ) -> tuple[dict[str, Orientation], dict[str, str]]:
+    """{channel: (az, dip)} and {channel: source}; 'skip'ped channels left out."""
+    oriented, how = {}, {}
+    unknown = []
+    for channel, trace in merged.items():
+        found, source = trace_orientation(trace, mapping, inventory)
+        if found == SKIP:
+            continue
+        if found is None:
+            unknown.append(channel)
+            continue
+        oriented[channel], how[channel] = found, source
+    if unknown:
+        raise SkipRecord("unknown_orientation", f"{where}: no orientation for channel(s) "
+                         f"{', '.join(unknown)} in the header (SAC cmpaz/cmpinc, EVT, "
+                         "--inventory); pass --orientation CHANNEL=E|N|U|AZ/DIP")
+    return oriented, how
+
+
+def _obspy_group(traces: list, where: str, path: Path, units: UnitOptions,
+                 mapping: dict | None = None) -> RawRecord:
+    """Traces of one station and instrument -> RawRecord (E, N, U in cm/s^2)."""
+    merged = _merge_pieces(traces, where)
+    oriented, how = _orientations(merged, where, mapping, units.inventory)
+    geographic = {ch: c for ch, o in oriented.items() for c in COMPONENTS if o == GEOGRAPHIC[c]}
+    plain = len(geographic) == len(oriented) == len(set(geographic.values()))
+    if not plain and len(oriented) != 3:
+        reason = "missing_component" if len(oriented) < 3 else "unknown_orientation"
+        raise SkipRecord(reason, f"{where}: need 3 oriented channels (1 vertical, 2 "
+                         f"horizontal), have {', '.join(oriented) or 'none'}"
+                         + ("; drop the others with --orientation CHANNEL=skip"
+                            if len(oriented) > 3 else ""))
+    converted = {ch: to_cm_s2(merged[ch], path, units) for ch in oriented}
+    parts = {ch: (samples, float(merged[ch].stats.sampling_rate) or None,
+                  merged[ch].stats.starttime) for ch, (samples, _, _) in converted.items()}
+    if plain:  # E/N/Z channels: no rotation; stack_components names a missing one
+        data, rate, start = stack_components(
+            {geographic[ch]: part for ch, part in parts.items()}, where)
+        orientation = "ENU"
+    else:  # checks common rate, length and start, then rotates
+        channels = list(oriented)
+        raw, rate, start = stack_components(dict(zip(COMPONENTS, parts.values())), where)
+        enu, orientation = assemble_enu(dict(zip(channels, raw)), oriented, where)
+        data = np.stack([enu[c] for c in COMPONENTS])
+        orientation += " [" + ", ".join(f"{ch}: {how[ch]}" for ch in channels) + "]"
+    first = merged[next(iter(oriented))]
     meta = _obspy_meta(first)
+    if units.inventory is not None:
+        meta.update(_inventory_coordinates(first, units.inventory))
     meta["orientation"] = orientation
-    meta["units_original"] = "m/s^2 (K-NET)" if knet else f"input x {scale:g} = cm/s^2"
+    meta["units_original"] = "; ".join(sorted({u for _, u, _ in converted.values()}))
+    meta["processing"] = "; ".join(sorted({p for _, _, p in converted.values()}))
     return RawRecord(
         data=data, sampling_rate=rate, station=first.stats.station.strip(),
         starttime=start, sources=[], fmt=f"obspy:{first.stats.get('_format', '?')}",
@@ -568,16 +631,33 @@ def _obspy_group(traces: list, where: str, scale: float) -> RawRecord:
     )
 
 
+def _inventory_coordinates(trace: object, inventory: object) -> dict:
+    try:
+        found = inventory.get_coordinates(trace.id, trace.stats.starttime)
+    except Exception:  # absent from the inventory
+        return {}
+    keys = {"latitude": "station_latitude", "longitude": "station_longitude",
+            "elevation": "station_elevation_m"}
+    return {column: float(found[k]) for k, column in keys.items() if found.get(k) is not None}
+
+
 def read_obspy(
-    path: str | Path, scale: float = 1.0, known: tuple[str, ...] = ()
+    path: str | Path,
+    scale: float | None = None,
+    known: tuple[str, ...] = (),
+    units: UnitOptions | None = None,
+    mapping: dict | None = None,
 ) -> list[RawRecord | SkipRecord]:
     """Any file obspy.read understands; one record per (network, station, location, instrument).
 
-    Samples are taken as data * calib * scale cm/s^2 (scale: cm/s^2 per input unit, 1 for
-    files already in cm/s^2, 100 for m/s^2); K-NET/KiK-net are converted from their own
-    scale factor. Station: the header code, else a whole token of the file name.
+    Samples become cm/s^2 through `units` (io.units: inventory response, K-NET, EVT, SAC
+    kuser0, an export sidecar, or `scale` = cm/s^2 per input unit declared by the user);
+    a record with none of these is SkipRecord('units_unknown'). Channel orientation comes from
+    the codes, headers, the inventory or `mapping` (io.orientation), else
+    'unknown_orientation'. Station: the header code, else a whole token of the file name.
     """
     path = Path(path)
+    units = units or UnitOptions(scale=scale)
     try:
         stream = read(str(path))
     except Exception as exc:  # obspy raises many types for unknown or corrupt files
@@ -593,14 +673,14 @@ def read_obspy(
         stats = trace.stats
         groups[(stats.network, stats.station, stats.location, comp[0])].append(trace)
     if not groups:
-        raise SkipRecord("missing_component", f"{path.name}: no E/N/U/1/2 channels "
+        raise SkipRecord("missing_component", f"{path.name}: no ground-motion channels "
                          f"(channels: {', '.join(ignored) or 'none'})")
     out: list[RawRecord | SkipRecord] = []
     for (net, sta, loc, prefix), traces in sorted(groups.items()):
         station = normalize_station(sta) if sta.strip() else station_from_name(path, known)
         where = f"{path.name} {net}.{sta}.{loc}.{prefix}?"
         try:
-            record = _obspy_group(traces, where, scale)
+            record = _obspy_group(traces, where, path, units, mapping)
             record.station = station or ""
             record.sources = [str(path)]
             if not record.station:
@@ -610,4 +690,89 @@ def read_obspy(
         except SkipRecord as skip:
             skip.station = skip.station or station or ""
             out.append(skip)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# canonical corpus folders (what ingest, synth and generate write)
+
+# records.csv columns that ingest derives again for the new corpus, so not carried over
+DERIVED_COLUMNS = {
+    "record_id", "station", "network", "location", "file", "counts_per_cm_s2", "starttime",
+    "record_starttime", "sampling_rate_original", "n_samples_original", "duration_s_original",
+    "window", "window_start_s", "p_pick_s", "source_format", "source_path",
+}
+
+
+def is_corpus_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "records.csv").is_file() and (path / "records").is_dir()
+
+
+def _corpus_counts(path: Path) -> tuple[np.ndarray, object]:
+    """One canonical record file -> ((3, T) int counts as float64 in E, N, U order, 1st trace)."""
+    stream = read(str(path), format="MSEED")
+    by_comp = {tr.stats.channel[-1:]: tr for tr in stream}
+    missing = [c for c, code in zip(COMPONENTS, "ENZ") if code not in by_comp]
+    if missing or len(stream) != 3:
+        raise SkipRecord("missing_component", f"{path.name}: {len(stream)} trace(s), "
+                         f"missing {'/'.join(missing) or 'none'}")
+    traces = [by_comp[code] for code in "ENZ"]
+    if len({len(tr.data) for tr in traces}) > 1:
+        raise SkipRecord("unequal_length", f"{path.name}: components differ in length")
+    return np.stack([tr.data.astype(np.float64) for tr in traces]), traces[0]
+
+
+def _corpus_row_record(folder: Path, row: dict) -> RawRecord:
+    path = folder / str(row.get("file") or f"records/{row['record_id']}.mseed")
+    try:
+        counts, trace = _corpus_counts(path)
+    except SkipRecord:
+        raise
+    except Exception as exc:  # obspy raises many types on corrupt files
+        raise SkipRecord("unreadable", f"{path.name}: {type(exc).__name__}: {exc}") from None
+    per_cm_s2 = _float(row.get("counts_per_cm_s2")) or 1.0e5
+    meta = {k: v for k, v in row.items() if k not in DERIVED_COLUMNS and not
+            (isinstance(v, float) and math.isnan(v)) and v != ""}
+    meta["source_record_id"] = str(row["record_id"])
+    meta.setdefault("units_original", "cm/s^2")
+    pick, offset = _float(row.get("p_pick_s")), _float(row.get("window_start_s")) or 0.0
+    if pick is not None:
+        meta["p_pick_s"] = pick - offset  # the header pick, now relative to this window
+    start = parse_time(str(row.get("starttime") or "")) or trace.stats.starttime
+    return RawRecord(
+        data=counts / per_cm_s2, sampling_rate=float(trace.stats.sampling_rate),
+        station=normalize_station(row["station"]), starttime=start, sources=[str(path)],
+        fmt="corpus", network=trace.stats.network.strip(),
+        location=trace.stats.location.strip(), meta=meta,
+    )
+
+
+def read_corpus_folder(folder: str | Path) -> list[tuple[list[str], RawRecord | SkipRecord]]:
+    """A canonical corpus folder (records.csv + records/*.mseed) -> [(paths, record or skip)].
+
+    Samples are the stored int32 counts / counts_per_cm_s2 in float64, so re-ingesting a corpus
+    reproduces its counts exactly; metadata columns are carried over (record_id as
+    source_record_id), the derived ones (window, starttime, source_path ...) are made anew.
+    """
+    import pandas as pd
+
+    folder = Path(folder)
+    try:
+        table = pd.read_csv(folder / "records.csv", dtype={"station": str, "record_id": str},
+                            keep_default_na=True)
+    except Exception as exc:  # pandas raises several types on a broken table
+        raise SkipRecord("unreadable", f"{folder.name}/records.csv: {type(exc).__name__}: "
+                         f"{exc}") from None
+    for column in ("record_id", "station"):
+        if column not in table.columns:
+            raise SkipRecord("unreadable", f"{folder.name}/records.csv has no {column!r} "
+                             "column")
+    out: list[tuple[list[str], RawRecord | SkipRecord]] = []
+    for row in table.to_dict("records"):
+        where = str(folder / str(row.get("file") or row["record_id"]))
+        try:
+            out.append(([where], _corpus_row_record(folder, row)))
+        except SkipRecord as skip:
+            skip.station = skip.station or str(row["station"])
+            out.append(([where], skip))
     return out
