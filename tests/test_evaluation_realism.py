@@ -306,3 +306,25 @@ def test_tables_say_when_a_source_has_no_scenario(simulated, features):
     assert not any(k.startswith("realism/gen/gmm_") for k in flat)
     row = per_station[(per_station.station == "A") & (per_station.metric == "gmm_pga_mean_diff")]
     assert row["reason"].iloc[0] == "source has no scenario (magnitude, distance)"
+
+
+def test_fas_is_the_evaluations_smoothed_fas(simulated):
+    from timesnet_gen.config import EvaluateParams
+    from timesnet_gen.evaluation.intensity import smoothed_fas
+    from timesnet_gen.evaluation.realism_features import ko_fas
+
+    records = simulated[0][:3]
+    freqs, ours = ko_fas(records, FS, EvaluateParams())
+    ref_freqs, ref = smoothed_fas(records, FS)
+    np.testing.assert_allclose(freqs, ref_freqs)
+    np.testing.assert_allclose(ours, ref, rtol=1e-10)
+
+
+def test_logistic_fit_same_optimum_with_more_records_than_features():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((200, 10))
+    y = (x[:, 0] - x[:, 1] + rng.standard_normal(200) > 0).astype(float)
+    wb = logistic_fit(x, y, 1.0)
+    p = 1 / (1 + np.exp(-(x @ wb[:-1] + wb[-1])))
+    assert np.max(np.abs(x.T @ (p - y) + wb[:-1])) < 1e-6
+    assert wb[0] > 0.5 and wb[1] < -0.5

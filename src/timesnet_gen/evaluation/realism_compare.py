@@ -116,22 +116,24 @@ def _penalised_loss(xa: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float) -> 
 def logistic_fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0, tol: float = 1e-8) -> np.ndarray:
     """Weights (d,) and bias of the L2-penalised logistic regression -> (d + 1,).
 
-    Newton's method with the Woodbury identity: with n records and d >> n features every step
-    solves an n x n system, not d x d. The bias enters as a constant feature of value 10, so
+    Newton's method; with n records and d > n features the Woodbury identity makes every step
+    an n x n system instead of d x d. The bias enters as a constant feature of value 10, so
     its penalty is 100 times weaker than a weight's (negligible); halving steps keep the loss
     decreasing.
     """
     xa = np.hstack([x, np.full((len(x), 1), BIAS_FEATURE)])
-    gram = xa @ xa.T
+    gram = xa @ xa.T if len(xa) <= xa.shape[1] else None
     w = np.zeros(xa.shape[1])
     loss = _penalised_loss(xa, y, w, l2)
     for _ in range(50):
         p = scipy.special.expit(xa @ w)
         grad = xa.T @ (p - y) + l2 * w
         s = np.maximum(p * (1 - p), 1e-12)
-        # (X^T S X + l2 I)^-1 g = (g - X^T (l2 S^-1 + X X^T)^-1 X g) / l2
-        u = np.linalg.solve(gram + np.diag(l2 / s), xa @ grad)
-        step = (grad - xa.T @ u) / l2
+        if gram is None:  # more records than features: the d x d Hessian
+            step = np.linalg.solve(xa.T @ (xa * s[:, None]) + l2 * np.eye(len(w)), grad)
+        else:  # (X^T S X + l2 I)^-1 g = (g - X^T (l2 S^-1 + X X^T)^-1 X g) / l2
+            u = np.linalg.solve(gram + np.diag(l2 / s), xa @ grad)
+            step = (grad - xa.T @ u) / l2
         for _ in range(30):
             new = _penalised_loss(xa, y, w - step, l2)
             if new <= loss:

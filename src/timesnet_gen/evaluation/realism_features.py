@@ -18,14 +18,15 @@ import numpy as np
 from timesnet_gen.config import EvaluateParams
 from timesnet_gen.evaluation.intensity import (
     arias_intensity,
+    fourier_amplitude,
     pga,
     pgv,
     significant_duration,
-    smoothed_fas,
 )
 from timesnet_gen.evaluation.realism_gmm import gmm_columns, gmm_residuals
 from timesnet_gen.evaluation.realism_phases import count_bursts, horizontal_envelope, pick_p_s
 from timesnet_gen.evaluation.realism_rotd import rotd50
+from timesnet_gen.evaluation.smoothing import get_operator
 from timesnet_gen.evaluation.spectra import RecordError, check_shape
 from timesnet_gen.records import COMPONENTS
 
@@ -189,6 +190,27 @@ def spectrogram_features(records: np.ndarray, fs: float, params: RealismParams) 
     return np.log(bands + 1e-12).reshape(len(records), -1)
 
 
+_FAS_MATRICES: dict[tuple, np.ndarray] = {}
+
+
+def ko_fas(records: np.ndarray, fs: float, evaluate: EvaluateParams) -> tuple[np.ndarray, ...]:
+    """intensity.smoothed_fas (Konno-Ohmachi b = 40 on the fas_* grid) as one matrix product.
+
+    The same operator (smoothing.get_operator), applied as its dense matrix: the Konno-Ohmachi
+    tails keep every FFT bin in every block, so one GEMM is ~50x faster than the block loop.
+    """
+    freqs, amp = fourier_amplitude(records, fs)
+    centers = np.geomspace(evaluate.fas_fmin, evaluate.fas_fmax, evaluate.fas_n_points)
+    key = (len(freqs), float(fs), evaluate.fas_fmin, evaluate.fas_fmax, evaluate.fas_n_points,
+           evaluate.smoothing_tol)
+    if key not in _FAS_MATRICES:
+        _FAS_MATRICES[key] = np.ascontiguousarray(get_operator(
+            freqs, centers, "konno-ohmachi", 40.0, True, evaluate.smoothing_tol).dense().T)
+    # A 2-D GEMM with a contiguous right factor (a 3-D @ transposed view misses BLAS).
+    flat = amp.reshape(-1, amp.shape[-1]) @ _FAS_MATRICES[key]
+    return centers, flat.reshape(amp.shape[:-1] + (len(centers),))
+
+
 def _geo(x: np.ndarray) -> np.ndarray:
     return np.sqrt(x[:, 0] * x[:, 1])
 
@@ -198,7 +220,7 @@ def _valid_features(x: np.ndarray, fs: float, params: RealismParams,
     """Every per-record array of records that passed record_problems, one chunk."""
     lo, hi = evaluate.duration_range
     env_times, env = horizontal_envelope(x, fs, params.envelope_window_s, params.envelope_step_s)
-    freqs, fas = smoothed_fas(x, fs, params=evaluate)
+    freqs, fas = ko_fas(x, fs, evaluate)
     p, s = pick_p_s(x, fs, env_times, env, params.s_min_delay_s, params.pick_snr,
                     params.pick_window_s)
     return {

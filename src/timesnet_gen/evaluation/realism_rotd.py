@@ -96,8 +96,8 @@ def rotd50_of_response(resp: np.ndarray, samples_per_cycle: float = 20.0) -> np.
     Blocks span about an eighth of the oscillator's period (samples_per_cycle samples).
     """
     levels = int(np.clip(np.round(np.log2(samples_per_cycle / 8)), 1, 8))
-    n_blocks, todo = N_BLOCKS, np.arange(len(resp))
-    out = np.empty(len(resp))
+    out, ok = _median_of_peaks(resp, N_BLOCKS, levels)
+    todo, n_blocks = np.flatnonzero(~ok), N_BLOCKS * 4
     while len(todo):
         out[todo], ok = _median_of_peaks(resp[todo], n_blocks, levels)
         todo, n_blocks = todo[~ok], n_blocks * 4
