@@ -328,3 +328,17 @@ def test_logistic_fit_same_optimum_with_more_records_than_features():
     p = 1 / (1 + np.exp(-(x @ wb[:-1] + wb[-1])))
     assert np.max(np.abs(x.T @ (p - y) + wb[:-1])) < 1e-6
     assert wb[0] > 0.5 and wb[1] < -0.5
+
+
+def test_realism_figure_is_written_small(tmp_path, features):
+    from timesnet_gen.plotting_realism import plot_realism
+
+    train = {"A": features.take(np.arange(0, 30))}
+    ref = {"A": features.take(np.arange(30, 48))}
+    sources = {"gen": {"A": features.take(np.arange(0, 12))}, "real-train": train}
+    _, _, curves = realism_tables(train, ref, sources, FAST)
+    path = plot_realism(curves, {"real-holdout": ref["A"], "gen": sources["gen"]["A"]},
+                        tmp_path / "figures" / "realism.png")
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 400_000
+    assert not list(path.parent.glob(".realism.png.tmp-*"))  # staged, then renamed

@@ -61,11 +61,12 @@ def _distribution_panel(ax, features: dict, attr: str, colours: dict, xlabel: st
     edges = np.geomspace(pooled.min() * 0.9, pooled.max() * 1.1, 25)
     for name, v in values.items():
         if len(v):
-            ax.hist(v, bins=edges, density=True, histtype="step", lw=1.5, color=colours[name],
-                    label=f"{name} (median {np.median(v):.3g})")
+            # Share of records per log-spaced bin (a density would favour small values).
+            ax.hist(v, bins=edges, weights=np.full(len(v), 1.0 / len(v)), histtype="step",
+                    lw=1.5, color=colours[name], label=f"{name} (median {np.median(v):.3g})")
     _plain_log_x(ax)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("density")
+    ax.set_ylabel("share of records")
     ax.legend(fontsize=7)
 
 
