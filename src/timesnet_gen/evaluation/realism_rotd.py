@@ -12,7 +12,7 @@ one inverse FFT per period. Two differences, both on purpose:
   - the response is evaluated at >= `samples_per_cycle` samples per oscillator period (band-
     limited interpolation by zero-extending the spectrum), so the sampled peak is within
     1 - cos(pi / spc) of the continuous one (1.2 % worst case, ~0.3 % typical at 20).
-The rotation is exact but looks only at the blocks (a quarter period long) of largest vector amplitude: a
+The rotation is exact but looks only at the blocks (1/16 period long) of largest vector amplitude: a
 rotated response is never larger than the vector amplitude, so every angle whose peak reaches
 the largest vector amplitude left out is exact; when the median angle's peak does not, more
 blocks are taken (the whole response if need be). pyrotd (pinned) is the checked reference (`pyrotd_rotd50`).
@@ -93,9 +93,9 @@ def _median_of_peaks(
 def rotd50_of_response(resp: np.ndarray, samples_per_cycle: float = 20.0) -> np.ndarray:
     """RotD50 (c,) of two-component responses (c, 2, L), exact (more blocks until it is).
 
-    Blocks span about an eighth of the oscillator's period (samples_per_cycle samples).
+    Blocks span about a sixteenth of the oscillator's period (samples_per_cycle samples).
     """
-    levels = int(np.clip(np.round(np.log2(samples_per_cycle / 8)), 1, 8))
+    levels = int(np.clip(np.round(np.log2(samples_per_cycle / 16)), 1, 8))
     out, ok = _median_of_peaks(resp, N_BLOCKS, levels)
     todo, n_blocks = np.flatnonzero(~ok), N_BLOCKS * 4
     while len(todo):
