@@ -12,10 +12,11 @@ one inverse FFT per period. Two differences, both on purpose:
   - the response is evaluated at >= `samples_per_cycle` samples per oscillator period (band-
     limited interpolation by zero-extending the spectrum), so the sampled peak is within
     1 - cos(pi / spc) of the continuous one (1.2 % worst case, ~0.3 % typical at 20).
-The rotation is exact but looks only at the blocks (1/16 period long) of largest vector amplitude: a
-rotated response is never larger than the vector amplitude, so every angle whose peak reaches
-the largest vector amplitude left out is exact; when the median angle's peak does not, more
-blocks are taken (the whole response if need be). pyrotd (pinned) is the checked reference (`pyrotd_rotd50`).
+The rotation is exact but looks only at the blocks (1/16 period long) of largest vector
+amplitude: a rotated response is never larger than the vector amplitude, so every angle whose
+peak reaches the largest vector amplitude left out is exact; when the median angle's peak does
+not, more blocks are taken (the whole response if need be). pyrotd (pinned) is the checked
+reference (`pyrotd_rotd50`).
 """
 
 from __future__ import annotations
