@@ -4,6 +4,7 @@ synthetic corpus with stand-in model outputs."""
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from timesnet_gen import registry
@@ -46,8 +47,11 @@ def setup(tmp_path_factory):
                    "--out", str(root / "evaluation"), "--metrics", str(root / "metrics.json"),
                    "--plots", str(root / "plots"), "--quiet"])
     assert rc == 1  # a params file that does not exist is named
+    # few perfect-generator draws: the bands are tested in test_evaluation_realism.py
+    (root / "params.yaml").write_text("evaluate:\n  realism:\n    n_draws: 3\n")
     rc = cli_main(["evaluate", "--real", str(root / "raw"), "--prepared", str(root / "prepared"),
-                   *sources, "--stations", *STATIONS, "--out", str(root / "evaluation"),
+                   *sources, "--params", str(root / "params.yaml"), "--stations", *STATIONS,
+                   "--out", str(root / "evaluation"),
                    "--metrics", str(root / "metrics.json"), "--plots", str(root / "plots"),
                    "--quiet"])
     assert rc == 0
@@ -128,3 +132,32 @@ def test_report_tables_and_target_statements(setup, tmp_path, capsys):
                      str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
     assert "bad.json: not valid JSON" in err and len(err.strip().splitlines()) == 1
+
+
+def test_realism_and_perfect_generator_references(setup):
+    root, metrics = setup
+    # the perfect generator: draws of real training records, scored like a generator
+    perfect = metrics["perfect_generator"]
+    assert set(perfect) == {"all", "holdout"}
+    assert 0.3 < perfect["all"]["score_5x5"] <= 1 and "score_10x10" in perfect["holdout"]
+    realism = metrics["realism"]
+    assert set(realism) == {"real-train", "timesnet", "vae", "timesnet-recon", "vae-recon"}
+    # "timesnet" is a 5 % perturbation of the real records: its duration is the real one, and
+    # its PGA ratio (3 held-out records a station: a wide sampling spread) is inside the band
+    # the perfect generator gets, as is that of the training records themselves
+    near = realism["timesnet"]
+    assert 0.8 < near["d5_95_median_ratio"] < 1.25
+    for source in ("timesnet", "real-train"):
+        lo, hi = realism[source]["pga_median_ratio_band"]
+        assert lo <= realism[source]["pga_median_ratio"] <= hi
+    # "vae" adds noise of 3x the record's std over the whole window: D5-95 blows up, and a
+    # value outside the perfect generator's band is "not met"
+    noisy = realism["vae"]
+    lo, hi = noisy["d5_95_median_ratio_band"]
+    assert noisy["d5_95_median_ratio"] > 1.5 and noisy["d5_95_median_ratio"] > hi
+    assert noisy["d5_95_median_ratio_met"] is False
+    assert noisy["classifier_auc"] > near["classifier_auc"]
+    table = pd.read_csv(root / "evaluation" / "realism.csv", dtype={"station": str})
+    assert {"source", "station", "metric", "value", "band_lo", "band_hi", "met"} <= set(table)
+    psa = pd.read_csv(root / "evaluation" / "realism_psa.csv", dtype={"station": str})
+    assert set(psa["period_s"]) >= {0.05, 1.0, 5.0}

@@ -20,6 +20,9 @@ Writes into --out (atomically):
     fas_median.npz    "freqs" and "<station>/<source>" median smoothed FAS
     matrices.npz      "<model>/<size>/<reference>" similarity matrices (+ "/labels")
     novelty.csv       nearest-training-record distance of each generated record (--prepared)
+    realism.csv       realism metrics per source, station and metric with the 5-95 % band of
+                      the perfect generator and met / not met (--prepared; evaluation/realism.py)
+    realism_psa.csv   RotD50 PSA ln residual and ln-std ratio per period (DVC plots data)
 and with --metrics the headline numbers (the DVC metrics file) and, in --plots,
 confusion_<model>.csv (nearest-station assignments, a DVC confusion plot).
 """
@@ -39,8 +42,15 @@ from timesnet_gen.atomic import staged_dir, staged_file
 from timesnet_gen.stage import stage_parser
 from timesnet_gen.config import EvaluateParams, ParamsError, load_params
 from timesnet_gen.corpus.format import read_corpus
-from timesnet_gen.evaluation.evaluate import evaluate_sources
+from timesnet_gen.evaluation.evaluate import evaluate_sources, record_table
 from timesnet_gen.evaluation.intensity import smoothed_fas
+from timesnet_gen.evaluation.realism import (
+    Features,
+    concat_features,
+    realism_tables,
+    record_features,
+    station_vs30,
+)
 from timesnet_gen.records import SAMPLING_RATE, Corpus, CorpusError
 
 SPLITS = ("all", "holdout")
@@ -240,6 +250,114 @@ def labelled_curves(median_hvsr: dict) -> dict[str, np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------------
+# references: the perfect generator and the realism metrics
+
+
+def perfect_generator_scores(real: Corpus, params: EvaluateParams, stations: list[str],
+                             references: dict[str, Corpus], fs: float) -> dict:
+    """The paper's scores of a perfect generator: realism.perfect_n_records records per
+    station drawn with replacement from its real training records, mean over n_draws seeded
+    draws, against each reference set. What a generator with the real f0 spread gets.
+    Every record's f0 and curve is computed once; a draw takes rows of those tables."""
+    rp = params.realism
+    train = real.subset((real.records["split"] == "train").to_numpy()
+                        & real.records["station"].isin(stations).to_numpy())
+    train_table = record_table(train, "perfect", "generated", params, fs)
+    ref_tables = {ref: record_table(c.subset(c.records["station"].isin(stations).to_numpy()),
+                                    registry.REAL, "real", params, fs)
+                  for ref, c in references.items()}
+    rng = np.random.default_rng(rp.seed)
+    sums: dict[str, dict[str, list[float]]] = {ref: {} for ref in references}
+    for _ in range(rp.n_draws):
+        picks = np.concatenate([rng.choice(np.flatnonzero(train.station_mask(s)),
+                                           rp.perfect_n_records) for s in stations])
+        table, freqs, curves = train_table
+        drawn = (table.iloc[picks].reset_index(drop=True), freqs, curves[picks])
+        for ref, real_ref in references.items():
+            result = evaluate_sources(
+                real_ref, {"perfect": train.subset(picks)}, None, params, stations, fs,
+                precomputed={"perfect": drawn, registry.REAL: ref_tables[ref]})
+            for key, value in headline(result, "perfect").items():
+                if key != "per_station":
+                    sums[ref].setdefault(key, []).append(value)
+    return {ref: {k: round(float(np.mean(v)), 4) for k, v in values.items()}
+            for ref, values in sums.items()}
+
+
+def scenario_features(corpus: Corpus, params: EvaluateParams, vs30: dict[str, float],
+                      fs: float) -> Features:
+    """Realism features of a corpus; the scenario (magnitude, distance_km) from records.csv
+    when it has both columns (generators without a scenario get no GMM residuals)."""
+    table = corpus.records
+    scenario = {}
+    if {"magnitude", "distance_km"} <= set(table.columns):
+        scenario = {"magnitude": pd.to_numeric(table["magnitude"], errors="coerce").to_numpy(),
+                    "distance_km": pd.to_numeric(table["distance_km"], errors="coerce").to_numpy()}
+    station_vs = np.array([vs30.get(str(s), params.realism.vs30_default_m_s)
+                           for s in table["station"]])
+    parts = []
+    for value in np.unique(station_vs) if len(station_vs) else []:
+        rows = np.flatnonzero(station_vs == value)
+        parts.append((rows, record_features(
+            corpus.waveforms[rows], fs, params.realism, params, vs30=float(value),
+            record_id=table["record_id"].to_numpy()[rows],
+            **{k: v[rows] for k, v in scenario.items()})))
+    if not parts:
+        return record_features(corpus.waveforms, fs, params.realism, params)
+    order = np.argsort(np.concatenate([rows for rows, _ in parts]), kind="stable")
+    return concat_features([f for _, f in parts]).take(order)
+
+
+def by_station(corpus: Corpus, features: Features, stations: list[str]) -> dict[str, Features]:
+    return {s: features.take(corpus.station_mask(s)) for s in stations
+            if corpus.station_mask(s).any()}
+
+
+def realism(real: Corpus, generated: dict[str, Corpus], recon: dict[str, Corpus],
+            params: EvaluateParams, stations: list[str], fs: float) -> tuple:
+    """The realism metrics of every source against the held-out real records, with the
+    perfect-generator bands; the training records themselves are the real-vs-real floor."""
+    vs30 = station_vs30(real.stations, params.realism.vs30_default_m_s)
+    split = real.records["split"].to_numpy()
+    train_c, held_c = real.subset(split == "train"), real.subset(split == "holdout")
+    train = by_station(train_c, scenario_features(train_c, params, vs30, fs), stations)
+    held = by_station(held_c, scenario_features(held_c, params, vs30, fs), stations)
+    sources = {"real-train": train}
+    for name, corpus in [*generated.items(), *((f"{n}-recon", c) for n, c in recon.items())]:
+        sources[name] = by_station(corpus, scenario_features(corpus, params, vs30, fs), stations)
+    return realism_tables(train, held, sources, params.realism)
+
+
+# headline realism metrics in metrics.json (pooled over the target stations, with bands)
+REALISM_HEADLINE = ("psa_ln_resid", "psa_ln_std_ratio", "d5_95_median_ratio", "pga_median_ratio",
+                    "multi_burst_rate", "classifier_auc", "gmm_pga_mean_diff",
+                    "gmm_pga_std_diff")
+
+
+def realism_headline(flat: dict) -> dict:
+    """{source: {metric: value, metric_band: [lo, hi], metric_met: bool}} of the headline
+    metrics (every PSA period); the full tables are in outputs/evaluation."""
+    out: dict = {}
+    for key, value in flat.items():
+        _, source, metric = key.split("/", 2)
+        if metric.endswith(("_band_lo", "_band_hi", "_met")) or not any(
+                metric == h or metric.startswith(h + "_") and metric[len(h) + 1].isdigit()
+                for h in REALISM_HEADLINE):
+            continue
+        item = out.setdefault(source, {})
+        item[metric] = _round(value)
+        lo, hi = flat.get(f"{key}_band_lo"), flat.get(f"{key}_band_hi")
+        item[f"{metric}_band"] = [_round(lo), _round(hi)]
+        if f"{key}_met" in flat:
+            item[f"{metric}_met"] = bool(flat[f"{key}_met"])
+    return out
+
+
+def _round(value) -> float | None:
+    return None if value is None or not np.isfinite(value) else round(float(value), 4)
+
+
+# --------------------------------------------------------------------------------------------
 # the work
 
 
@@ -269,7 +387,12 @@ def evaluate(real: Corpus, generated: dict[str, Corpus], recon: dict[str, Corpus
             out["metrics"].update(real_headline(result))
     if has_split:
         out["metrics"]["real_ceiling"].update(real_ceiling_scores(real, params, stations))
+        out["metrics"]["perfect_generator"] = perfect_generator_scores(
+            real, params, stations, {ref: pair[0] for ref, pair in references.items()}, fs)
         out["novelty"] = novelty(real, generated, stations)
+        flat, out["realism_table"], out["realism_psa"] = realism(real, generated, recon,
+                                                                  params, stations, fs)
+        out["metrics"]["realism"] = realism_headline(flat)
     out["metrics"]["paper"] = registry.paper()["scores"]
     sources = {registry.REAL: real,
                **{registry.label_of(m): c for m, c in generated.items()}}
@@ -288,6 +411,11 @@ def write_outputs(result: dict, out_dir: Path, metrics_path: Path | None,
         np.savez(tmp / "matrices.npz", **result["matrices"])
         if "novelty" in result:
             result["novelty"].to_csv(tmp / "novelty.csv", index=False, float_format="%.6g")
+        if "realism_table" in result:
+            result["realism_table"].to_csv(tmp / "realism.csv", index=False,
+                                           float_format="%.6g")
+            result["realism_psa"].to_csv(tmp / "realism_psa.csv", index=False,
+                                         float_format="%.6g")
     if plots_dir is not None:
         plots_dir.mkdir(parents=True, exist_ok=True)
         for model, rows in result["confusions"].items():

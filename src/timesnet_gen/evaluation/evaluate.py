@@ -151,13 +151,18 @@ def _check_sources(real: Corpus, generated: dict, recon: dict, stations: list[st
 
 
 def _score_records(sources: list[tuple[str, str, Corpus]], stations: list[str],
-                   params: EvaluateParams, fs: float, progress: bool) -> tuple:
-    """Per-record tables, f0 per source and station, median HVSR per (station, source)."""
+                   params: EvaluateParams, fs: float, progress: bool,
+                   precomputed: dict | None = None) -> tuple:
+    """Per-record tables, f0 per source and station, median HVSR per (station, source).
+    precomputed: {name: (table, freqs, curves)} of sources already through record_table."""
     tables, medians = [], {}
     f0s: dict[str, dict[str, np.ndarray]] = {}
     grid = None
     for name, kind, corpus in sources:
-        table, freqs, curves = record_table(corpus, name, kind, params, fs, progress)
+        if name in (precomputed or {}):
+            table, freqs, curves = precomputed[name]
+        else:
+            table, freqs, curves = record_table(corpus, name, kind, params, fs, progress)
         tables.append(table)
         f0s[name] = _by_station(table, stations)
         for s in stations:
@@ -204,6 +209,7 @@ def evaluate_sources(
     stations: list[str] | None = None,
     fs: float = SAMPLING_RATE,
     progress: bool = False,
+    precomputed: dict | None = None,
 ) -> dict:
     """Score generated (and reconstructed) corpora against the real one.
 
@@ -212,6 +218,8 @@ def evaluate_sources(
     its source label is "<name>-recon".
     Returns {"records": DataFrame (one row per record and source), "metrics": JSON-ready dict,
     "median_hvsr": {"grid": (G,), (station, source): (G,)}, "matrices": {name: {...}}}.
+    precomputed: {source name: record_table(...) of its corpus (restricted to `stations`)},
+    for callers that score the same records many times (resampled draws).
     """
     params = params or EvaluateParams()
     recon, stations, warnings = _check_sources(real, generated, recon or {}, stations)
@@ -222,7 +230,8 @@ def evaluate_sources(
     sources = [(REAL, "real", restrict(real))]
     sources += [(n, "generated", restrict(c)) for n, c in generated.items()]
     sources += [(n, "recon", restrict(c)) for n, c in recon.items()]
-    records, f0s, grid, medians = _score_records(sources, stations, params, fs, progress)
+    records, f0s, grid, medians = _score_records(sources, stations, params, fs, progress,
+                                                 precomputed)
 
     edges = histogram_edges(params.fmin, params.fmax, params.hist_bins)
     nearest = {"method": params.nearest_method, "sigma_floor": params.sigma_ln_floor,

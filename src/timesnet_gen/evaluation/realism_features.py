@@ -11,11 +11,12 @@ evaluation's record table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 
-from timesnet_gen.config import EvaluateParams
+from timesnet_gen.config import REALISM_PERIODS_S as PERIODS_S  # noqa: F401
+from timesnet_gen.config import EvaluateParams, RealismParams
 from timesnet_gen.evaluation.intensity import (
     arias_intensity,
     fourier_amplitude,
@@ -29,43 +30,6 @@ from timesnet_gen.evaluation.realism_rotd import rotd50
 from timesnet_gen.evaluation.smoothing import get_operator
 from timesnet_gen.evaluation.spectra import RecordError, check_shape
 from timesnet_gen.records import COMPONENTS
-
-PERIODS_S = [0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0]
-
-
-@dataclass
-class RealismParams:
-    """Settings of the realism metrics (flat, plain types: the `evaluate.realism` section)."""
-
-    periods: list[float] = field(default_factory=lambda: list(PERIODS_S))  # s, RotD50 PSA
-    damping: float = 0.05
-    rotd_samples_per_cycle: float = 20.0  # response samples per oscillator period (>=)
-    rotd_pad_s: float = 60.0  # zeros after the record before the FFT (no wrap-around)
-    envelope_window_s: float = 1.0  # moving-RMS window of the horizontal envelope
-    envelope_step_s: float = 0.25
-    envelope_floor: float = 1e-3  # envelope / its peak floored here before ln
-    burst_on: float = 0.5  # burst starts above this fraction of the envelope's peak
-    burst_off: float = 0.25  # ... and ends below this one
-    burst_min_gap_s: float = 2.0  # bursts closer than this are one
-    pick_snr: float = 2.0  # RMS after / before a pick for it to count as found
-    pick_window_s: float = 1.0
-    s_min_delay_s: float = 0.5  # S is searched from P + this
-    spec_window_s: float = 5.0  # classifier features: log power per time window ...
-    spec_n_bands: int = 12  # ... and per log-spaced band in spec_fmin-spec_fmax Hz
-    spec_fmin: float = 0.3
-    spec_fmax: float = 25.0
-    classifier_folds: int = 5
-    classifier_l2: float = 1.0  # ridge penalty of the logistic regression (standardised x)
-    n_draws: int = 20  # perfect-generator draws of the band
-    band_lo: float = 5.0  # percentiles of the band
-    band_hi: float = 95.0
-    perfect_n_records: int = 50  # records per station of the perfect generator
-    min_records: int = 3  # fewer valid records at a station: reported, not scored
-    vs30_default_m_s: float = 760.0  # site without Vs30 and without a soil column
-    gmm_mechanism: str = "SS"  # fault mechanism given to the GMMs (unknown: strike-slip)
-    seed: int = 0
-    chunk: int = 64  # records per batch
-
 
 @dataclass
 class Features:
