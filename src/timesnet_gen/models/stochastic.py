@@ -81,11 +81,15 @@ class StochasticParams:
     sta_s: float = 0.2  # P trigger: recursive STA/LTA windows (s) and threshold
     lta_s: float = 3.0
     trigger_ratio: float = 3.0
+    trigger_level: float = 0.01  # a trigger needs STA rms >= this fraction of the peak STA
     envelope_eps: float = 0.2  # Saragoni-Hart shape (Boore 2003)
     envelope_eta: float = 0.05
     envelope_tn: float = 2.0  # window length / duration
     p_window_fraction: float = 0.5  # P duration / (S - P time); a fixed shape choice, not fitted
-    calibration_rounds: int = 1
+    noise_min_s: float = 2.0  # pre-event noise is measured on records with this much (s)
+    signal_floor: float = 0.1  # event band power kept >= this fraction of the total
+    snr_min: float = 2.0  # event / noise band amplitude for a band to enter the event fit
+    calibration_rounds: int = 2
     seed: int = 0  # calibration synthesis
 
 
@@ -112,14 +116,18 @@ def window_d5_95(eps: float, eta: float, tn: float) -> float:
     return float(np.interp(0.95, cum, t) - np.interp(0.05, cum, t))
 
 
-def component_envelopes(t: np.ndarray, t_p: np.ndarray, t_s: np.ndarray, d: np.ndarray,
-                        alpha: np.ndarray, noise: np.ndarray, p: StochasticParams) -> np.ndarray:
-    """env_c(t) = sqrt(noise_c^2 + alpha_c^2 w_P^2 + w_S^2) -> (n, 3, T)."""
-    shape = (p.envelope_eps, p.envelope_eta, p.envelope_tn)
-    w_s = saragoni_hart(t, t_s, d, *shape)
-    w_p = saragoni_hart(t, t_p, np.maximum(p.p_window_fraction * (t_s - t_p), 0.05), *shape)
-    return np.sqrt(noise[None, :, None] ** 2 + (alpha[None, :, None] * w_p[:, None]) ** 2
-                   + w_s[:, None] ** 2)
+def p_window(t: np.ndarray, t_p: np.ndarray, t_s: np.ndarray, p: StochasticParams):
+    """P window: Saragoni-Hart from t_P, duration p_window_fraction * (S - P) -> (n, T)."""
+    return saragoni_hart(t, t_p, np.maximum(p.p_window_fraction * (t_s - t_p), 0.05),
+                         p.envelope_eps, p.envelope_eta, p.envelope_tn)
+
+
+def event_envelopes(t: np.ndarray, t_p: np.ndarray, t_s: np.ndarray, d: np.ndarray,
+                    alpha: np.ndarray, p: StochasticParams) -> np.ndarray:
+    """env_c(t) = sqrt(alpha_c^2 w_P(t)^2 + w_S(t)^2) -> (n, 3, T)."""
+    w_s = saragoni_hart(t, t_s, d, p.envelope_eps, p.envelope_eta, p.envelope_tn)
+    w_p = p_window(t, t_p, t_s, p)
+    return np.sqrt((alpha[None, :, None] * w_p[:, None]) ** 2 + w_s[:, None] ** 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +155,10 @@ def pick_record(x: np.ndarray, fs: float, p: StochasticParams) -> tuple[float, f
     x = x - x.mean(axis=-1, keepdims=True)
     n = x.shape[-1]
     ratio = recursive_sta_lta(np.ascontiguousarray(x[2]), int(p.sta_s * fs), int(p.lta_s * fs))
-    above = ratio > p.trigger_ratio
+    ratio[: int(p.lta_s * fs)] = 0.0  # the recursive LTA starts from zero: a start-up transient
+    sta = np.sqrt(np.convolve(x[2] ** 2, np.ones(int(p.sta_s * fs)) / (p.sta_s * fs), "same"))
+    # a trigger counts only where the vertical is a visible part of its peak (not a glitch)
+    above = (ratio > p.trigger_ratio) & (sta > p.trigger_level * sta.max())
     trigger = int(np.argmax(above)) if above.any() else int(np.argmax(ratio))
     lo, hi = max(trigger - int(3 * fs), 0), min(trigger + int(fs), n)
     i_p = lo + aic_onset(x[2:3, lo:hi])
@@ -183,19 +194,49 @@ def make_bands(freqs: np.ndarray, p: StochasticParams) -> tuple[np.ndarray, np.n
         band[i], count = current, count + 1
     if count < p.min_bins and current > 0:  # short last band: into the one before
         band[band == current] = current - 1
+    if band.max() < 1:
+        raise StochasticError(f"fewer than 2 spectral bands in {p.fmin_hz}-{p.fmax_hz} Hz with "
+                              f">= {p.min_bins} FFT bins each; widen the band or lower min_bins")
     centres = np.array([np.exp(np.log(freqs[band == b]).mean()) for b in range(band.max() + 1)])
     return band, centres
 
 
-def band_amplitudes(waveforms: np.ndarray, band: np.ndarray, fs: float) -> np.ndarray:
-    """ln rms Fourier amplitude (ln cm/s) per band -> (n, 3, B)."""
-    n_bands = band.max() + 1
-    onehot = (band[:, None] == np.arange(n_bands)[None, :]).astype(np.float64)
-    onehot /= onehot.sum(axis=0, keepdims=True)
+def band_power(spectra: np.ndarray, band: np.ndarray) -> np.ndarray:
+    """Mean |A|^2 over the FFT bins of each band: (..., F) -> (..., B)."""
+    onehot = (band[:, None] == np.arange(band.max() + 1)[None, :]).astype(np.float64)
+    return (np.abs(spectra) ** 2) @ (onehot / onehot.sum(axis=0, keepdims=True))
+
+
+def total_power(waveforms: np.ndarray, band: np.ndarray, fs: float) -> np.ndarray:
+    """Band power of the whole window's FAS |FFT| dt ((cm/s)^2) -> (n, 3, B)."""
+    out = [band_power(fourier_amplitude(np.asarray(waveforms[i:i + CHUNK], np.float64), fs)[1],
+                      band) for i in range(0, len(waveforms), CHUNK)]
+    return np.concatenate(out)
+
+
+def noise_power(waveforms: np.ndarray, t_p: np.ndarray, band: np.ndarray, fs: float,
+                min_s: float) -> np.ndarray:
+    """Band power of the pre-event noise (before t_P - 0.2 s, Hann-tapered, mean removed),
+    scaled to the whole window as stationary noise ((cm/s)^2) -> (n, 3, B); NaN where the
+    pre-event segment is shorter than min_s."""
+    n_t = waveforms.shape[-1]
+    t = np.arange(n_t) / fs
     out = []
     for i in range(0, len(waveforms), CHUNK):
-        _, amp = fourier_amplitude(np.asarray(waveforms[i:i + CHUNK], np.float64), fs)
-        out.append(0.5 * np.log(np.maximum(amp**2 @ onehot, 1e-300)))
+        x = np.asarray(waveforms[i:i + CHUNK], np.float64)
+        length = np.maximum(t_p[i:i + CHUNK] - 0.2, 0.0)  # s
+        inside = t[None, :] < length[:, None]
+        count = np.maximum(inside.sum(axis=1), 1)
+        mean = np.einsum("nct,nt->nc", x, inside) / count[:, None]
+        taper = np.where(inside, np.sin(np.pi * t[None, :] / np.maximum(length, 1e-9)[:, None])
+                         ** 2, 0.0)
+        seg = (x - mean[..., None]) * taper[:, None]
+        spec = np.fft.rfft(seg, axis=-1) / fs
+        # E|FFT|^2 of stationary noise is proportional to sum(taper^2); rescale to n_t samples
+        gain = n_t / np.maximum((taper**2).sum(axis=1), 1e-9)
+        power = band_power(spec, band) * gain[:, None, None]
+        power[length < min_s] = np.nan
+        out.append(power)
     return np.concatenate(out)
 
 
@@ -223,29 +264,51 @@ def s_duration(waveforms: np.ndarray, arrivals: np.ndarray, fs: float) -> np.nda
         if cum.size < 2 or cum[-1] <= 0:
             continue
         frac = cum / cum[-1]
-        ts = t[after]
-        out[i] = np.interp(0.95, frac, ts) - np.interp(0.05, frac, ts)
+        out[i] = np.interp(0.95, frac, t[after]) - np.interp(0.05, frac, t[after])
     return out
 
 
-def window_ratios(waveforms: np.ndarray, arrivals: np.ndarray, d: np.ndarray, fs: float,
-                  p: StochasticParams) -> tuple[np.ndarray, np.ndarray]:
-    """Per record and component: P amplitude alpha and noise floor relative to the S window's
-    model envelope (both (n, 3)), from the mean square in the pre-P, P and S windows."""
+def p_amplitude(waveforms: np.ndarray, arrivals: np.ndarray, d: np.ndarray, fs: float,
+                p: StochasticParams) -> np.ndarray:
+    """Per record and component, the P window's amplitude relative to the S window's (n, 3):
+    mean squares in [t_P, t_S) (less the pre-event one) and the S window, each divided by
+    the mean square of its model envelope there."""
     t = np.arange(waveforms.shape[-1]) / fs
     t_p, t_s = arrivals[:, 0], arrivals[:, 1]
     x2 = np.asarray(waveforms, np.float64) ** 2
-    ms_pre = window_ms(x2, t, np.zeros_like(t_p), t_p - 0.2)
-    ms_p = window_ms(x2, t, t_p, t_s)
-    ms_s = window_ms(x2, t, t_s, t_s + p.envelope_tn * d)
-    shape = (p.envelope_eps, p.envelope_eta, p.envelope_tn)
-    w_s2 = saragoni_hart(t, t_s, d, *shape)[:, None] ** 2
-    w_p2 = saragoni_hart(t, t_p, np.maximum(p.p_window_fraction * (t_s - t_p), 0.05),
-                         *shape)[:, None] ** 2
-    g2 = ms_s / window_ms(w_s2, t, t_s, t_s + p.envelope_tn * d)
-    noise2 = ms_pre / g2
-    alpha2 = np.maximum(ms_p - np.nan_to_num(ms_pre), 0.0) / (g2 * window_ms(w_p2, t, t_p, t_s))
-    return np.sqrt(alpha2), np.sqrt(noise2)
+    s_end = t_s + p.envelope_tn * d
+    ms_pre = np.nan_to_num(window_ms(x2, t, np.zeros_like(t_p), t_p - 0.2))
+    w_s2 = saragoni_hart(t, t_s, d, p.envelope_eps, p.envelope_eta, p.envelope_tn)[:, None] ** 2
+    g2 = window_ms(x2, t, t_s, s_end) / window_ms(w_s2, t, t_s, s_end)
+    w_p2 = p_window(t, t_p, t_s, p)[:, None] ** 2
+    ms_p = np.maximum(window_ms(x2, t, t_p, t_s) - ms_pre, 0.0)
+    return np.sqrt(ms_p / (g2 * window_ms(w_p2, t, t_p, t_s)))
+
+
+@dataclass
+class Measurements:
+    """What the fit reads from records (and the calibration from synthetic ones)."""
+
+    arrivals: np.ndarray  # (n, 2) s, P and S
+    d_obs: np.ndarray  # (n,) s, S-window duration parameter; NaN = not measurable
+    ln_noise: np.ndarray  # (n, 3, B) ln cm/s, stationary pre-event noise; NaN rows = none
+    ln_signal: np.ndarray  # (n, 3, B) ln cm/s, event FAS (total less noise power)
+    usable: np.ndarray  # (n, 3, B) bool: event / noise amplitude >= snr_min (or no noise)
+
+
+def measure(waveforms: np.ndarray, band: np.ndarray, fs: float, p: StochasticParams
+            ) -> Measurements:
+    """Picks, S duration, noise and event band spectra of records (n, 3, T)."""
+    arrivals = pick_arrivals(waveforms, fs, p)
+    unit = window_d5_95(p.envelope_eps, p.envelope_eta, p.envelope_tn)
+    d_obs = s_duration(waveforms, arrivals, fs) / unit
+    total = total_power(waveforms, band, fs)
+    noise = noise_power(waveforms, arrivals[:, 0], band, fs, p.noise_min_s)
+    event = total - np.nan_to_num(noise)
+    usable = np.isnan(noise) | (event >= p.snr_min**2 * np.nan_to_num(noise))
+    signal = np.maximum(event, p.signal_floor * total)
+    return Measurements(arrivals, d_obs, 0.5 * np.log(np.maximum(noise, 1e-300)),
+                        0.5 * np.log(np.maximum(signal, 1e-300)), usable)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,19 +324,44 @@ def amplitude_features(magnitude: np.ndarray, distance_km: np.ndarray, degree: i
     return np.stack(cols, axis=1)
 
 
-def ridge_fit(station_index: np.ndarray, n_stations: int, features: np.ndarray,
-              y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and std (std floored) of x (n, K) -> (2, K)."""
+    return np.stack([x.mean(axis=0), np.maximum(x.std(axis=0), 1e-9)])
+
+
+def ridge_fit(station_index: np.ndarray, n_stations: int, z: np.ndarray, y: np.ndarray,
+              ridge: float, usable: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Station terms + pooled slopes by ridge least squares (ridge on slopes only).
 
-    features (n, K) already standardised, y (n, Q). Returns station terms (S, Q), slopes (K, Q)
-    and the leverages h_ii (n,) of the fit.
+    z (n, K) standardised features, y (n, Q); usable (n, Q) marks the entries each column is
+    fitted on (a column with too few usable rows is fitted on all). A station without rows
+    gets the mean of the others' terms. Returns station terms (S, Q), slopes (K, Q) and the
+    leverage-corrected residuals (y - fit) / sqrt(1 - h_ii) (n, Q), NaN where not usable.
     """
-    x = np.concatenate([np.eye(n_stations)[station_index], features], axis=1)
-    penalty = np.r_[np.zeros(n_stations), np.full(features.shape[1], ridge * len(x))]
-    gram_inv = np.linalg.inv(x.T @ x + np.diag(penalty))
-    beta = gram_inv @ x.T @ y
-    leverage = np.einsum("ij,jk,ik->i", x, gram_inv, x)
-    return beta[:n_stations], beta[n_stations:], leverage
+    usable = np.ones(y.shape, bool) if usable is None else usable.copy()
+    n_params = len(np.unique(station_index)) + z.shape[1]
+    usable[:, usable.sum(axis=0) <= n_params] = True
+    x = np.concatenate([np.eye(n_stations)[station_index], z], axis=1)
+    terms = np.zeros((n_stations, y.shape[1]))
+    slopes = np.zeros((z.shape[1], y.shape[1]))
+    resid = np.full(y.shape, np.nan)
+    patterns, column_pattern = np.unique(usable.T, axis=0, return_inverse=True)
+    for k, rows in enumerate(patterns):  # columns sharing a mask are solved together
+        cols = np.flatnonzero(column_pattern.ravel() == k)
+        present = np.isin(np.arange(n_stations), station_index[rows])
+        xs = x[rows][:, np.r_[present, np.ones(z.shape[1], bool)]]
+        penalty = np.r_[np.zeros(present.sum()), np.full(z.shape[1], ridge * len(xs))]
+        gram_inv = np.linalg.pinv(xs.T @ xs + np.diag(penalty))
+        ys = y[np.ix_(rows, cols)]
+        beta = gram_inv @ xs.T @ ys
+        leverage = np.einsum("ij,jk,ik->i", xs, gram_inv, xs)
+        resid[np.ix_(rows, cols)] = (ys - xs @ beta) / np.sqrt(
+            np.maximum(1.0 - leverage, 1e-3))[:, None]
+        terms[:, cols] = beta[: present.sum()].mean(axis=0)
+        terms[np.ix_(present, cols)] = beta[: present.sum()]
+        slopes[:, cols] = beta[present.sum():]
+    return terms, slopes, resid
 
 
 def duration_basis(magnitude: np.ndarray, distance_km: np.ndarray, m_ref: float) -> np.ndarray:
@@ -283,7 +371,8 @@ def duration_basis(magnitude: np.ndarray, distance_km: np.ndarray, m_ref: float)
                      np.ones_like(m)], axis=1)
 
 
-def fit_duration(magnitude, distance_km, d_obs, m_ref) -> np.ndarray:
+def fit_duration(magnitude: np.ndarray, distance_km: np.ndarray, d_obs: np.ndarray,
+                 m_ref: float) -> np.ndarray:
     """Non-negative least squares of d (s) on `duration_basis` -> 3 coefficients."""
     ok = np.isfinite(d_obs) & (d_obs > 0)
     if ok.sum() < 3:
@@ -307,52 +396,59 @@ def fit_s_minus_p(distance_km: np.ndarray, sp: np.ndarray) -> np.ndarray:
 # synthesis
 
 
-def interpolation_matrix(centres: np.ndarray, freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ln A on FFT bins = ln A on bands @ W + offset: linear in ln f between centres, slope +2
-    below the first (omega-squared), flat above the last; DC gets -inf (zeroed)."""
-    f = np.maximum(freqs, 1e-12)
-    lf, lc = np.log(f), np.log(centres)
-    w = np.zeros((len(centres), len(freqs)))
-    pos = np.clip(np.searchsorted(lc, lf) - 1, 0, len(lc) - 2)
-    frac = np.clip((lf - lc[pos]) / (lc[pos + 1] - lc[pos]), 0.0, 1.0)
-    cols = np.arange(len(freqs))
-    w[pos, cols] = 1.0 - frac
-    w[pos + 1, cols] += frac
-    offset = np.where(f < centres[0], 2.0 * (lf - lc[0]), 0.0)
-    offset[freqs <= 0] = -np.inf
-    return w, offset
+class GridInterpolator:
+    """ln A on bands (..., B) -> ln A on the rFFT bins (..., F): linear in ln f between band
+    centres, slope +2 in ln-ln below the first (omega-squared), flat above the last, and
+    -inf (zero amplitude) at DC."""
+
+    def __init__(self, centres: np.ndarray, n_samples: int, fs: float):
+        freqs = np.fft.rfftfreq(n_samples, 1.0 / fs)
+        lf, lc = np.log(np.maximum(freqs, 1e-12)), np.log(centres)
+        pos = np.clip(np.searchsorted(lc, lf) - 1, 0, len(lc) - 2)
+        frac = np.clip((lf - lc[pos]) / (lc[pos + 1] - lc[pos]), 0.0, 1.0)
+        self.weights = np.zeros((len(centres), len(freqs)))
+        self.weights[pos, np.arange(len(freqs))] = 1.0 - frac
+        self.weights[pos + 1, np.arange(len(freqs))] += frac
+        self.offset = np.where(lf < lc[0], 2.0 * (lf - lc[0]), 0.0)
+        self.offset[0] = -np.inf
+
+    def __call__(self, ln_band: np.ndarray) -> np.ndarray:
+        flat = ln_band.reshape(-1, ln_band.shape[-1]) @ self.weights  # 2-D: BLAS
+        return flat.reshape(*ln_band.shape[:-1], -1) + self.offset
 
 
-def shaped_noise(noise: np.ndarray, env: np.ndarray, ln_amp: np.ndarray, fs: float) -> np.ndarray:
-    """Boore (2003): noise (n, 3, T) x envelope -> rFFT scaled to unit mean-square spectrum ->
+def shaped_noise(white: np.ndarray, env: np.ndarray, ln_amp: np.ndarray, fs: float) -> np.ndarray:
+    """Boore (2003): white (n, 3, T) x envelope -> rFFT scaled to unit mean-square spectrum ->
     times the target amplitude exp(ln_amp) (n, 3, F) in cm/s -> irFFT (cm/s^2)."""
-    spec = np.fft.rfft(noise * env, axis=-1)
+    spec = np.fft.rfft(white * env, axis=-1)
     rms = np.sqrt(np.mean(np.abs(spec) ** 2, axis=-1, keepdims=True))
     spec = spec / np.maximum(rms, 1e-300) * np.exp(ln_amp) * fs
-    acc = np.fft.irfft(spec, n=noise.shape[-1], axis=-1)
+    acc = np.fft.irfft(spec, n=white.shape[-1], axis=-1)
     return acc - acc.mean(axis=-1, keepdims=True)
 
 
 @dataclass
 class StochasticSampler:
-    """Fitted model: per-station spectra and envelopes from M and R, plus residual pools."""
+    """Fitted model: per-station event and noise spectra, envelopes from M and R, and the
+    residual pools of the training records (see the module docstring)."""
 
     kind: ClassVar[str] = "stochastic"
 
     stations: list[str]
     params: StochasticParams
     band_centres: np.ndarray  # (B,) Hz
-    station_terms: np.ndarray  # (S, 3, B) ln cm/s
+    station_terms: np.ndarray  # (S, 3, B) ln cm/s, event FAS at the mean features
     slopes: np.ndarray  # (K, 3, B) per standardised feature
-    feature_mean: np.ndarray  # (K,)
-    feature_std: np.ndarray  # (K,)
-    duration_coef: np.ndarray  # (3,) s: d = basis @ coef
-    sp_coef: np.ndarray  # (2,): S-P = k R + c (s, km)
+    feature_norm: np.ndarray  # (2, K) mean, std of amplitude_features
+    noise_terms: np.ndarray  # (S, 3, B) ln cm/s, ambient noise FAS at the mean features
+    noise_slopes: np.ndarray  # (K, 3, B) per standardised feature
+    duration_coef: np.ndarray  # (3,) s: d = duration_basis @ coef
+    sp_coef: np.ndarray  # (2,): S-P (s) = k R (km) + c
     alpha: np.ndarray  # (3,) P / S amplitude per component
-    noise: np.ndarray  # (3,) pre-event noise / S amplitude per component
-    pool_station: np.ndarray  # (N,) int: station of each training record kept for resampling
+    pool_station: np.ndarray  # (N,) int: row in `stations` of each pooled training record
     pool_scenario: np.ndarray  # (N, 2) magnitude, distance_km
-    pool_residual: np.ndarray  # (N, 3, B) ln cm/s
+    pool_residual: np.ndarray  # (N, 3, B) ln cm/s, event FAS
+    pool_noise_residual: np.ndarray  # (N, 3, B) ln cm/s, ambient noise FAS (0 = unmeasured)
     pool_ln_duration: np.ndarray  # (N,) ln(d_obs / d_model)
     pool_sp: np.ndarray  # (N,) s, S-P residual
     pool_t_p: np.ndarray  # (N,) s, picked P time
@@ -367,15 +463,14 @@ class StochasticSampler:
 
     def sample(self, station: str, magnitude: np.ndarray, distance_km: np.ndarray,
                seed: int) -> np.ndarray:
-        """(n, 3, n_samples) float32 cm/s^2 (E, N, U) at the given scenarios; deterministic:
+        """(n, 3, n_samples) float32 cm/s^2 (E, N, U) at the scenarios; deterministic, and
         record i depends only on (seed, i, its scenario), not on the batch size."""
         row = self._station_row(station)
         m, r = check_scenarios(magnitude, distance_km)
-        rng_draws = [np.random.default_rng([int(seed), i]) for i in range(len(m))]
+        rngs = [np.random.default_rng([int(seed), i]) for i in range(len(m))]
         pool = np.flatnonzero(self.pool_station == row)
-        draws = np.array([pool[g.integers(len(pool))] for g in rng_draws], dtype=int)
-        noise = [g.standard_normal((3, self.n_samples)) for g in rng_draws]
-        return self.synthesize(np.full(len(m), row), m, r, draws, noise)
+        draws = np.array([pool[g.integers(len(pool))] for g in rngs], dtype=int)
+        return self.synthesize(np.full(len(m), row), m, r, draws, rngs)
 
     def state(self) -> dict:
         """Plain tensors, numbers, strings and lists (torch.load(weights_only=True) safe)."""
@@ -391,11 +486,10 @@ class StochasticSampler:
                    if k not in state]
         if missing:
             raise StochasticError(f"stochastic checkpoint state lacks {', '.join(missing)}")
-        known = {f.name for f in fields(StochasticParams)}
-        unknown = sorted(set(state["params"]) - known)
+        unknown = sorted(set(state["params"]) - {f.name for f in fields(StochasticParams)})
         if unknown:
             raise StochasticError(f"stochastic checkpoint params: unknown key(s) {unknown}")
-        arrays = {k: np.asarray(state[k].numpy() if torch.is_tensor(state[k]) else state[k])
+        arrays = {k: state[k].numpy() if torch.is_tensor(state[k]) else np.asarray(state[k])
                   for k in ARRAY_FIELDS}
         return cls(stations=[str(s) for s in state["stations"]],
                    params=StochasticParams(**state["params"]), fs=float(state["fs"]),
@@ -409,43 +503,53 @@ class StochasticSampler:
                                   f"(stations: {', '.join(self.stations)})")
         return self.stations.index(station)
 
-    def median_ln_amplitude(self, rows: np.ndarray, m: np.ndarray, r: np.ndarray) -> np.ndarray:
-        """Median ln band amplitude (ln cm/s) at scenarios -> (n, 3, B)."""
+    def median_ln_amplitude(self, rows: np.ndarray, m: np.ndarray, r: np.ndarray,
+                            ambient: bool = False) -> np.ndarray:
+        """Median ln band amplitude (ln cm/s) of the event (or the ambient noise) at scenarios
+        -> (n, 3, B)."""
         p = self.params
-        z = (amplitude_features(m, r, p.magnitude_degree, p.magnitude_ref, p.distance_ref_km)
-             - self.feature_mean) / self.feature_std
-        return self.station_terms[rows] + np.einsum("nk,kcb->ncb", z, self.slopes)
+        feats = amplitude_features(m, r, p.magnitude_degree, p.magnitude_ref, p.distance_ref_km)
+        z = (feats - self.feature_norm[0]) / self.feature_norm[1]
+        terms, slopes = ((self.noise_terms, self.noise_slopes) if ambient
+                         else (self.station_terms, self.slopes))
+        return terms[rows] + np.einsum("nk,kcb->ncb", z, slopes)
 
     def median_duration(self, m: np.ndarray, r: np.ndarray) -> np.ndarray:
         """Median S-window duration parameter d (s) -> (n,)."""
-        d = duration_basis(m, r, self.params.magnitude_ref) @ self.duration_coef
-        return np.maximum(d, 0.1)
+        return np.maximum(duration_basis(m, r, self.params.magnitude_ref) @ self.duration_coef,
+                          0.1)
 
     def synthesize(self, rows: np.ndarray, m: np.ndarray, r: np.ndarray, draws: np.ndarray,
-                   noise: list[np.ndarray]) -> np.ndarray:
-        """Records at scenarios, each with the residuals of training record draws[i] and the
-        white noise noise[i] (3, T) -> (n, 3, T) float32 cm/s^2."""
+                   rngs: list[np.random.Generator]) -> np.ndarray:
+        """Records at scenarios, each with the residuals of pooled training record draws[i]
+        and white noise (event, ambient) from rngs[i] -> (n, 3, T) float32 cm/s^2."""
         t = np.arange(self.n_samples) / self.fs
-        weights, offset = interpolation_matrix(self.band_centres,
-                                               np.fft.rfftfreq(self.n_samples, 1.0 / self.fs))
+        on_grid = GridInterpolator(self.band_centres, self.n_samples, self.fs)
         out = np.empty((len(m), 3, self.n_samples), np.float32)
+        w = np.empty((min(CHUNK, len(m)), 2, 3, self.n_samples))
         for lo in range(0, len(m), CHUNK):
-            sl = slice(lo, lo + CHUNK)
-            ln_band = self.median_ln_amplitude(rows[sl], m[sl], r[sl]) + self.pool_residual[
-                draws[sl]]
-            ln_amp = ln_band @ weights + offset
-            t_p = self.pool_t_p[draws[sl]]
-            t_s = t_p + np.maximum(self.sp_coef[0] * r[sl] + self.sp_coef[1]
-                                   + self.pool_sp[draws[sl]], 0.1)
-            d = self.median_duration(m[sl], r[sl]) * np.exp(self.pool_ln_duration[draws[sl]])
-            env = component_envelopes(t, t_p, t_s, d, self.alpha, self.noise, self.params)
-            out[sl] = shaped_noise(np.stack(noise[sl]), env, ln_amp, self.fs)
+            sl, j = slice(lo, lo + CHUNK), draws[lo:lo + CHUNK]
+            w = w[: len(j)]
+            for k, g in enumerate(rngs[sl]):
+                g.standard_normal(out=w[k])
+            t_p = self.pool_t_p[j]
+            t_s = t_p + np.maximum(self.sp_coef[0] * r[sl] + self.sp_coef[1] + self.pool_sp[j],
+                                   0.1)
+            d = self.median_duration(m[sl], r[sl]) * np.exp(self.pool_ln_duration[j])
+            ln_event = self.median_ln_amplitude(rows[sl], m[sl], r[sl]) + self.pool_residual[j]
+            env = event_envelopes(t, t_p, t_s, d, self.alpha, self.params)
+            event = shaped_noise(w[:, 0], env, on_grid(ln_event), self.fs)
+            ln_noise = (self.median_ln_amplitude(rows[sl], m[sl], r[sl], ambient=True)
+                        + self.pool_noise_residual[j])
+            ambient = shaped_noise(w[:, 1], np.ones((1, 1, 1)), on_grid(ln_noise), self.fs)
+            out[sl] = event + ambient
         return out
 
 
-ARRAY_FIELDS = ("band_centres", "station_terms", "slopes", "feature_mean", "feature_std",
-                "duration_coef", "sp_coef", "alpha", "noise", "pool_station", "pool_scenario",
-                "pool_residual", "pool_ln_duration", "pool_sp", "pool_t_p")
+ARRAY_FIELDS = ("band_centres", "station_terms", "slopes", "feature_norm", "noise_terms",
+                "noise_slopes", "duration_coef", "sp_coef", "alpha",
+                "pool_station", "pool_scenario", "pool_residual", "pool_noise_residual",
+                "pool_ln_duration", "pool_sp", "pool_t_p")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,18 +558,21 @@ ARRAY_FIELDS = ("band_centres", "station_terms", "slopes", "feature_mean", "feat
 
 def check_scenarios(magnitude, distance_km) -> tuple[np.ndarray, np.ndarray]:
     """1-D float arrays of equal length, finite, distance > 0 -> (m, r)."""
-    m = np.atleast_1d(np.asarray(magnitude, dtype=np.float64))
-    r = np.atleast_1d(np.asarray(distance_km, dtype=np.float64))
+    try:
+        m = np.atleast_1d(np.asarray(magnitude, dtype=np.float64))
+        r = np.atleast_1d(np.asarray(distance_km, dtype=np.float64))
+    except (TypeError, ValueError) as exc:
+        raise StochasticError(f"magnitude and distance_km must be numbers: {exc}") from None
     if m.ndim != 1 or r.ndim != 1 or len(m) != len(r):
         raise StochasticError(f"magnitude and distance_km must be 1-D of equal length, got "
                               f"shapes {m.shape} and {r.shape}")
     for name, v in (("magnitude", m), ("distance_km", r)):
-        if not np.isfinite(v).all():
-            raise StochasticError(f"{name}: value {v[~np.isfinite(v)][0]} at index "
-                                  f"{int(np.flatnonzero(~np.isfinite(v))[0])} is not finite")
+        bad = np.flatnonzero(~np.isfinite(v))
+        if bad.size:
+            raise StochasticError(f"{name}: value {v[bad[0]]} at index {bad[0]} is not finite")
     if (r <= 0).any():
-        raise StochasticError(f"distance_km must be > 0, got {r[r <= 0][0]} at index "
-                              f"{int(np.flatnonzero(r <= 0)[0])}")
+        i = int(np.flatnonzero(r <= 0)[0])
+        raise StochasticError(f"distance_km must be > 0, got {r[i]} at index {i}")
     return m, r
 
 
@@ -482,37 +589,21 @@ def check_training(waveforms: np.ndarray, records: pd.DataFrame, stations: list[
     check_scenarios(records["magnitude"].to_numpy(), records["distance_km"].to_numpy())
     finite = np.isfinite(waveforms).all(axis=(1, 2))
     if not finite.all():
-        raise StochasticError(f"record {records['station'].iloc[int(np.argmin(finite))]}"
-                              f"[{int(np.argmin(finite))}]: waveform contains NaN or inf")
-    counts = records["station"].astype(str).value_counts()
+        i = int(np.argmin(finite))
+        raise StochasticError(f"record {i} (station {records['station'].iloc[i]}): waveform "
+                              "contains NaN or inf")
     if not stations:
         raise StochasticError("no stations given to fit")
+    counts = records["station"].astype(str).value_counts()
     for s in stations:
         if counts.get(s, 0) < p.min_records:
             raise StochasticError(f"station {s!r} has {counts.get(s, 0)} record(s); the "
                                   f"stochastic fit needs >= {p.min_records}")
-    return records["station"].astype(str).map(counts).to_numpy() >= p.min_records
+    return (records["station"].astype(str).map(counts) >= p.min_records).to_numpy()
 
 
 # ---------------------------------------------------------------------------------------------
 # fit
-
-
-@dataclass
-class Measurements:
-    """What the fit reads from records (and the calibration from synthetic ones)."""
-
-    arrivals: np.ndarray  # (n, 2) s
-    d_obs: np.ndarray  # (n,) s, S-window duration parameter
-    ln_band: np.ndarray  # (n, 3, B)
-
-
-def measure(waveforms: np.ndarray, band: np.ndarray, fs: float, p: StochasticParams,
-            arrivals: np.ndarray | None = None) -> Measurements:
-    arrivals = pick_arrivals(waveforms, fs, p) if arrivals is None else arrivals
-    unit = window_d5_95(p.envelope_eps, p.envelope_eta, p.envelope_tn)
-    return Measurements(arrivals, s_duration(waveforms, arrivals, fs) / unit,
-                        band_amplitudes(waveforms, band, fs))
 
 
 def fit_stochastic(waveforms: np.ndarray, records: pd.DataFrame, stations: list[str],
@@ -520,69 +611,113 @@ def fit_stochastic(waveforms: np.ndarray, records: pd.DataFrame, stations: list[
                    fs: float = SAMPLING_RATE) -> StochasticSampler:
     """Fit on records (n, 3, T) cm/s^2 with columns station, magnitude, distance_km.
 
-    Slopes are pooled over every station of `records` with >= min_records records; the sampler
-    generates `stations` (each must have >= min_records records).
+    Slopes are pooled over every station of `records` with >= min_records records (others are
+    left out); the sampler generates `stations` (each must have >= min_records records).
     """
     p = params or StochasticParams()
     waveforms = np.asarray(waveforms)
     stations = [str(s) for s in stations]
     keep = check_training(waveforms, records, stations, p)
     waveforms, records = waveforms[keep], records.loc[keep].reset_index(drop=True)
-    fit_stations = sorted(set(records["station"].astype(str)) - set(stations))
-    order = stations + fit_stations
+    order = stations + sorted(set(records["station"].astype(str)) - set(stations))
     s_idx = records["station"].astype(str).map({s: i for i, s in enumerate(order)}).to_numpy()
     m, r = records["magnitude"].to_numpy(float), records["distance_km"].to_numpy(float)
     band, centres = make_bands(np.fft.rfftfreq(waveforms.shape[-1], 1.0 / fs), p)
     obs = measure(waveforms, band, fs, p)
+    n, shape3, n_exp = len(m), (3, len(centres)), len(stations)
 
     feats = amplitude_features(m, r, p.magnitude_degree, p.magnitude_ref, p.distance_ref_km)
-    mean, std = feats.mean(axis=0), np.maximum(feats.std(axis=0), 1e-9)
-    y = obs.ln_band.reshape(len(m), -1)
-    terms, slopes, lev = ridge_fit(s_idx, len(order), (feats - mean) / std, y, p.ridge)
-    resid = (y - terms[s_idx] - ((feats - mean) / std) @ slopes) / np.sqrt(
-        np.maximum(1.0 - lev, 1e-3))[:, None]
-    shape3 = (3, len(centres))
+    f_norm = standardise(feats)
+    z = (feats - f_norm[0]) / f_norm[1]
+    terms, slopes, resid = ridge_fit(s_idx, len(order), z, obs.ln_signal.reshape(n, -1),
+                                     p.ridge)
+    resid[~obs.usable.reshape(n, -1)] = 0.0  # noise-dominated: no event residual to keep
     d_coef = fit_duration(m, r, obs.d_obs, p.magnitude_ref)
     d_model = np.maximum(duration_basis(m, r, p.magnitude_ref) @ d_coef, 0.1)
-    ln_d = np.where(np.isfinite(obs.d_obs) & (obs.d_obs > 0),
-                    np.log(np.maximum(obs.d_obs, 1e-3) / d_model), 0.0)
+    measured = np.isfinite(obs.d_obs) & (obs.d_obs > 0)
+    ln_d = np.where(measured, np.log(np.where(measured, obs.d_obs, 1.0) / d_model), 0.0)
+    d_used = np.where(measured, obs.d_obs, d_model)
     sp = obs.arrivals[:, 1] - obs.arrivals[:, 0]
     sp_coef = fit_s_minus_p(r, sp)
-    alpha, noise = window_ratios(waveforms, obs.arrivals, np.where(
-        np.isfinite(obs.d_obs), obs.d_obs, d_model), fs, p)
-    pool = s_idx < len(stations)
+    alpha = np.nan_to_num(np.nanmedian(p_amplitude(waveforms, obs.arrivals, d_used, fs, p),
+                                       axis=0))
+    noise_terms, noise_slopes, noise_resid = fit_noise(obs.ln_noise, s_idx, len(order), z,
+                                                       p.ridge)
+
+    pool = s_idx < n_exp
     sampler = StochasticSampler(
         stations=stations, params=p, band_centres=centres,
-        station_terms=terms[: len(stations)].reshape(len(stations), *shape3),
-        slopes=slopes.reshape(-1, *shape3), feature_mean=mean, feature_std=std,
-        duration_coef=d_coef, sp_coef=sp_coef,
-        alpha=np.nan_to_num(np.nanmedian(alpha, axis=0)),
-        noise=np.nan_to_num(np.nanmedian(noise, axis=0)),
+        station_terms=terms[:n_exp].reshape(n_exp, *shape3), slopes=slopes.reshape(-1, *shape3),
+        feature_norm=f_norm, noise_terms=noise_terms[:n_exp].reshape(n_exp, *shape3),
+        noise_slopes=noise_slopes.reshape(-1, *shape3),
+        duration_coef=d_coef, sp_coef=sp_coef, alpha=alpha,
         pool_station=s_idx[pool], pool_scenario=np.stack([m, r], axis=1)[pool],
-        pool_residual=resid[pool].reshape(-1, *shape3), pool_ln_duration=ln_d[pool],
-        pool_sp=(sp - sp_coef[0] * r - sp_coef[1])[pool], pool_t_p=obs.arrivals[pool, 0],
-        fs=fs, n_samples=waveforms.shape[-1])
+        pool_residual=np.nan_to_num(resid[pool]).reshape(-1, *shape3),
+        pool_noise_residual=noise_resid[pool].reshape(-1, *shape3),
+        pool_ln_duration=ln_d[pool], pool_sp=(sp - sp_coef[0] * r - sp_coef[1])[pool],
+        pool_t_p=obs.arrivals[pool, 0], fs=fs, n_samples=waveforms.shape[-1])
     for round_ in range(p.calibration_rounds):
         calibrate(sampler, obs, pool, band, round_)
     return sampler
 
 
+def fit_noise(ln_noise: np.ndarray, s_idx: np.ndarray, n_stations: int, z: np.ndarray,
+              ridge: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ambient noise ln band amplitude (n, 3, B) = station term + slopes x the standardised
+    scenario features z, fitted on the records whose pre-event noise was measurable (on real
+    records the slopes come out near 0; on the corpus noise scales with the event). Returns
+    terms (S, 3B), slopes (K, 3B) and residuals (n, 3B): per record ONE broadband offset (the
+    mean over bands and components; 0 where unmeasured). The band-by-band scatter of a few
+    seconds of pre-event noise is mostly estimation noise, independent on E, N and U, and
+    kept whole it would add spurious H/V peaks wherever noise dominates."""
+    y = ln_noise.reshape(len(s_idx), -1)
+    ok = np.isfinite(y).all(axis=1)
+    if ok.sum() < 3:
+        raise StochasticError(f"only {int(ok.sum())} record(s) have >= noise_min_s of "
+                              "pre-event noise before the P pick; need >= 3")
+    terms, slopes, resid_ok = ridge_fit(s_idx[ok], n_stations, z[ok], y[ok], ridge)
+    resid = np.zeros_like(y)
+    resid[ok] = resid_ok.mean(axis=1, keepdims=True)
+    return terms, slopes, resid
+
+
 def calibrate(sampler: StochasticSampler, obs: Measurements, pool: np.ndarray,
               band: np.ndarray, round_: int) -> None:
-    """Re-synthesise the pooled training records with their own residuals, measure them like
-    the data, fold the median duration ratio and the mean ln-amplitude bias back (in place)."""
-    p = sampler.params
-    n = len(sampler.pool_station)
-    rng = np.random.default_rng([p.seed, round_])
-    noise = [rng.standard_normal((3, sampler.n_samples)) for _ in range(n)]
-    m, r = sampler.pool_scenario[:, 0], sampler.pool_scenario[:, 1]
-    synth = sampler.synthesize(sampler.pool_station, m, r, np.arange(n), noise)
-    got = measure(synth, band, sampler.fs, p)
+    """Re-synthesise the pooled training records with their own residuals and measure them like
+    the data, then fold back in turn (one re-synthesis each): the median duration ratio
+    (pooled), the mean ln-amplitude differences of the noise and of the event spectra (per
+    station, band and component). In place."""
+    got = remeasure(sampler, band, [round_, 0])
     ratio = obs.d_obs[pool] / got.d_obs
     ok = np.isfinite(ratio) & (ratio > 0)
     if ok.any():
         sampler.duration_coef = sampler.duration_coef * float(np.median(ratio[ok]))
-    sampler.station_terms = sampler.station_terms + (obs.ln_band[pool] - got.ln_band).mean(axis=0)
+    got = remeasure(sampler, band, [round_, 1])
+    sampler.noise_terms = sampler.noise_terms + station_means(
+        obs.ln_noise[pool] - got.ln_noise, sampler.pool_station, len(sampler.stations))
+    got = remeasure(sampler, band, [round_, 2])
+    sampler.station_terms = sampler.station_terms + station_means(
+        obs.ln_signal[pool] - got.ln_signal, sampler.pool_station, len(sampler.stations))
+
+
+def remeasure(sampler: StochasticSampler, band: np.ndarray, key: list[int]) -> Measurements:
+    """Measurements of the pooled training scenarios re-synthesised with their own residuals."""
+    n = len(sampler.pool_station)
+    rngs = [np.random.default_rng([sampler.params.seed, *key, i]) for i in range(n)]
+    m, r = sampler.pool_scenario[:, 0], sampler.pool_scenario[:, 1]
+    synth = sampler.synthesize(sampler.pool_station, m, r, np.arange(n), rngs)
+    return measure(synth, band, sampler.fs, sampler.params)
+
+
+def station_means(x: np.ndarray, station: np.ndarray, n_stations: int) -> np.ndarray:
+    """Mean of the finite entries of x (n, ...) per station and entry -> (S, ...); 0 where
+    a station has none."""
+    out = np.zeros((n_stations, *x.shape[1:]))
+    for s in range(n_stations):
+        rows = x[station == s]
+        count = np.isfinite(rows).sum(axis=0)
+        out[s] = np.where(count > 0, np.nansum(rows, axis=0) / np.maximum(count, 1), 0.0)
+    return out
 
 
 def save_checkpoint(sampler: StochasticSampler, path: str | Path) -> Path:
@@ -603,6 +738,9 @@ def training_set(prepared: str | Path, raw: str | Path, split: str = "train"
     index = pd.read_csv(prepared / "index.csv", dtype={"station": str, "record_id": str})
     meta = pd.read_csv(raw / "records.csv", dtype={"station": str, "record_id": str})
     cols = [c for c in ("magnitude", "distance_km") if c not in index.columns]
+    missing = [c for c in cols if c not in meta.columns]
+    if missing:
+        raise StochasticError(f"{raw / 'records.csv'}: lacks column(s) {', '.join(missing)}")
     table = index.merge(meta[["record_id", *cols]], on="record_id", how="left")
     rows = np.flatnonzero((table["split"] == split).to_numpy())
     waveforms = np.load(prepared / "waveforms.npy", mmap_mode="r")
