@@ -204,7 +204,9 @@ def make_bands(freqs: np.ndarray, p: StochasticParams) -> tuple[np.ndarray, np.n
 def band_power(spectra: np.ndarray, band: np.ndarray) -> np.ndarray:
     """Mean |A|^2 over the FFT bins of each band: (..., F) -> (..., B)."""
     onehot = (band[:, None] == np.arange(band.max() + 1)[None, :]).astype(np.float64)
-    return (np.abs(spectra) ** 2) @ (onehot / onehot.sum(axis=0, keepdims=True))
+    power = np.abs(spectra.reshape(-1, spectra.shape[-1])) ** 2  # 2-D: BLAS
+    return (power @ (onehot / onehot.sum(axis=0, keepdims=True))).reshape(
+        *spectra.shape[:-1], -1)
 
 
 def total_power(waveforms: np.ndarray, band: np.ndarray, fs: float) -> np.ndarray:
