@@ -121,6 +121,9 @@ def test_ridge_fit_recovers_exact_terms_and_slopes():
     np.testing.assert_allclose(got_terms, terms, atol=1e-9)
     np.testing.assert_allclose(got_slopes, slopes, atol=1e-9)
     np.testing.assert_allclose(resid, 0.0, atol=1e-9)
+    # a station without rows (e.g. no measurable pre-event noise) gets the others' mean term
+    got_terms, _, _ = ridge_fit(station, 4, z, y, ridge=0.0)
+    assert got_terms[3, 0] == pytest.approx(terms.mean(), abs=1e-9)
 
 
 def test_picks_p_on_vertical_and_s_on_horizontals():

@@ -6,38 +6,54 @@ methods (Boore 2003 point source + site columns), it is an ORACLE-FAMILY referen
 competitor of the deep sampler; on real records it is the standard baseline.
 
 Fitting (`fit_stochastic`), every step a pure function over arrays:
-1. Arrivals picked from the data (works on real records): P = recursive STA/LTA trigger on the
-   vertical (obspy), refined by the Maeda AIC minimum in [trigger - 3 s, trigger + 1 s];
-   S = AIC minimum of the two horizontals between P and the peak of the horizontal envelope.
-2. Spectrum. Per record and component the Fourier amplitude |FFT| dt (cm/s) of the whole window
-   is reduced to ln rms amplitude in log-spaced bands (`n_bands` in fmin-fmax Hz, merged until
-   each holds >= `min_bins` FFT bins). Per band and component, ridge least squares over ALL
-   stations with >= `min_records` records (pooled slopes are much better determined):
-       y = a_s(f) + sum_k b_k(f) (M - M_ref)^k + c(f) ln(R / R_ref) + e(f) (R - R_ref) / R_ref
-   (k = 1..magnitude_degree; slope columns standardised, ridge on them only). The station
-   terms a_s(f), one per component, carry the site signature (H/V per station).
+1. Arrivals picked from the data (so it works on real records): P = first recursive STA/LTA
+   trigger on the vertical (obspy) where the STA is >= trigger_level of its peak (pre-event
+   glitches of real records are ignored), refined by the Maeda AIC minimum in
+   [trigger - 3 s, trigger + 1 s]; S = AIC minimum of the two horizontals between P and the
+   peak of the horizontal envelope.
+2. Spectra. Per record and component, band powers of |FFT| dt (cm/s) in log-spaced bands
+   (`n_bands` in fmin-fmax Hz, merged until each holds >= `min_bins` FFT bins) of the whole
+   window (total) and of the Hann-tapered pre-event segment (before t_P - 0.2 s, rescaled to
+   the window as stationary noise). Event power = total - noise (floored at signal_floor x
+   total). Per band and component, ridge least squares over ALL stations with >= min_records
+   records (pooled slopes are much better determined):
+       ln A = a_s(f) + sum_k b_k(f) (M - M_ref)^k + c(f) ln(R / R_ref) + e(f) (R - R_ref) / R_ref
+   (k = 1..magnitude_degree; slope columns standardised, ridge on them only). The station terms
+   a_s(f), one per component, carry the site signature (H/V per station). The ambient noise
+   gets the same regression (on the records with >= noise_min_s of pre-event data): on the
+   corpus noise scales with the event, on real records its slopes come out near 0. Without a
+   separate noise spectrum, the stationary noise that carries much of the 1 Hz energy of small
+   events would be squeezed into the event window (ln PSA(1 s) +0.3 too high).
 3. Envelope. Saragoni-Hart windows (Boore 2003: eps, eta, tn): S from t_S with duration d,
-   P from t_P with duration p_window_fraction * (t_S - t_P), plus a stationary noise floor:
-       env_c(t) = sqrt(noise_c^2 + alpha_c^2 w_P(t)^2 + w_S(t)^2)
+   P from t_P with duration p_window_fraction * (t_S - t_P) (a fixed shape choice):
+       env_c(t) = sqrt(alpha_c^2 w_P(t)^2 + w_S(t)^2)
    d per record = noise-corrected D5-95 of the horizontals from t_S / (D5-95 of the window per
    unit d); regressed as d = u 10^(0.5 (M - M_ref)) + v R + w (non-negative least squares: the
    Boore source duration 1/fc ~ M0^(1/3) plus a path term). S-P time regressed on R (robust,
-   soft-L1). alpha_c (P/S) and noise_c (pre-event/S) are pooled medians of window rms ratios.
+   soft-L1). alpha_c (P / S amplitude) is the pooled median of window rms ratios.
 4. Variability: each synthetic record draws ONE training record of its station and inherits its
-   spectral residual vector (all bands and components, leverage-corrected r / sqrt(1 - h)), its
-   ln-duration and S-P residuals and its P time: the correlations across bands, components and
-   duration are those of the data (a residual bootstrap; no Gaussian assumption).
-5. Calibration (`calibration_rounds`): the training scenarios are re-synthesised with their own
-   residuals, measured by exactly the same code, and the median duration ratio and the mean
-   ln band-amplitude difference (per band and component, pooled) are folded back into the
-   duration law and the station terms. This removes the bias of ln-of-noisy-spectrum estimates
-   and of the envelope mixture, whatever the data.
+   event residual vector (all bands and components, leverage-corrected r / sqrt(1 - h); 0 in
+   bands where event / noise amplitude < snr_min: there the residual is noise, not event), one
+   broadband offset of its noise spectrum, its ln-duration and S-P residuals and its P time.
+   Correlations across bands, components and duration are those of the data (a residual
+   bootstrap; no Gaussian assumption).
+5. Calibration (`calibration_rounds`, each three re-syntheses of the generated stations'
+   training scenarios with their own residuals, measured by exactly the same code): fold back
+   the median duration ratio (pooled), then the mean ln differences of the noise spectra, then
+   of the event spectra (per station, band and component). This removes the biases of
+   ln-of-noisy-spectrum estimates, of band averaging over sharp site peaks, of the noise
+   subtraction and of the envelope mixture, whatever the data.
 
-Synthesis (Boore 2003, vectorised over records): Gaussian noise x envelope -> rFFT -> scaled
-to unit mean-square spectrum -> times the target amplitude (bands interpolated linearly in ln f,
-slope +2 in ln-ln below the first band (omega-squared), flat above the last) -> irFFT. P and S
-share each component's spectral shape (the whole-record FAS), which is exact for the corpus
-family and a simplification on real records (real P is richer in high frequencies).
+Synthesis (Boore 2003, vectorised over records): event = Gaussian noise x envelope -> rFFT ->
+scaled to unit mean-square spectrum -> times the target amplitude (bands interpolated linearly
+in ln f, slope +2 in ln-ln below the first band (omega-squared), flat above the last) -> irFFT;
+plus stationary ambient noise shaped the same way by the noise spectrum. P and S share each
+component's event spectrum, which is exact for the corpus family and a simplification on real
+records (real P is richer in high frequencies).
+
+Known limitation (measured on the corpus): per-station f0 medians match, but the low tail of
+the per-record f0 distribution is wider than the real one (the bootstrapped residuals carry the
+realisation scatter of their own record on top of the new realisation's).
 """
 
 from __future__ import annotations
@@ -49,7 +65,6 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import scipy.optimize
-import scipy.special
 import torch
 
 from timesnet_gen.atomic import staged_file
@@ -88,7 +103,7 @@ class StochasticParams:
     p_window_fraction: float = 0.5  # P duration / (S - P time); a fixed shape choice, not fitted
     noise_min_s: float = 2.0  # pre-event noise is measured on records with this much (s)
     signal_floor: float = 0.1  # event band power kept >= this fraction of the total
-    snr_min: float = 2.0  # event / noise band amplitude for a band to enter the event fit
+    snr_min: float = 2.0  # event / noise band amplitude below which no residual is kept
     calibration_rounds: int = 2
     seed: int = 0  # calibration synthesis
 
@@ -332,38 +347,24 @@ def standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ridge_fit(station_index: np.ndarray, n_stations: int, z: np.ndarray, y: np.ndarray,
-              ridge: float, usable: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              ridge: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Station terms + pooled slopes by ridge least squares (ridge on slopes only).
 
-    z (n, K) standardised features, y (n, Q); usable (n, Q) marks the entries each column is
-    fitted on (a column with too few usable rows is fitted on all). A station without rows
-    gets the mean of the others' terms. Returns station terms (S, Q), slopes (K, Q) and the
-    leverage-corrected residuals (y - fit) / sqrt(1 - h_ii) (n, Q), NaN where not usable.
+    z (n, K) standardised features, y (n, Q). A station without rows gets the mean of the
+    others' terms. Returns station terms (S, Q), slopes (K, Q) and the leverage-corrected
+    residuals (y - fit) / sqrt(1 - h_ii) (n, Q).
     """
-    usable = np.ones(y.shape, bool) if usable is None else usable.copy()
-    n_params = len(np.unique(station_index)) + z.shape[1]
-    usable[:, usable.sum(axis=0) <= n_params] = True
-    x = np.concatenate([np.eye(n_stations)[station_index], z], axis=1)
-    terms = np.zeros((n_stations, y.shape[1]))
-    slopes = np.zeros((z.shape[1], y.shape[1]))
-    resid = np.full(y.shape, np.nan)
-    patterns, column_pattern = np.unique(usable.T, axis=0, return_inverse=True)
-    for k, rows in enumerate(patterns):  # columns sharing a mask are solved together
-        cols = np.flatnonzero(column_pattern.ravel() == k)
-        present = np.isin(np.arange(n_stations), station_index[rows])
-        xs = x[rows][:, np.r_[present, np.ones(z.shape[1], bool)]]
-        penalty = np.r_[np.zeros(present.sum()), np.full(z.shape[1], ridge * len(xs))]
-        gram_inv = np.linalg.pinv(xs.T @ xs + np.diag(penalty))
-        ys = y[np.ix_(rows, cols)]
-        beta = gram_inv @ xs.T @ ys
-        leverage = np.einsum("ij,jk,ik->i", xs, gram_inv, xs)
-        resid[np.ix_(rows, cols)] = (ys - xs @ beta) / np.sqrt(
-            np.maximum(1.0 - leverage, 1e-3))[:, None]
-        terms[:, cols] = beta[: present.sum()].mean(axis=0)
-        terms[np.ix_(present, cols)] = beta[: present.sum()]
-        slopes[:, cols] = beta[present.sum():]
-    return terms, slopes, resid
+    present = np.isin(np.arange(n_stations), station_index)
+    n_present = int(present.sum())
+    x = np.concatenate([np.eye(n_present)[(np.cumsum(present) - 1)[station_index]], z], axis=1)
+    penalty = np.r_[np.zeros(n_present), np.full(z.shape[1], ridge * len(x))]
+    gram_inv = np.linalg.pinv(x.T @ x + np.diag(penalty))
+    beta = gram_inv @ x.T @ y
+    leverage = np.einsum("ij,jk,ik->i", x, gram_inv, x)
+    resid = (y - x @ beta) / np.sqrt(np.maximum(1.0 - leverage, 1e-3))[:, None]
+    terms = np.tile(beta[:n_present].mean(axis=0), (n_stations, 1))
+    terms[present] = beta[:n_present]
+    return terms, beta[n_present:], resid
 
 
 def duration_basis(magnitude: np.ndarray, distance_km: np.ndarray, m_ref: float) -> np.ndarray:
