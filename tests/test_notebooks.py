@@ -52,14 +52,14 @@ def write_fake_inputs(root: Path, n: int = 4, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     ids = {s: [f"{s}_{i:03d}" for i in range(n)] for s in STATIONS}
     _corpus(root / "data/raw", rng, ids, "real")
-    gen_ids = {src: {s: [f"{tag}_{s}_{i:03d}" for i in range(n)] for s in STATIONS}
-               for src, tag in (("TimesNet-Gen", "tng"), ("VAE-Gen", "vae"))}
-    _corpus(root / "outputs/timesnet/generated", rng, gen_ids["TimesNet-Gen"], "TimesNet-Gen")
-    _corpus(root / "outputs/vae/generated", rng, gen_ids["VAE-Gen"], "VAE-Gen")
+    # one fake output of every registered generator (the figures loop over the registry)
+    gen_ids = {g.gen_label: {s: [f"{g.name}_{s}_{i:03d}" for i in range(n)] for s in STATIONS}
+               for g in registry.GENERATORS}
+    for g in registry.GENERATORS:
+        _corpus(root / g.outputs / "generated", rng, gen_ids[g.gen_label], g.gen_label)
 
     rows = []
-    spread = {"Real": 0.1, "TimesNet-Gen": 0.08, "TimesNet-Recon": 0.1, "VAE-Gen": 0.4,
-              "VAE-Recon": 0.3}
+    spread = {source: 0.1 + 0.05 * k for k, source in enumerate(nb.SOURCES)}
     for station in STATIONS:
         for source in nb.SOURCES:
             if source.endswith("Gen"):
@@ -95,9 +95,10 @@ def write_fake_inputs(root: Path, n: int = 4, seed: int = 0) -> Path:
     np.savez(evaluation / "fas_median.npz", **fas)
 
     matrices = {}
-    for model in ("timesnet", "vae"):
-        for size, kinds in (("5x5", None), ("10x10", ["Real", "Gen"]),
-                            ("15x15", ["Real", "Recon", "Gen"])):
+    for g in registry.GENERATORS:
+        model = g.name
+        sizes = (("5x5", None), ("10x10", ["Real", "Gen"]), ("15x15", ["Real", "Recon", "Gen"]))
+        for size, kinds in sizes[:3 if g.has_recon else 2]:
             k = 1 if kinds is None else len(kinds)
             m = 5 * k
             block = np.kron(np.eye(5), np.ones((k, k)))
@@ -115,8 +116,23 @@ def write_fake_inputs(root: Path, n: int = 4, seed: int = 0) -> Path:
 
     novelty = [{"station": s, "model": model, "record_id": f"{model}_{s}_{i}",
                 "nn_distance": float(rng.uniform(0.2, 1.0) * (0.3 if model == "timesnet" else 1))}
-               for s in STATIONS for model in ("timesnet", "vae", "real") for i in range(n)]
+               for s in STATIONS for model in (*registry.names(), "real") for i in range(n)]
     pd.DataFrame(novelty).to_csv(evaluation / "novelty.csv", index=False)
+
+    periods = [0.05, 0.2, 1.0, 5.0]
+    realism_sources = ["real-train", *registry.names()]
+    pd.DataFrame([{"source": src, "station": st, "period_s": p,
+                   "resid": rng.normal(0, 0.2), "resid_band_lo": -0.3, "resid_band_med": 0.0,
+                   "resid_band_hi": 0.3, "std_ratio": rng.uniform(0.5, 1.2),
+                   "std_ratio_band_lo": 0.8, "std_ratio_band_med": 1.0, "std_ratio_band_hi": 1.2}
+                  for src in realism_sources for st in [*STATIONS, "pooled"] for p in periods]
+                 ).to_csv(evaluation / "realism_psa.csv", index=False)
+    arrays = {"env_times": np.arange(0, 60, 0.25)}
+    for src in ["real-holdout", *realism_sources]:
+        arrays.update({f"{src}/pga": rng.lognormal(3, 1, n), f"{src}/d5_95": rng.uniform(5, 30, n),
+                       f"{src}/n_bursts": rng.integers(1, 3, n), f"{src}/valid": np.ones(n, bool),
+                       f"{src}/envelope": rng.uniform(0.1, 1, (n, 240))})
+    np.savez(evaluation / "realism_features.npz", **arrays)
 
     def section(score: float) -> dict:
         return {"score_5x5": score, "score_10x10": score - 0.01, "score_15x15": score - 0.02,
@@ -126,6 +142,8 @@ def write_fake_inputs(root: Path, n: int = 4, seed: int = 0) -> Path:
 
     metrics = {"timesnet": {"all": section(0.954), "holdout": section(0.931)},
                "vae": {"all": section(0.812), "holdout": section(0.79)},
+               **{name: {"all": section(0.9), "holdout": section(0.88)}
+                  for name in registry.names() if name not in ("timesnet", "vae")},
                "real_ceiling": {"nearest_station_accuracy": 0.85},
                "paper": {"timesnet_15x15": 0.93, "vae_15x15": 0.81}}
     (root / "metrics.json").write_text(json.dumps(metrics))
@@ -154,7 +172,7 @@ EXPECTED = (
     [f"combined/station_{s}.png" for s in STATIONS]
     + [f"waveforms/station_{s}.png" for s in STATIONS]
     + ["similarity_matrices.png", "similarity_matrices_5x5_10x10.png", "intensity_measures.png",
-       "training_curves.png", "ground_truth_f0.png", "novelty.png"]
+       "training_curves.png", "ground_truth_f0.png", "novelty.png", "realism.png"]
 )
 
 
@@ -350,7 +368,7 @@ def test_records_helpers(fake_root: Path, tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="no PSA column for T = 3 s"):
         nb.psa_column(records, 3.0)
     summary = nb.f0_summary(records, {"0205": 2.6})
-    assert len(summary) == 2 * 3
+    assert len(summary) == 2 * len(registry.generated_labels())  # stations x (Real + generators)
     assert summary.loc[summary["station"] == "4628", "f0_true_hz"].isna().all()
     assert (summary["n"] == 4).all()
     (tmp_path / "empty.tsv").write_text("epoch\ttrain_loss\n")

@@ -22,6 +22,7 @@ FIGURES = [
     "figures/training_curves.png",
     "figures/ground_truth_f0.png",
     "figures/novelty.png",
+    "figures/realism.png",
     "figures/table_scores.md",
     "figures/table_scores.csv",
     "figures/results.md",

@@ -23,6 +23,8 @@ Writes into --out (atomically):
     realism.csv       realism metrics per source, station and metric with the 5-95 % band of
                       the perfect generator and met / not met (--prepared; evaluation/realism.py)
     realism_psa.csv   RotD50 PSA ln residual and ln-std ratio per period (DVC plots data)
+    realism_features.npz  "<source>/<pga|d5_95|n_bursts|valid|envelope>" and "env_times":
+                      the per-record values figures/realism.png draws
 and with --metrics the headline numbers (the DVC metrics file) and, in --plots,
 confusion_<model>.csv (nearest-station assignments, a DVC confusion plot).
 """
@@ -323,9 +325,21 @@ def realism(real: Corpus, generated: dict[str, Corpus], recon: dict[str, Corpus]
     train = by_station(train_c, scenario_features(train_c, params, vs30, fs), stations)
     held = by_station(held_c, scenario_features(held_c, params, vs30, fs), stations)
     sources = {"real-train": train}
+    joined = {"real-holdout": held, "real-train": train}
     for name, corpus in [*generated.items(), *((f"{n}-recon", c) for n, c in recon.items())]:
         sources[name] = by_station(corpus, scenario_features(corpus, params, vs30, fs), stations)
-    return realism_tables(train, held, sources, params.realism)
+        joined[name] = sources[name]
+    flat, table, curves = realism_tables(train, held, sources, params.realism)
+    figure_data = {}  # per source, all stations: what figures/realism.png draws
+    for name, per_station in joined.items():
+        if per_station:
+            f = concat_features(list(per_station.values()))
+            figure_data.update({f"{name}/{k}": getattr(f, k) for k in FIGURE_FIELDS})
+            figure_data["env_times"] = f.env_times
+    return flat, table, curves, figure_data
+
+
+FIGURE_FIELDS = ("pga", "d5_95", "n_bursts", "valid", "envelope")
 
 
 # headline realism metrics in metrics.json (pooled over the target stations, with bands)
@@ -390,8 +404,8 @@ def evaluate(real: Corpus, generated: dict[str, Corpus], recon: dict[str, Corpus
         out["metrics"]["perfect_generator"] = perfect_generator_scores(
             real, params, stations, {ref: pair[0] for ref, pair in references.items()}, fs)
         out["novelty"] = novelty(real, generated, stations)
-        flat, out["realism_table"], out["realism_psa"] = realism(real, generated, recon,
-                                                                  params, stations, fs)
+        flat, out["realism_table"], out["realism_psa"], out["realism_features"] = realism(
+            real, generated, recon, params, stations, fs)
         out["metrics"]["realism"] = realism_headline(flat)
     out["metrics"]["paper"] = registry.paper()["scores"]
     sources = {registry.REAL: real,
@@ -416,6 +430,7 @@ def write_outputs(result: dict, out_dir: Path, metrics_path: Path | None,
                                            float_format="%.6g")
             result["realism_psa"].to_csv(tmp / "realism_psa.csv", index=False,
                                          float_format="%.6g")
+            np.savez(tmp / "realism_features.npz", **result["realism_features"])
     if plots_dir is not None:
         plots_dir.mkdir(parents=True, exist_ok=True)
         for model, rows in result["confusions"].items():

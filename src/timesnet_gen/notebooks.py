@@ -38,6 +38,8 @@ INPUTS: dict[str, tuple[str, str]] = {
     "fas_median": ("outputs/evaluation/fas_median.npz", "evaluate"),
     "matrices": ("outputs/evaluation/matrices.npz", "evaluate"),
     "novelty_csv": ("outputs/evaluation/novelty.csv", "evaluate"),
+    "realism_psa": ("outputs/evaluation/realism_psa.csv", "evaluate"),
+    "realism_features": ("outputs/evaluation/realism_features.npz", "evaluate"),
     "metrics_json": ("metrics.json", "evaluate"),
     "raw": ("data/raw", "data"),
     "stations_csv": ("data/raw/stations.csv", "data"),
@@ -48,7 +50,7 @@ REGISTRY_INPUTS = {
     "generated": lambda g: {g.gen_label: f"{g.outputs}/generated"},
     "losses": lambda g: dict(g.losses),
 }
-NOTEBOOKS = ("site_signature", "similarity", "records", "training", "novelty")
+NOTEBOOKS = ("site_signature", "similarity", "records", "training", "novelty", "realism")
 KERNEL = "python3"
 SOURCES = registry.source_labels()
 RECORD_COLUMNS = ("record_id", "station", "source", "split", "f0_hz", "pga_cm_s2", "pgv_cm_s",
@@ -161,6 +163,39 @@ def load_novelty(path: str | Path) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}")
     return table
+
+
+# realism source names (evaluate.py) -> figure labels
+REALISM_LABELS = {"real-holdout": "Real (held out)", "real-train": "Real (training)"}
+
+
+def realism_label(name: str) -> str:
+    return REALISM_LABELS.get(name) or registry.label_of(name)
+
+
+def load_realism(psa_csv: str | Path, features_npz: str | Path,
+                 sources: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
+    """realism_psa.csv and realism_features.npz -> (PSA curves with figure labels,
+    {label: per-record values (pga, d5_95, n_bursts, valid, envelope, env_times)})."""
+    from types import SimpleNamespace
+
+    curves = pd.read_csv(require(psa_csv), dtype={"station": str})
+    if not {"source", "station", "period_s"} <= set(curves.columns):
+        raise ValueError(f"{psa_csv}: needs columns source, station, period_s")
+    curves["source"] = curves["source"].map(realism_label)
+    features = {}
+    with np.load(require(features_npz), allow_pickle=False) as npz:
+        if "env_times" not in npz.files:
+            raise KeyError(f"{features_npz}: no 'env_times' array")
+        names = list(dict.fromkeys(k.split("/")[0] for k in npz.files if "/" in k))
+        for name in sources or names:
+            if f"{name}/pga" not in npz.files:
+                raise KeyError(f"{features_npz}: no values of source {name!r} (has {names})")
+            features[realism_label(name)] = SimpleNamespace(
+                env_times=npz["env_times"],
+                **{k: npz[f"{name}/{k}"] for k in ("pga", "d5_95", "n_bursts", "valid",
+                                                   "envelope")})
+    return curves, features
 
 
 def f0_by_source(records: pd.DataFrame, station: str, sources: tuple[str, ...] = SOURCES
@@ -343,6 +378,7 @@ def expected_figures(figures: Path, stations: list[str]) -> dict[str, list[Path]
         + [figures / "intensity_measures.png"],
         "training": [figures / "training_curves.png"],
         "novelty": [figures / "novelty.png"],
+        "realism": [figures / "realism.png"],
     }
 
 

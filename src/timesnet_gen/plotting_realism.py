@@ -29,8 +29,13 @@ POOLED = "pooled"
 
 
 def _colours(names: list[str]) -> dict[str, str]:
-    cycle = plt.get_cmap("tab10").colors
-    return {n: cycle[i % len(cycle)] for i, n in enumerate(names)}
+    """The registry's colours for its sources (labels), tab10 for the others."""
+    from timesnet_gen.registry import source_colours
+
+    known = source_colours()
+    cycle = [c for c in plt.get_cmap("tab10").colors]
+    others = iter(cycle[i % len(cycle)] for i in range(len(names)))
+    return {n: known.get(n) or next(others) for n in names}
 
 
 def _plain_log_x(ax: plt.Axes) -> None:

@@ -77,6 +77,14 @@ GENERATORS: tuple[Generator, ...] = (
             "generate-vae": ("timesnet_gen.vae", "generate and reconstruct records with the VAE"),
         },
     ),
+    Generator(
+        name="stochastic", label="Stochastic", title="Stochastic reference (fitted, Boore 2003)",
+        colour="tab:gray", marker="v", outputs="outputs/stochastic",
+        checkpoint="models/stochastic/model.pt",
+        commands={"fit-stochastic": ("timesnet_gen.models.stochastic",
+                                     "fit the stochastic reference sampler (record-free)")},
+        params="timesnet_gen.models.stochastic:StochasticParams",
+    ),
 )
 
 

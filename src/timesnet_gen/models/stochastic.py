@@ -748,3 +748,26 @@ def training_set(prepared: str | Path, raw: str | Path, split: str = "train"
     rows = np.flatnonzero((table["split"] == split).to_numpy())
     waveforms = np.load(prepared / "waveforms.npy", mmap_mode="r")
     return np.asarray(waveforms[rows]), table.iloc[rows].reset_index(drop=True)
+
+
+def main(argv: list[str], verb: str = "fit-stochastic") -> int:
+    """`timesnet-gen fit-stochastic`: fit on the prepared train split (every station; the
+    held-out records are never read), write <out>/model.pt (a `sample` checkpoint)."""
+    from timesnet_gen.config import load_params, section
+    from timesnet_gen.stage import stage_parser
+
+    parser = stage_parser(verb, main.__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", default="data/prepared", type=Path)
+    parser.add_argument("--raw", default="data/raw", type=Path,
+                        help="raw corpus: records.csv gives magnitude and distance_km")
+    parser.add_argument("--out", default="models/stochastic", type=Path)
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    fit = section(params, "stochastic", StochasticParams)
+    waveforms, records = training_set(args.data, args.raw, "train")
+    sampler = fit_stochastic(waveforms, records, list(params.data.target_stations), fit)
+    path = save_checkpoint(sampler, args.out / "model.pt")
+    print(f"{verb}: fitted on {len(records)} training records of "
+          f"{records['station'].nunique()} stations -> {path}")
+    return 0
