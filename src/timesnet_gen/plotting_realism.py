@@ -19,7 +19,6 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from timesnet_gen.atomic import staged_file  # noqa: E402
 
 if TYPE_CHECKING:
     from timesnet_gen.evaluation.realism_features import Features
@@ -137,9 +136,6 @@ def realism_figure(psa_curves: pd.DataFrame, features: dict[str, Features],
 def plot_realism(psa_curves: pd.DataFrame, features: dict[str, Features], path: str | Path,
                  station: str = POOLED) -> Path:
     """Write figures/realism.png (dpi 100) atomically; returns the path."""
-    path = Path(path)
-    fig = realism_figure(psa_curves, features, station)
-    with staged_file(path) as tmp:
-        fig.savefig(tmp, dpi=DPI, format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    return path
+    from timesnet_gen.plotting import save
+
+    return save(realism_figure(psa_curves, features, station), path, dpi=DPI)
