@@ -27,6 +27,8 @@ COMMANDS = {
     "generate": ("timesnet_gen.generate", "generate and reconstruct records with TimesNet-Gen"),
     "train-vae": ("timesnet_gen.vae", "train the spectrogram conditional-VAE baseline"),
     "generate-vae": ("timesnet_gen.vae", "generate and reconstruct records with the VAE"),
+    "train-sampler": ("timesnet_gen.sample", "train the record-free TimesNet flow sampler"),
+    "sample": ("timesnet_gen.sample", "record-free records for a station and scenario"),
     "evaluate": ("timesnet_gen.evaluation.cli", "HVSR, f0, specificity scores, intensity measures"),
     "score": ("timesnet_gen.score", "the evaluate stage: every model vs all and held-out records"),
     "report": ("timesnet_gen.report", "score tables and the README results block"),

@@ -195,6 +195,8 @@ def check_writable(out: Path, sources: list[Path]) -> Path:
     parent = out.parent.resolve()
     while not parent.exists():
         parent = parent.parent
+    if not parent.is_dir():
+        raise SampleError(f"{out}: cannot write there ({parent} is not a folder)")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise SampleError(f"{out}: cannot write there ({parent} is not writable)")
     return out
