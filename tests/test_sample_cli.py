@@ -23,7 +23,9 @@ def untrained_sampler() -> fs.FlowSampler:
                              n_steps=2, griffin_lim_iters=2, num_threads=1, n_fine=40)
     x = rng.standard_normal((6, 3, T)).astype(np.float32)
     scenario = np.column_stack([rng.uniform(4, 6, 6), rng.uniform(10, 100, 6)])
-    stats = fs.feature_stats(fs.encode(x, p), scenario)
+    codes = np.array(["0205"] * 3 + ["4628"] * 3)
+    stats = fs.fit_stats(fs.encode(x, p), codes, scenario, ["0205", "4628"], True)
+    stats = {k: v for k, v in stats.items() if not k.startswith("_")}
     torch.manual_seed(0)
     net = fs.build_net(p, 1 + T // p.hop, stats, 2)
     return fs.FlowSampler(p, net, stats, ["0205", "4628"],

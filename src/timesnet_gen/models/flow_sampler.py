@@ -85,14 +85,16 @@ class FlowSamplerParams:
     d_cond: int = 64
     period_selection: str = "batch"  # batch | sample (see models/timesnet.fft_periods)
     patch: int = 2  # frames per token of the backbone (94 frames -> 47 tokens)
+    time_mixing: bool = True  # a linear token mix after each TimesBlock (global context)
     # training (both phases: AdamW, cosine per step, grad-norm clip)
-    pretrain_epochs: int = 150
-    finetune_epochs: int = 150
+    pretrain_epochs: int = 100
+    finetune_epochs: int = 100
     batch_size: int = 32
     lr: float = 1e-3
     finetune_lr: float = 5e-4
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
+    mean_model: bool = True  # site + scenario linear mean under the flow (fit_stats)
     ema: float = 0.995  # weight EMA used for sampling (0 = none)
     time_sampling: str = "logit-normal"  # uniform | logit-normal (flow time t of training)
     seed: int = 0
@@ -240,6 +242,14 @@ class VelocityNet(nn.Module):
         self.pos = nn.Parameter(torch.randn(1, n_tokens, p.d_model) * 0.02)
         self.blocks = nn.ModuleList(TimesBlock(cfg) for _ in range(p.e_layers))
         self.films = nn.ModuleList(nn.Linear(p.d_cond, 2 * p.d_model) for _ in range(p.e_layers))
+        # A TimesBlock sees a few neighbouring tokens and periods; a linear mix along the whole
+        # token axis after each block tells every token where the strong motion is.
+        self.mixes = nn.ModuleList(nn.Linear(n_tokens, n_tokens) if p.time_mixing else
+                                   nn.Identity() for _ in range(p.e_layers))
+        for mix in self.mixes:
+            if isinstance(mix, nn.Linear):
+                nn.init.zeros_(mix.weight)
+                nn.init.zeros_(mix.bias)
         for film in self.films:  # identity at init
             nn.init.zeros_(film.weight)
             nn.init.zeros_(film.bias)
@@ -261,9 +271,11 @@ class VelocityNet(nn.Module):
         tokens = F.pad(coarse, (0, 0, 0, pad)).reshape(B, (T + pad) // self.patch, -1)
         s = self.embed_static(static)  # (B, D)
         h = self.embed(tokens) + self.pos + (s + self.embed_cond(c))[:, None]
-        for block, film in zip(self.blocks, self.films):
+        for block, film, mix in zip(self.blocks, self.films, self.mixes):
             gamma, beta = film(c)[:, None].chunk(2, dim=-1)
             h = self.norm(block(h)) * (1 + gamma) + beta
+            if isinstance(mix, nn.Linear):
+                h = h + mix(h.transpose(1, 2)).transpose(1, 2)  # (B, T', D) mixed along T'
         pooled = torch.cat([h.mean(dim=1), s, c], dim=1)
         v = self.head(h).reshape(B, T + pad, C)[:, :T]
         a_coarse, a_static = self.skip(c).split([C, static.shape[1]], dim=1)
@@ -284,34 +296,72 @@ class Batchable:
     scenario: torch.Tensor  # (n, 2) standardised [M, ln R]
 
 
-def feature_stats(feats: dict[str, np.ndarray], scenario: np.ndarray) -> dict[str, torch.Tensor]:
-    """Mean and std per feature (coarse per channel over records and frames) and of [M, ln R]."""
-    static = np.concatenate([feats["level"], feats["fine"]], axis=1)
-    cond = np.stack([scenario[:, 0], np.log(scenario[:, 1])], axis=1)
-    t = {
-        "coarse_mean": feats["coarse"].mean(axis=(0, 1)), "coarse_std": feats["coarse"].std(
-            axis=(0, 1)), "static_mean": static.mean(axis=0), "static_std": static.std(axis=0),
-        "cond_mean": cond.mean(axis=0), "cond_std": cond.std(axis=0),
-    }
-    out = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in t.items()}
-    for key in ("coarse_std", "static_std", "cond_std"):
-        out[key] = out[key].clamp_min(1e-3)
-    return out
+def scenario_features(scenario: np.ndarray) -> np.ndarray:
+    """(n, 2) [M, distance km] -> (n, 2) [M, ln R]."""
+    return np.stack([scenario[:, 0], np.log(scenario[:, 1])], axis=1)
 
 
 def standardise_scenario(scenario: np.ndarray, stats: dict[str, torch.Tensor]) -> torch.Tensor:
     """(n, 2) [M, distance km] -> (n, 2) standardised [M, ln R]."""
-    cond = torch.as_tensor(np.stack([scenario[:, 0], np.log(scenario[:, 1])], axis=1),
-                           dtype=torch.float32)
+    cond = torch.as_tensor(scenario_features(scenario), dtype=torch.float32)
     return (cond - stats["cond_mean"]) / stats["cond_std"]
 
 
+def static_of(feats: dict[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([feats["level"], feats["fine"]], axis=1)
+
+
+def fit_stats(feats: dict[str, np.ndarray], codes: np.ndarray, scenario: np.ndarray,
+              targets: list[str], mean_model: bool) -> dict[str, torch.Tensor]:
+    """Feature statistics of the training records of both phases (holdout excluded).
+
+    The mean model: per feature (the static part, and the frame mean of each coarse channel),
+    a least-squares fit  y = a_station + b_M * M' + b_R * lnR'  (M', lnR' standardised) over
+    every training station, the GMPE-style site and scenario term; the flow learns the
+    residuals (standardised by their std). Kept: the targets' intercepts and the slopes.
+    `mean_model=False`: one global mean, no slopes (the ablation).
+    """
+    cond = scenario_features(scenario)
+    cond_mean, cond_std = cond.mean(axis=0), cond.std(axis=0).clip(1e-3)
+    z = (cond - cond_mean) / cond_std
+    stations = sorted(set(codes))
+    onehot = (codes[:, None] == np.array(stations)[None]).astype(np.float64)
+    design = np.concatenate([onehot, z], axis=1) if mean_model else np.ones((len(codes), 1))
+    out = {"cond_mean": cond_mean, "cond_std": cond_std}
+    for name, y in (("coarse", feats["coarse"].mean(axis=1)), ("static", static_of(feats))):
+        coef = np.linalg.lstsq(design, y.astype(np.float64), rcond=None)[0]
+        if mean_model:
+            icpt = coef[[stations.index(s) for s in targets]]
+            slope = coef[-2:]
+        else:
+            icpt, slope = np.repeat(coef, len(targets), axis=0), np.zeros((2, y.shape[1]))
+        out[f"{name}_icpt"], out[f"{name}_slope"] = icpt, slope
+        resid = (feats[name][:, :, :] - (design @ coef)[:, None] if name == "coarse"
+                 else y - design @ coef)
+        out[f"{name}_std"] = resid.reshape(-1, y.shape[1]).std(axis=0).clip(1e-3)
+        out[f"{name}_fit"] = design @ coef  # per record, dropped below
+    fits = {k: out.pop(f"{k}_fit") for k in ("coarse", "static")}
+    stats = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in out.items()}
+    return stats | {f"_{k}_fit": torch.as_tensor(v, dtype=torch.float32)
+                    for k, v in fits.items()}
+
+
+def mean_prediction(stats: dict[str, torch.Tensor], station: torch.Tensor,
+                    scenario: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean model at target stations (1..S) and standardised scenarios: (coarse (n, C),
+    static (n, S))."""
+    return tuple(stats[f"{k}_icpt"][station - 1] + scenario @ stats[f"{k}_slope"]
+                 for k in ("coarse", "static"))
+
+
 def to_batchable(feats: dict[str, np.ndarray], station: np.ndarray, scenario: np.ndarray,
-                 stats: dict[str, torch.Tensor]) -> Batchable:
-    static = torch.as_tensor(np.concatenate([feats["level"], feats["fine"]], axis=1))
+                 stats: dict[str, torch.Tensor], fit_coarse: torch.Tensor,
+                 fit_static: torch.Tensor) -> Batchable:
+    """Standardised residuals of the features from the mean model's fit (n, C), (n, S)."""
+    coarse = torch.as_tensor(feats["coarse"]) - fit_coarse[:, None]
+    static = torch.as_tensor(static_of(feats)) - fit_static
     return Batchable(
-        coarse=(torch.as_tensor(feats["coarse"]) - stats["coarse_mean"]) / stats["coarse_std"],
-        static=(static - stats["static_mean"]) / stats["static_std"],
+        coarse=coarse / stats["coarse_std"], static=static / stats["static_std"],
         station=torch.tensor(np.asarray(station), dtype=torch.long),
         scenario=standardise_scenario(scenario, stats),
     )
@@ -491,8 +541,8 @@ class FlowSampler:
         setup_torch(p)
         generator = torch.Generator().manual_seed(int(seed))
         scenario = standardise_scenario(np.stack([m, r], axis=1), self.stats)
-        n_coarse = self.stats["coarse_mean"].numel()
-        n_static = self.stats["static_mean"].numel()
+        n_coarse = self.stats["coarse_std"].numel()
+        n_static = self.stats["static_std"].numel()
         out = []
         for start in range(0, len(m), p.batch_generate):
             part = slice(start, start + p.batch_generate)
@@ -500,8 +550,9 @@ class FlowSampler:
             station_t = torch.full((len(sc),), s, dtype=torch.long)
             xc, xs = integrate(self.net, station_t, sc, self.n_frames, n_coarse, n_static, p,
                                generator)
-            coarse = xc * self.stats["coarse_std"] + self.stats["coarse_mean"]
-            static = xs * self.stats["static_std"] + self.stats["static_mean"]
+            mean_c, mean_s = mean_prediction(self.stats, station_t, sc)
+            coarse = xc * self.stats["coarse_std"] + mean_c[:, None]
+            static = xs * self.stats["static_std"] + mean_s
             out.append(decode(static[:, :1], coarse, static[:, 1:], p, generator,
                               self.n_samples))
         return np.concatenate(out)
@@ -536,7 +587,7 @@ def build_net(p: FlowSamplerParams, n_frames: int, stats: dict[str, torch.Tensor
         raise FlowSamplerError(f"solver {p.solver!r} not one of {SOLVERS}")
     if p.time_sampling not in TIME_SAMPLING:
         raise FlowSamplerError(f"time_sampling {p.time_sampling!r} not one of {TIME_SAMPLING}")
-    return VelocityNet(p, n_frames, stats["coarse_mean"].numel(), stats["static_mean"].numel(),
+    return VelocityNet(p, n_frames, stats["coarse_std"].numel(), stats["static_std"].numel(),
                        n_stations)
 
 
@@ -568,6 +619,26 @@ def scenario_table(prepared_dir: Path, raw_dir: Path, index: pd.DataFrame) -> np
     return values
 
 
+def val_fit(index: pd.DataFrame, rows: dict[str, np.ndarray], stats: dict[str, torch.Tensor],
+            fit_c: torch.Tensor, fit_s: torch.Tensor, scen: np.ndarray
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean-model fit of the validation records: their station's training intercept (the
+    training fit minus its scenario term, averaged) plus their own scenario term."""
+    z_train = standardise_scenario(scen[rows["pretrain"]], stats)
+    z_val = standardise_scenario(scen[rows["val"]], stats)
+    codes_train = index["station"].to_numpy()[rows["pretrain"]]
+    codes_val = index["station"].to_numpy()[rows["val"]]
+    out = []
+    for fit, name in ((fit_c, "coarse"), (fit_s, "static")):
+        icpt = fit - z_train @ stats[f"{name}_slope"]
+        by_station = {c: icpt[torch.from_numpy(codes_train == c)].mean(dim=0)
+                      for c in set(codes_train)}
+        mean_icpt = icpt.mean(dim=0)
+        base = torch.stack([by_station.get(c, mean_icpt) for c in codes_val])
+        out.append(base + z_val @ stats[f"{name}_slope"])
+    return out[0], out[1]
+
+
 def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: str | Path,
                   raw_dir: str | Path = "data/raw", log: Callable[[str], None] = print
                   ) -> FlowSampler:
@@ -593,12 +664,20 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
     stations = list(dict.fromkeys(targets["station"]))
     t0 = time.perf_counter()
     feats = {name: encode(waveforms[r], params) for name, r in rows.items()}
-    stats = feature_stats(feats["pretrain"], scen[rows["pretrain"]])
+    train = np.concatenate([rows["pretrain"], rows["finetune"]])
+    both = {k: np.concatenate([feats["pretrain"][k], feats["finetune"][k]]) for k in feats["val"]}
+    stats = fit_stats(both, index["station"].to_numpy()[train], scen[train], stations,
+                      params.mean_model)
+    fit_c, fit_s = stats.pop("_coarse_fit"), stats.pop("_static_fit")
+    n_pre = len(rows["pretrain"])
+    fits = {"pretrain": (fit_c[:n_pre], fit_s[:n_pre]), "finetune": (fit_c[n_pre:], fit_s[n_pre:])}
+    if len(rows["val"]):  # validation stations are the pretrain ones: their fitted intercepts
+        fits["val"] = val_fit(index, rows, stats, fit_c[:n_pre], fit_s[:n_pre], scen)
     station_of = {name: np.zeros(len(r), dtype=np.int64) for name, r in rows.items()}
     station_of["finetune"] = index["station"].iloc[rows["finetune"]].map(
         {s: i + 1 for i, s in enumerate(stations)}).to_numpy()
-    data = {name: to_batchable(feats[name], station_of[name], scen[r], stats)
-            for name, r in rows.items()}
+    data = {name: to_batchable(feats[name], station_of[name], scen[rows[name]], stats,
+                               *fits[name]) for name in fits}
     log(f"features of {sum(len(r) for r in rows.values())} records "
         f"({time.perf_counter() - t0:.1f} s)")
 
