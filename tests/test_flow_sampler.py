@@ -105,13 +105,13 @@ def test_encode_decode_keeps_peak_and_fine_spectrum():
     p = fs.FlowSamplerParams(griffin_lim_iters=4)
     x = synthetic_records(rng, 3.0, np.array([5.0, 6.0]), np.array([20.0, 50.0]))
     feats = fs.encode(x, p)
-    assert feats["level"].shape == (2, 1)
+    assert feats["level"].shape == (2, 1) and feats["onset"].shape == (2, 1)
     assert feats["coarse"].shape == (2, 1 + T // p.hop, 3 * (fs.band_of_bin(p).max() + 1))
     assert feats["fine"].shape == (2, 3 * p.n_fine)
     np.testing.assert_allclose(feats["level"][:, 0], np.log(np.abs(x).max(axis=(1, 2))),
                                rtol=1e-6)
-    y = fs.decode(*(torch.from_numpy(feats[k]) for k in ("level", "coarse", "fine")), p,
-                  torch.Generator().manual_seed(0))
+    y = fs.decode(*(torch.from_numpy(feats[k]) for k in ("level", "onset", "coarse", "fine")),
+                  p, torch.Generator().manual_seed(0))
     assert y.shape == x.shape and y.dtype == np.float32
     np.testing.assert_allclose(np.abs(y).max(axis=(1, 2)), np.abs(x).max(axis=(1, 2)),
                                rtol=1e-5)
@@ -119,6 +119,17 @@ def test_encode_decode_keeps_peak_and_fine_spectrum():
     rebuilt = fs.encode(y, p)["fine"].reshape(2, 3, -1)[..., band]
     wanted = feats["fine"].reshape(2, 3, -1)[..., band]
     assert np.median(np.abs(rebuilt - wanted)) < 0.1  # ln units: within about 10 %
+    np.testing.assert_allclose(fs.encode(y, p)["onset"], feats["onset"], atol=1.0)  # s
+
+
+def test_onset_and_roll():
+    x = np.zeros((2, 3, 100))
+    x[0, 0, 30] = 1.0
+    x[1, 2, 70] = 2.0
+    np.testing.assert_allclose(fs.onset_time(x, 0.05, fs=10.0), [3.0, 7.0])
+    rolled = fs.roll(x, np.array([5, -10]))
+    assert rolled[0, 0, 35] == 1.0 and rolled[1, 2, 60] == 2.0
+    np.testing.assert_array_equal(fs.roll(rolled, np.array([-5, 10])), x)
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -76,6 +76,8 @@ class FlowSamplerParams:
     fine_fmax: float = 30.0  # Hz
     fine_bandwidth: float = 150.0  # b of exp(-b ln(f/fc)^2): sigma 0.058 in ln f
     log_eps: float = 1e-4  # of the unit-peak STFT magnitude
+    align_s: float = 15.0  # s: the onset of every spectrogram is moved here (circular shift)
+    align_fraction: float = 0.05  # onset = time of this fraction of the Arias intensity
     # network
     d_model: int = 32
     d_ff: int = 32
@@ -150,8 +152,28 @@ def fine_spectrum(x: np.ndarray, p: FlowSamplerParams, fs: float = SAMPLING_RATE
     return np.log(fine_operator(p, x.shape[-1], fs).apply(amp) + 1e-12)
 
 
+def onset_time(x: np.ndarray, fraction: float, fs: float = SAMPLING_RATE) -> np.ndarray:
+    """Time (s) at which the 3-component Arias intensity of records (n, 3, T) first reaches
+    `fraction` of its total -> (n,)."""
+    energy = np.cumsum((np.asarray(x, dtype=np.float64) ** 2).sum(axis=1), axis=-1)
+    return np.argmax(energy >= fraction * energy[:, -1:], axis=-1) / fs
+
+
+def roll(x: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Circular shift of every record (n, 3, T) by shift[i] samples (positive = later)."""
+    t = np.arange(x.shape[-1])
+    return np.take_along_axis(x, ((t[None] - shift[:, None]) % x.shape[-1])[:, None], axis=-1)
+
+
+def align_shift(onset_s: np.ndarray, p: FlowSamplerParams, fs: float = SAMPLING_RATE):
+    """Samples that move each record's onset to p.align_s."""
+    return np.rint((p.align_s - np.asarray(onset_s, dtype=np.float64)) * fs).astype(np.int64)
+
+
 def encode(waveforms: np.ndarray, p: FlowSamplerParams) -> dict[str, np.ndarray]:
-    """Records (n, 3, T) cm/s^2 -> {"level" (n, 1), "coarse" (n, frames, 3 B), "fine" (n, 3 F)}."""
+    """Records (n, 3, T) cm/s^2 -> {"level" (n, 1), "onset" (n, 1), "coarse" (n, frames, 3 B),
+    "fine" (n, 3 F)}. The spectrogram is of the record circularly shifted so that its 5 %
+    Arias time sits at p.align_s (the onset, in s, is kept as a feature)."""
     x = np.asarray(waveforms, dtype=np.float32)
     if x.ndim != 3 or x.shape[1] != 3:
         raise FlowSamplerError(f"records must have shape (n, 3, T), got {x.shape}")
@@ -161,12 +183,15 @@ def encode(waveforms: np.ndarray, p: FlowSamplerParams) -> dict[str, np.ndarray]
     if (peak <= 0).any():
         raise FlowSamplerError(f"record {int(np.argmax(peak <= 0))} is all zeros")
     xn = x / peak[:, None, None]
-    power = stft(torch.from_numpy(xn), p.n_fft, p.hop).abs()[..., 1:, :] ** 2  # (n, 3, bins, fr)
+    onset = onset_time(xn, p.align_fraction)
+    aligned = roll(xn, align_shift(onset, p)).astype(np.float32)
+    power = stft(torch.from_numpy(aligned), p.n_fft, p.hop).abs()[..., 1:, :] ** 2  # (n,3,k,t)
     band = torch.einsum("kb,ncbt->nckt", pooling_matrix(band_of_bin(p)), power)
     coarse = torch.log(band.sqrt() + p.log_eps)  # (n, 3, B, frames)
     n, c, b, t = coarse.shape
     return {
         "level": np.log(peak)[:, None].astype(np.float32),
+        "onset": onset[:, None].astype(np.float32),
         "coarse": coarse.permute(0, 3, 1, 2).reshape(n, t, c * b).numpy(),
         "fine": fine_spectrum(xn, p).reshape(n, -1).astype(np.float32),
     }
@@ -192,8 +217,9 @@ def equalise(x: torch.Tensor, target: torch.Tensor, p: FlowSamplerParams,
     return torch.from_numpy(np.fft.irfft(spec * gain, n=x.shape[-1], axis=-1)).float()
 
 
-def decode(level: torch.Tensor, coarse: torch.Tensor, fine: torch.Tensor, p: FlowSamplerParams,
-           generator: torch.Generator, n_samples: int = N_SAMPLES) -> np.ndarray:
+def decode(level: torch.Tensor, onset: torch.Tensor, coarse: torch.Tensor, fine: torch.Tensor,
+           p: FlowSamplerParams, generator: torch.Generator, n_samples: int = N_SAMPLES
+           ) -> np.ndarray:
     """Physical features (as `encode` returns, as tensors) -> records (n, 3, T) float32 cm/s^2."""
     n, t, cb = coarse.shape
     bands = torch.as_tensor(band_of_bin(p))
@@ -203,6 +229,8 @@ def decode(level: torch.Tensor, coarse: torch.Tensor, fine: torch.Tensor, p: Flo
     x = griffin_lim(mag, p.n_fft, p.hop, n_samples, p.griffin_lim_iters,
                     p.griffin_lim_momentum, generator)
     x = equalise(x, fine.reshape(n, 3, -1), p)
+    onset_s = onset[:, 0].double().numpy().clip(0.0, n_samples / SAMPLING_RATE)
+    x = torch.from_numpy(roll(x.numpy(), -align_shift(onset_s, p)))
     peak = x.abs().amax(dim=(1, 2)).clamp_min(1e-20)
     return (x * (torch.exp(level[:, 0]) / peak)[:, None, None]).numpy().astype(np.float32)
 
@@ -307,16 +335,19 @@ def standardise_scenario(scenario: np.ndarray, stats: dict[str, torch.Tensor]) -
     return (cond - stats["cond_mean"]) / stats["cond_std"]
 
 
+N_SCALARS = 2  # the static part: [level, onset, fine ...]
+
+
 def static_of(feats: dict[str, np.ndarray]) -> np.ndarray:
-    return np.concatenate([feats["level"], feats["fine"]], axis=1)
+    return np.concatenate([feats["level"], feats["onset"], feats["fine"]], axis=1)
 
 
 def fit_stats(feats: dict[str, np.ndarray], codes: np.ndarray, scenario: np.ndarray,
               targets: list[str], mean_model: bool) -> dict[str, torch.Tensor]:
     """Feature statistics of the training records of both phases (holdout excluded).
 
-    The mean model: per feature (the static part, and the frame mean of each coarse channel),
-    a least-squares fit  y = a_station + b_M * M' + b_R * lnR'  (M', lnR' standardised) over
+    The mean model: per feature (the static part, and every frame and channel of the aligned
+    coarse spectrogram), a least-squares fit  y = a_station + b_M * M' + b_R * lnR'  (M', lnR' standardised) over
     every training station, the GMPE-style site and scenario term; the flow learns the
     residuals (standardised by their std). Kept: the targets' intercepts and the slopes.
     `mean_model=False`: one global mean, no slopes (the ablation).
@@ -328,7 +359,8 @@ def fit_stats(feats: dict[str, np.ndarray], codes: np.ndarray, scenario: np.ndar
     onehot = (codes[:, None] == np.array(stations)[None]).astype(np.float64)
     design = np.concatenate([onehot, z], axis=1) if mean_model else np.ones((len(codes), 1))
     out = {"cond_mean": cond_mean, "cond_std": cond_std}
-    for name, y in (("coarse", feats["coarse"].mean(axis=1)), ("static", static_of(feats))):
+    n = len(codes)
+    for name, y in (("coarse", feats["coarse"].reshape(n, -1)), ("static", static_of(feats))):
         coef = np.linalg.lstsq(design, y.astype(np.float64), rcond=None)[0]
         if mean_model:
             icpt = coef[[stations.index(s) for s in targets]]
@@ -336,9 +368,7 @@ def fit_stats(feats: dict[str, np.ndarray], codes: np.ndarray, scenario: np.ndar
         else:
             icpt, slope = np.repeat(coef, len(targets), axis=0), np.zeros((2, y.shape[1]))
         out[f"{name}_icpt"], out[f"{name}_slope"] = icpt, slope
-        resid = (feats[name][:, :, :] - (design @ coef)[:, None] if name == "coarse"
-                 else y - design @ coef)
-        out[f"{name}_std"] = resid.reshape(-1, y.shape[1]).std(axis=0).clip(1e-3)
+        out[f"{name}_std"] = (y - design @ coef).std(axis=0).clip(1e-3)
         out[f"{name}_fit"] = design @ coef  # per record, dropped below
     fits = {k: out.pop(f"{k}_fit") for k in ("coarse", "static")}
     stats = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in out.items()}
@@ -358,10 +388,11 @@ def to_batchable(feats: dict[str, np.ndarray], station: np.ndarray, scenario: np
                  stats: dict[str, torch.Tensor], fit_coarse: torch.Tensor,
                  fit_static: torch.Tensor) -> Batchable:
     """Standardised residuals of the features from the mean model's fit (n, C), (n, S)."""
-    coarse = torch.as_tensor(feats["coarse"]) - fit_coarse[:, None]
+    n, t, c = feats["coarse"].shape
+    coarse = (torch.as_tensor(feats["coarse"]).reshape(n, -1) - fit_coarse) / stats["coarse_std"]
     static = torch.as_tensor(static_of(feats)) - fit_static
     return Batchable(
-        coarse=coarse / stats["coarse_std"], static=static / stats["static_std"],
+        coarse=coarse.reshape(n, t, c), static=static / stats["static_std"],
         station=torch.tensor(np.asarray(station), dtype=torch.long),
         scenario=standardise_scenario(scenario, stats),
     )
@@ -390,7 +421,8 @@ def flow_loss(net: VelocityNet, b: Batchable, idx: torch.Tensor, generator: torc
     xs = (1 - t[:, None]) * x0s + t[:, None] * x1s
     vc, vs = net(xc, xs, t, b.station[idx], b.scenario[idx])
     err_s = (vs - (x1s - x0s)) ** 2
-    return (((vc - (x1c - x0c)) ** 2).mean() + err_s[:, 1:].mean() + err_s[:, 0].mean())
+    scalars = err_s[:, :N_SCALARS].mean(dim=0).sum()  # level, onset
+    return ((vc - (x1c - x0c)) ** 2).mean() + err_s[:, N_SCALARS:].mean() + scalars
 
 
 @torch.no_grad()
@@ -541,7 +573,7 @@ class FlowSampler:
         setup_torch(p)
         generator = torch.Generator().manual_seed(int(seed))
         scenario = standardise_scenario(np.stack([m, r], axis=1), self.stats)
-        n_coarse = self.stats["coarse_std"].numel()
+        n_coarse = self.stats["coarse_std"].numel() // self.n_frames
         n_static = self.stats["static_std"].numel()
         out = []
         for start in range(0, len(m), p.batch_generate):
@@ -551,9 +583,10 @@ class FlowSampler:
             xc, xs = integrate(self.net, station_t, sc, self.n_frames, n_coarse, n_static, p,
                                generator)
             mean_c, mean_s = mean_prediction(self.stats, station_t, sc)
-            coarse = xc * self.stats["coarse_std"] + mean_c[:, None]
+            coarse = (xc.reshape(len(sc), -1) * self.stats["coarse_std"] + mean_c).reshape(
+                xc.shape)
             static = xs * self.stats["static_std"] + mean_s
-            out.append(decode(static[:, :1], coarse, static[:, 1:], p, generator,
+            out.append(decode(static[:, :1], static[:, 1:2], coarse, static[:, 2:], p, generator,
                               self.n_samples))
         return np.concatenate(out)
 
@@ -587,7 +620,8 @@ def build_net(p: FlowSamplerParams, n_frames: int, stats: dict[str, torch.Tensor
         raise FlowSamplerError(f"solver {p.solver!r} not one of {SOLVERS}")
     if p.time_sampling not in TIME_SAMPLING:
         raise FlowSamplerError(f"time_sampling {p.time_sampling!r} not one of {TIME_SAMPLING}")
-    return VelocityNet(p, n_frames, stats["coarse_std"].numel(), stats["static_std"].numel(),
+    return VelocityNet(p, n_frames, stats["coarse_std"].numel() // n_frames,
+                       stats["static_std"].numel(),
                        n_stations)
 
 
