@@ -16,7 +16,7 @@ T = 6000
 
 def tiny_params(**overrides) -> fs.FlowSamplerParams:
     base = dict(d_model=8, d_ff=8, num_kernels=1, e_layers=1, d_cond=8, pretrain_epochs=1,
-                finetune_epochs=2, batch_size=8, n_steps=2, griffin_lim_iters=2,
+                finetune_epochs=2, batch_size=8, n_steps=2, griffin_lim_iters=2, batch_generate=2,
                 num_threads=1, n_fine=40)
     base.update(overrides)
     return fs.FlowSamplerParams(**base)
@@ -188,6 +188,18 @@ def test_sample_shape_determinism_and_conditioning(trained):
     assert not np.allclose(a, sampler.sample("A", m, r, seed=4))
     assert not np.allclose(a, sampler.sample("B", m, r, seed=3))  # station reaches the output
     assert not np.allclose(a, sampler.sample("A", m + 1.0, r, seed=3))  # so does M
+
+
+def test_result_does_not_depend_on_the_number_of_workers(trained):
+    from dataclasses import replace
+
+    sampler, _ = trained
+    m, r = np.full(5, 5.0), np.full(5, 30.0)  # 3 chunks of 2
+    one = fs.FlowSampler.from_state(sampler.state())
+    one.params = replace(one.params, workers=1)
+    two = fs.FlowSampler.from_state(sampler.state())
+    two.params = replace(two.params, workers=2)
+    np.testing.assert_array_equal(one.sample("A", m, r, 9), two.sample("A", m, r, 9))
 
 
 def test_unknown_station_names_the_known_ones(trained):
