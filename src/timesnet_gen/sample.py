@@ -60,7 +60,10 @@ def sampler_class(kind: str) -> type:
     if kind not in SAMPLERS:
         raise SampleError(f"unknown sampler kind {kind!r} (known: {', '.join(SAMPLERS)})")
     module, name = SAMPLERS[kind].split(":")
-    return getattr(importlib.import_module(module), name)
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise SampleError(f"sampler kind {kind!r} is not available here ({exc})") from None
 
 
 def save_sampler(sampler: Any, path: str | Path) -> None:
