@@ -25,6 +25,8 @@ COMMANDS = {
     "hvsr": ("timesnet_gen.hvsr_survey", "earthquake HVSR survey (f0 per record and station)"),
     "prepare": ("timesnet_gen.prepare", "stack the corpus and make the seeded splits"),
     **{verb: command for g in GENERATORS for verb, command in g.commands.items()},
+    "sample": ("timesnet_gen.sample",
+               "record-free records of a sampler checkpoint for a station and scenario"),
     "evaluate": ("timesnet_gen.evaluate",
                  "HVSR, f0, specificity scores, intensity measures of generated records"),
     "figures": ("timesnet_gen.notebooks", "execute the figure notebooks (papermill)"),

@@ -425,12 +425,22 @@ def plot_losses(ax: plt.Axes, losses: pd.DataFrame, title: str, ylabel: str = "l
     """Every loss column of a losses.tsv table (epoch, ...) against epoch; returns lines drawn."""
     if "epoch" not in losses.columns:
         raise KeyError(f"{title}: losses table has no 'epoch' column (has {list(losses.columns)})")
-    columns = [c for c in losses.columns if c != "epoch"]
+    # loss terms only: not bookkeeping columns (phase, seconds)
+    columns = [c for c in losses.columns if c not in ("epoch", "phase", "seconds")
+               and pd.api.types.is_numeric_dtype(losses[c])]
+    epoch = losses["epoch"].to_numpy()
+    if "phase" in losses.columns:  # several phases in one table: epochs run on across them
+        epoch = np.arange(1, len(losses) + 1)
+        phases = losses["phase"].astype(str).to_numpy()
+        for i in np.flatnonzero(phases[1:] != phases[:-1]):
+            ax.axvline(epoch[i] + 0.5, color="0.6", lw=0.8, ls="--")
+            ax.text(epoch[i] + 0.5, 1.0, f" {phases[i + 1]}", transform=ax.get_xaxis_transform(),
+                    va="top", fontsize=7, color="0.4")
     positive = True
     for column in columns:
         values = losses[column].to_numpy(dtype=np.float64)
         positive &= bool(np.all(values[np.isfinite(values)] > 0))
-        ax.plot(losses["epoch"], values, marker="o", ms=2.5, lw=1.2,
+        ax.plot(epoch, values, marker="o", ms=2.5, lw=1.2,
                 label=column.replace("_loss", "").replace("_", " "))
     if positive and columns:  # losses span decades: log scale unless a column touches 0
         ax.set_yscale("log")

@@ -78,6 +78,14 @@ GENERATORS: tuple[Generator, ...] = (
         },
     ),
     Generator(
+        name="flow", label="TimesNet-Flow", title="TimesNet flow sampler (record-free)",
+        colour="tab:green", marker="D", outputs="outputs/flow", checkpoint="models/flow/model.pt",
+        losses={"TimesNet flow sampler (pretrain, then fine-tune)": "models/flow/losses.tsv"},
+        commands={"train-sampler": ("timesnet_gen.sample",
+                                    "train the record-free TimesNet flow sampler")},
+        params="timesnet_gen.models.flow_sampler:FlowSamplerParams",
+    ),
+    Generator(
         name="stochastic", label="Stochastic", title="Stochastic reference (fitted, Boore 2003)",
         colour="tab:gray", marker="v", outputs="outputs/stochastic",
         checkpoint="models/stochastic/model.pt",

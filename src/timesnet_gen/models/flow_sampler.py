@@ -1,0 +1,744 @@
+"""A record-free sampler: conditional flow matching over a compressed time-frequency record,
+with TimesBlocks along the frame axis as the velocity network's backbone.
+
+Representation of one record (3, 6000) cm/s^2 (E, N, U, 100 Hz), `encode`:
+    level   ln(peak |acc| over the three components)                     (1,)   ln cm/s^2
+    coarse  ln(band RMS of |STFT(x / peak)| + eps): Hann n_fft, hop;     (frames, 3 * bands)
+            bins pooled onto log-spaced bands (empty bands merged)
+    fine    ln of the full-record Fourier amplitude of x / peak, smoothed   (3 * n_fine,)
+            (Gaussian in ln f) on log-spaced frequencies: the site resonance at 1/20 Hz
+            resolution that the coarse bands cannot hold
+Each part is standardised with the pre-training set's mean and std per feature.
+
+Model (`VelocityNet`): rectified flow x_t = (1 - t) x0 + t x1 (x0 ~ N(0, I), x1 = data),
+velocity target x1 - x0. The coarse frames are embedded (Linear + positional embedding) with
+the embedded static part (level, fine) and the condition added to every frame; e_layers
+TimesBlocks (models/timesnet.py) + a shared LayerNorm + FiLM from the condition run along the
+frames; a linear head gives the coarse velocity, an MLP on the frame-mean the static velocity.
+Condition = MLP(sinusoidal flow time, station embedding, standardised M, ln R). Station 0 is
+"any station" (pre-training on the non-target stations); target stations 1..S start from it
+at fine-tuning.
+
+Synthesis (`decode`): band magnitudes -> STFT bins -> fast Griffin-Lim from seeded random phase
+(models/cvae.py) -> one zero-phase equalisation that sets the record's smoothed Fourier
+amplitude to `fine` -> peak set to exp(level).
+
+Everything here is a pure function or an nn.Module; files are written by `train_sampler` and the
+`timesnet-gen sample` CLI (sample.py) through timesnet_gen.atomic.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timesnet_gen.errors import UserError
+from timesnet_gen.evaluation.smoothing import get_operator
+from timesnet_gen.models.cvae import griffin_lim, stft
+from timesnet_gen.models.timesnet import TimesBlock, TimesNetConfig
+from timesnet_gen.records import N_SAMPLES, SAMPLING_RATE
+
+KIND = "timesnet-flow"
+FORMAT = 1
+SCENARIO_COLUMNS = ("magnitude", "distance_km")
+
+
+class FlowSamplerError(UserError):
+    """Bad input to the flow sampler (scenario, station, data, state)."""
+
+
+@dataclass
+class FlowSamplerParams:
+    """Every choice of the flow sampler. Defaults: the CPU profile (2 cores, minutes).
+
+    Paper-scale (GPU) profile: d_model 128, d_ff 256, num_kernels 6, e_layers 3,
+    pretrain_epochs 400, finetune_epochs 200, batch_size 64, n_steps 32, griffin_lim_iters 64.
+    """
+
+    # representation
+    n_fft: int = 128  # STFT window, samples (1.28 s)
+    hop: int = 64  # frame step, samples (0.64 s): 94 frames of a 60 s record
+    n_bands: int = 20  # log-spaced coarse bands before merging empty ones
+    band_fmin: float = 0.5  # Hz
+    band_fmax: float = 45.0  # Hz
+    n_fine: int = 80  # log-spaced frequencies of the fine spectrum
+    fine_fmin: float = 0.5  # Hz
+    fine_fmax: float = 30.0  # Hz
+    fine_bandwidth: float = 150.0  # b of exp(-b ln(f/fc)^2): sigma 0.058 in ln f
+    log_eps: float = 1e-4  # of the unit-peak STFT magnitude
+    align_s: float = 15.0  # s: the onset of every spectrogram is moved here (circular shift)
+    align_fraction: float = 0.05  # onset = time of this fraction of the Arias intensity
+    # network
+    d_model: int = 32
+    d_ff: int = 32
+    num_kernels: int = 2  # Inception kernels 1, 3
+    e_layers: int = 2
+    top_k: int = 2
+    d_cond: int = 64
+    period_selection: str = "batch"  # batch | sample (see models/timesnet.fft_periods)
+    patch: int = 2  # frames per token of the backbone (94 frames -> 47 tokens)
+    time_mixing: bool = True  # a linear token mix after each TimesBlock (global context)
+    # training (both phases: AdamW, cosine per step, grad-norm clip)
+    pretrain_epochs: int = 100
+    finetune_epochs: int = 100
+    batch_size: int = 32
+    lr: float = 1e-3
+    finetune_lr: float = 5e-4
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    mean_model: bool = True  # site + scenario linear mean under the flow (fit_stats)
+    ema: float = 0.995  # weight EMA used for sampling (0 = none)
+    time_sampling: str = "logit-normal"  # uniform | logit-normal (flow time t of training)
+    seed: int = 0
+    num_threads: int = 1  # 0 = torch default; 1 is 10x faster than 2 on shared cores (measured)
+    # sampling
+    n_steps: int = 12  # ODE steps (Heun: 23 network evaluations)
+    solver: str = "heun"  # euler | heun
+    griffin_lim_iters: int = 8
+    griffin_lim_momentum: float = 0.99
+    batch_generate: int = 16  # records per chunk (each chunk seeded by (seed, chunk start))
+    workers: int = 2  # threads generating chunks in parallel (1 torch thread each)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> FlowSamplerParams:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise FlowSamplerError(f"unknown flow-sampler parameter(s) {unknown}")
+        return cls(**raw)
+
+
+# --------------------------------------------------------------------------------------------
+# representation
+
+
+def band_of_bin(p: FlowSamplerParams, fs: float = SAMPLING_RATE) -> np.ndarray:
+    """Coarse band (0..B-1) of every STFT bin 1..n_fft/2 (DC dropped); empty bands merged."""
+    freqs = np.arange(1, p.n_fft // 2 + 1) * fs / p.n_fft
+    edges = np.geomspace(p.band_fmin, p.band_fmax, p.n_bands + 1)
+    raw = np.clip(np.searchsorted(edges, freqs, side="right") - 1, 0, p.n_bands - 1)
+    return np.unique(raw, return_inverse=True)[1]
+
+
+def pooling_matrix(bands: np.ndarray) -> torch.Tensor:
+    """(B, bins) row-normalised membership: band mean of per-bin power."""
+    m = torch.zeros(int(bands.max()) + 1, len(bands), dtype=torch.float32)
+    m[torch.as_tensor(bands), torch.arange(len(bands))] = 1.0
+    return m / m.sum(dim=1, keepdim=True)
+
+
+def fine_centers(p: FlowSamplerParams) -> np.ndarray:
+    return np.geomspace(p.fine_fmin, p.fine_fmax, p.n_fine)
+
+
+def fine_operator(p: FlowSamplerParams, n_samples: int, fs: float = SAMPLING_RATE):
+    """Smoothing operator: rFFT grid of the record -> fine centres (Gaussian in ln f)."""
+    freqs = np.fft.rfftfreq(n_samples, 1.0 / fs)
+    return get_operator(freqs, fine_centers(p), "paper", p.fine_bandwidth, True)
+
+
+def fine_spectrum(x: np.ndarray, p: FlowSamplerParams, fs: float = SAMPLING_RATE) -> np.ndarray:
+    """ln smoothed Fourier amplitude (ln cm/s) of records (n, 3, T) -> (n, 3, n_fine)."""
+    amp = np.abs(np.fft.rfft(np.asarray(x, dtype=np.float64), axis=-1)) / fs
+    return np.log(fine_operator(p, x.shape[-1], fs).apply(amp) + 1e-12)
+
+
+def onset_time(x: np.ndarray, fraction: float, fs: float = SAMPLING_RATE) -> np.ndarray:
+    """Time (s) at which the 3-component Arias intensity of records (n, 3, T) first reaches
+    `fraction` of its total -> (n,)."""
+    energy = np.cumsum((np.asarray(x, dtype=np.float64) ** 2).sum(axis=1), axis=-1)
+    return np.argmax(energy >= fraction * energy[:, -1:], axis=-1) / fs
+
+
+def roll(x: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Circular shift of every record (n, 3, T) by shift[i] samples (positive = later)."""
+    t = np.arange(x.shape[-1])
+    return np.take_along_axis(x, ((t[None] - shift[:, None]) % x.shape[-1])[:, None], axis=-1)
+
+
+def align_shift(onset_s: np.ndarray, p: FlowSamplerParams, fs: float = SAMPLING_RATE):
+    """Samples that move each record's onset to p.align_s."""
+    return np.rint((p.align_s - np.asarray(onset_s, dtype=np.float64)) * fs).astype(np.int64)
+
+
+def encode(waveforms: np.ndarray, p: FlowSamplerParams) -> dict[str, np.ndarray]:
+    """Records (n, 3, T) cm/s^2 -> {"level" (n, 1), "onset" (n, 1), "coarse" (n, frames, 3 B),
+    "fine" (n, 3 F)}. The spectrogram is of the record circularly shifted so that its 5 %
+    Arias time sits at p.align_s (the onset, in s, is kept as a feature)."""
+    x = np.asarray(waveforms, dtype=np.float32)
+    if x.ndim != 3 or x.shape[1] != 3:
+        raise FlowSamplerError(f"records must have shape (n, 3, T), got {x.shape}")
+    if not np.isfinite(x).all():
+        raise FlowSamplerError("records contain NaN or inf samples")
+    peak = np.abs(x).max(axis=(1, 2))
+    if (peak <= 0).any():
+        raise FlowSamplerError(f"record {int(np.argmax(peak <= 0))} is all zeros")
+    xn = x / peak[:, None, None]
+    onset = onset_time(xn, p.align_fraction)
+    aligned = roll(xn, align_shift(onset, p)).astype(np.float32)
+    power = stft(torch.from_numpy(aligned), p.n_fft, p.hop).abs()[..., 1:, :] ** 2  # (n,3,k,t)
+    band = torch.einsum("kb,ncbt->nckt", pooling_matrix(band_of_bin(p)), power)
+    coarse = torch.log(band.sqrt() + p.log_eps)  # (n, 3, B, frames)
+    n, c, b, t = coarse.shape
+    return {
+        "level": np.log(peak)[:, None].astype(np.float32),
+        "onset": onset[:, None].astype(np.float32),
+        "coarse": coarse.permute(0, 3, 1, 2).reshape(n, t, c * b).numpy(),
+        "fine": fine_spectrum(xn, p).reshape(n, -1).astype(np.float32),
+    }
+
+
+def equalise(x: torch.Tensor, target: torch.Tensor, p: FlowSamplerParams,
+             fs: float = SAMPLING_RATE) -> torch.Tensor:
+    """Zero-phase filter records (n, 3, T) so their smoothed ln FAS becomes target (n, 3, F).
+
+    The ln ratio on the fine centres is interpolated linearly in ln f onto the rFFT grid (held
+    flat outside fine_fmin..fine_fmax); DC is left at zero.
+    """
+    spec = np.fft.rfft(x.double().numpy(), axis=-1)
+    current = np.log(fine_operator(p, x.shape[-1], fs).apply(np.abs(spec) / fs) + 1e-12)
+    delta = target.double().numpy() - current  # (n, 3, F)
+    freqs = np.fft.rfftfreq(x.shape[-1], 1.0 / fs)
+    logf = np.log(np.maximum(freqs, freqs[1]))
+    ln_c = np.log(fine_centers(p))
+    hi = np.clip(np.searchsorted(ln_c, logf), 1, len(ln_c) - 1)
+    w = np.clip((logf - ln_c[hi - 1]) / (ln_c[hi] - ln_c[hi - 1]), 0.0, 1.0)
+    gain = np.exp(delta[..., hi - 1] * (1 - w) + delta[..., hi] * w)
+    gain[..., 0] = 0.0
+    return torch.from_numpy(np.fft.irfft(spec * gain, n=x.shape[-1], axis=-1)).float()
+
+
+def decode(level: torch.Tensor, onset: torch.Tensor, coarse: torch.Tensor, fine: torch.Tensor,
+           p: FlowSamplerParams, generator: torch.Generator, n_samples: int = N_SAMPLES
+           ) -> np.ndarray:
+    """Physical features (as `encode` returns, as tensors) -> records (n, 3, T) float32 cm/s^2."""
+    n, t, cb = coarse.shape
+    bands = torch.as_tensor(band_of_bin(p))
+    logmag = coarse.reshape(n, t, 3, cb // 3).permute(0, 2, 3, 1)  # (n, 3, B, frames)
+    mag = (torch.exp(logmag[:, :, bands]) - p.log_eps).clamp_min(0.0)  # (n, 3, bins, frames)
+    mag = F.pad(mag, (0, 0, 1, 0))  # DC bin back, zero
+    x = griffin_lim(mag, p.n_fft, p.hop, n_samples, p.griffin_lim_iters,
+                    p.griffin_lim_momentum, generator)
+    x = equalise(x, fine.reshape(n, 3, -1), p)
+    onset_s = onset[:, 0].double().numpy().clip(0.0, n_samples / SAMPLING_RATE)
+    x = torch.from_numpy(roll(x.numpy(), -align_shift(onset_s, p)))
+    peak = x.abs().amax(dim=(1, 2)).clamp_min(1e-20)
+    return (x * (torch.exp(level[:, 0]) / peak)[:, None, None]).numpy().astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# the velocity network
+
+
+def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of the flow time t in [0, 1]: (B,) -> (B, dim)."""
+    half = dim // 2
+    freq = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    angle = 1000.0 * t[:, None] * freq[None]  # t scaled to 0..1000 steps, as in DDPM
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1)
+
+
+class VelocityNet(nn.Module):
+    """v(x_t, t | station, M, ln R): coarse (B, frames, C), static (B, S) -> same shapes.
+
+    v = backbone(x_t, c) + a(c) * x_t, with c the condition (flow time, station, M, ln R)."""
+
+    def __init__(self, p: FlowSamplerParams, n_frames: int, n_coarse: int, n_static: int,
+                 n_stations: int) -> None:
+        super().__init__()
+        self.d_cond, self.patch, self.n_frames = p.d_cond, p.patch, n_frames
+        n_tokens = -(-n_frames // p.patch)
+        cfg = TimesNetConfig(d_model=p.d_model, d_ff=p.d_ff, num_kernels=p.num_kernels,
+                             e_layers=p.e_layers, top_k=p.top_k, dropout=0.0, seq_len=n_tokens,
+                             conditioning="none", period_selection=p.period_selection,
+                             n_stations=0, c_in=n_coarse)
+        self.station = nn.Embedding(n_stations + 1, p.d_cond)  # 0 = any station
+        self.cond = nn.Sequential(nn.Linear(2 * p.d_cond + 2, p.d_cond), nn.GELU(),
+                                  nn.Linear(p.d_cond, p.d_cond))
+        self.embed = nn.Linear(n_coarse * p.patch, p.d_model)
+        self.embed_static = nn.Linear(n_static, p.d_model)
+        self.embed_cond = nn.Linear(p.d_cond, p.d_model)
+        self.pos = nn.Parameter(torch.randn(1, n_tokens, p.d_model) * 0.02)
+        self.blocks = nn.ModuleList(TimesBlock(cfg) for _ in range(p.e_layers))
+        self.films = nn.ModuleList(nn.Linear(p.d_cond, 2 * p.d_model) for _ in range(p.e_layers))
+        # A TimesBlock sees a few neighbouring tokens and periods; a linear mix along the whole
+        # token axis after each block tells every token where the strong motion is.
+        self.mixes = nn.ModuleList(nn.Linear(n_tokens, n_tokens) if p.time_mixing else
+                                   nn.Identity() for _ in range(p.e_layers))
+        for mix in self.mixes:
+            if isinstance(mix, nn.Linear):
+                nn.init.zeros_(mix.weight)
+                nn.init.zeros_(mix.bias)
+        for film in self.films:  # identity at init
+            nn.init.zeros_(film.weight)
+            nn.init.zeros_(film.bias)
+        self.norm = nn.LayerNorm(p.d_model)
+        self.head = nn.Linear(p.d_model, n_coarse * p.patch)
+        self.head_static = nn.Sequential(nn.Linear(2 * p.d_model + p.d_cond, 2 * p.d_model),
+                                         nn.GELU(), nn.Linear(2 * p.d_model, n_static))
+        # Per-feature linear skips a(c) * x_t: the Gaussian part of the optimal velocity is
+        # linear in x_t and full rank, which a d_model-wide backbone alone cannot give.
+        self.skip = nn.Linear(p.d_cond, n_coarse + n_static)
+
+    def forward(self, coarse: torch.Tensor, static: torch.Tensor, t: torch.Tensor,
+                station: torch.Tensor, scenario: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # coarse (B, T, C), static (B, S), t (B,), station (B,) 0..S, scenario (B, 2) standardised
+        c = self.cond(torch.cat([time_embedding(t, self.d_cond), self.station(station),
+                                 scenario], dim=1))  # (B, d_cond)
+        B, T, C = coarse.shape
+        pad = -T % self.patch  # frames grouped `patch` at a time into tokens (B, T/patch, D)
+        tokens = F.pad(coarse, (0, 0, 0, pad)).reshape(B, (T + pad) // self.patch, -1)
+        s = self.embed_static(static)  # (B, D)
+        h = self.embed(tokens) + self.pos + (s + self.embed_cond(c))[:, None]
+        for block, film, mix in zip(self.blocks, self.films, self.mixes):
+            gamma, beta = film(c)[:, None].chunk(2, dim=-1)
+            h = self.norm(block(h)) * (1 + gamma) + beta
+            if isinstance(mix, nn.Linear):
+                h = h + mix(h.transpose(1, 2)).transpose(1, 2)  # (B, T', D) mixed along T'
+        pooled = torch.cat([h.mean(dim=1), s, c], dim=1)
+        v = self.head(h).reshape(B, T + pad, C)[:, :T]
+        a_coarse, a_static = self.skip(c).split([C, static.shape[1]], dim=1)
+        return v + a_coarse[:, None] * coarse, self.head_static(pooled) + a_static * static
+
+
+# --------------------------------------------------------------------------------------------
+# data: standardised tensors
+
+
+@dataclass
+class Batchable:
+    """Standardised training tensors of one phase."""
+
+    coarse: torch.Tensor  # (n, T, C)
+    static: torch.Tensor  # (n, S) = [level, fine]
+    station: torch.Tensor  # (n,) long, 0 = any
+    scenario: torch.Tensor  # (n, 2) standardised [M, ln R]
+
+
+def scenario_features(scenario: np.ndarray) -> np.ndarray:
+    """(n, 2) [M, distance km] -> (n, 2) [M, ln R]."""
+    return np.stack([scenario[:, 0], np.log(scenario[:, 1])], axis=1)
+
+
+def standardise_scenario(scenario: np.ndarray, stats: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(n, 2) [M, distance km] -> (n, 2) standardised [M, ln R]."""
+    cond = torch.as_tensor(scenario_features(scenario), dtype=torch.float32)
+    return (cond - stats["cond_mean"]) / stats["cond_std"]
+
+
+N_SCALARS = 2  # the static part: [level, onset, fine ...]
+
+
+def static_of(feats: dict[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([feats["level"], feats["onset"], feats["fine"]], axis=1)
+
+
+def fit_stats(feats: dict[str, np.ndarray], codes: np.ndarray, scenario: np.ndarray,
+              targets: list[str], mean_model: bool) -> dict[str, torch.Tensor]:
+    """Feature statistics of the training records of both phases (holdout excluded).
+
+    The mean model: per feature (the static part, and every frame and channel of the aligned
+    coarse spectrogram), a least-squares fit  y = a_station + b_M * M' + b_R * lnR'  (M', lnR' standardised) over
+    every training station, the GMPE-style site and scenario term; the flow learns the
+    residuals (standardised by their std). Kept: the targets' intercepts and the slopes.
+    `mean_model=False`: one global mean, no slopes (the ablation).
+    """
+    cond = scenario_features(scenario)
+    cond_mean, cond_std = cond.mean(axis=0), cond.std(axis=0).clip(1e-3)
+    z = (cond - cond_mean) / cond_std
+    stations = sorted(set(codes))
+    onehot = (codes[:, None] == np.array(stations)[None]).astype(np.float64)
+    design = np.concatenate([onehot, z], axis=1) if mean_model else np.ones((len(codes), 1))
+    out = {"cond_mean": cond_mean, "cond_std": cond_std}
+    n = len(codes)
+    for name, y in (("coarse", feats["coarse"].reshape(n, -1)), ("static", static_of(feats))):
+        coef = np.linalg.lstsq(design, y.astype(np.float64), rcond=None)[0]
+        if mean_model:
+            icpt = coef[[stations.index(s) for s in targets]]
+            slope = coef[-2:]
+        else:
+            icpt, slope = np.repeat(coef, len(targets), axis=0), np.zeros((2, y.shape[1]))
+        out[f"{name}_icpt"], out[f"{name}_slope"] = icpt, slope
+        out[f"{name}_std"] = (y - design @ coef).std(axis=0).clip(1e-3)
+        out[f"{name}_fit"] = design @ coef  # per record, dropped below
+    fits = {k: out.pop(f"{k}_fit") for k in ("coarse", "static")}
+    stats = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in out.items()}
+    return stats | {f"_{k}_fit": torch.as_tensor(v, dtype=torch.float32)
+                    for k, v in fits.items()}
+
+
+def mean_prediction(stats: dict[str, torch.Tensor], station: torch.Tensor,
+                    scenario: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean model at target stations (1..S) and standardised scenarios: (coarse (n, C),
+    static (n, S))."""
+    return tuple(stats[f"{k}_icpt"][station - 1] + scenario @ stats[f"{k}_slope"]
+                 for k in ("coarse", "static"))
+
+
+def to_batchable(feats: dict[str, np.ndarray], station: np.ndarray, scenario: np.ndarray,
+                 stats: dict[str, torch.Tensor], fit_coarse: torch.Tensor,
+                 fit_static: torch.Tensor) -> Batchable:
+    """Standardised residuals of the features from the mean model's fit (n, C), (n, S)."""
+    n, t, c = feats["coarse"].shape
+    coarse = (torch.as_tensor(feats["coarse"]).reshape(n, -1) - fit_coarse) / stats["coarse_std"]
+    static = torch.as_tensor(static_of(feats)) - fit_static
+    return Batchable(
+        coarse=coarse.reshape(n, t, c), static=static / stats["static_std"],
+        station=torch.tensor(np.asarray(station), dtype=torch.long),
+        scenario=standardise_scenario(scenario, stats),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+def flow_times(n: int, how: str, generator: torch.Generator) -> torch.Tensor:
+    """Training flow times (n,): uniform, or logit-normal (SD3; more weight on mid t)."""
+    if how == "uniform":
+        return torch.rand(n, generator=generator)
+    return torch.sigmoid(torch.randn(n, generator=generator))
+
+
+def flow_loss(net: VelocityNet, b: Batchable, idx: torch.Tensor, generator: torch.Generator,
+              time_sampling: str = "uniform") -> torch.Tensor:
+    """Rectified-flow loss of records idx: MSE of coarse, fine and level velocities, each part
+    averaged over its own elements (so the 1-D level weighs as much as the spectrogram)."""
+    x1c, x1s = b.coarse[idx], b.static[idx]
+    x0c = torch.randn(x1c.shape, generator=generator)
+    x0s = torch.randn(x1s.shape, generator=generator)
+    t = flow_times(len(idx), time_sampling, generator)
+    xc = (1 - t[:, None, None]) * x0c + t[:, None, None] * x1c
+    xs = (1 - t[:, None]) * x0s + t[:, None] * x1s
+    vc, vs = net(xc, xs, t, b.station[idx], b.scenario[idx])
+    err_s = (vs - (x1s - x0s)) ** 2
+    scalars = err_s[:, :N_SCALARS].mean(dim=0).sum()  # level, onset
+    return ((vc - (x1c - x0c)) ** 2).mean() + err_s[:, N_SCALARS:].mean() + scalars
+
+
+@torch.no_grad()
+def eval_loss(net: VelocityNet, b: Batchable, seed: int, batch_size: int) -> float:
+    """Flow loss over all records with fixed noise (comparable across epochs)."""
+    net.eval()
+    g = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for start in range(0, len(b.station), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(b.station)))
+        total += float(flow_loss(net, b, idx, g, "uniform")) * len(idx)
+    net.train()
+    return total / len(b.station)
+
+
+def fit(net: VelocityNet, train: Batchable, val: Batchable | None, epochs: int, lr: float,
+        p: FlowSamplerParams, phase: str, log: Callable[[str], None] = print) -> list[dict]:
+    """One training phase (seeded); returns rows phase, epoch, train_loss, val_loss, seconds.
+
+    With p.ema > 0 the weights left in `net` are the exponential moving average of the
+    iterates (validation uses them too)."""
+    ema = {k: v.detach().clone() for k, v in net.state_dict().items()} if p.ema > 0 else None
+    live = net.state_dict()
+    g = torch.Generator().manual_seed(p.seed + (0 if phase == "pretrain" else 1))
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=p.weight_decay)
+    steps = epochs * math.ceil(len(train.station) / p.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    rows = []
+    net.train()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        order = torch.randperm(len(train.station), generator=g)
+        total = 0.0
+        for start in range(0, len(order), p.batch_size):
+            idx = order[start:start + p.batch_size]
+            loss = flow_loss(net, train, idx, g, p.time_sampling)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), p.grad_clip)
+            opt.step()
+            sched.step()
+            if ema is not None:
+                with torch.no_grad():
+                    for k, v in live.items():
+                        ema[k].lerp_(v, 1.0 - p.ema)
+            total += float(loss.detach()) * len(idx)
+        train_loss = total / len(order)
+        if not math.isfinite(train_loss):
+            raise FlowSamplerError(f"{phase} diverged at epoch {epoch}; lower lr")
+        last = epoch == epochs or epoch % 10 == 0
+        val_loss = float("nan")
+        if val is not None and last:
+            backup = {k: v.clone() for k, v in live.items()}
+            if ema is not None:
+                net.load_state_dict(ema)
+            val_loss = eval_loss(net, val, p.seed, 128)
+            net.load_state_dict(backup)
+        rows.append({"phase": phase, "epoch": epoch, "train_loss": train_loss,
+                     "val_loss": val_loss, "seconds": time.perf_counter() - t0})
+        if last:
+            log(f"{phase} epoch {epoch}/{epochs}: train {train_loss:.4f} val {val_loss:.4f} "
+                f"({rows[-1]['seconds']:.2f} s/epoch)")
+    if ema is not None:
+        net.load_state_dict(ema)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# sampling
+
+
+def setup_torch(p: FlowSamplerParams) -> None:
+    """Threads, and denormals flushed to zero: tiny activations in the small convolutions
+    otherwise slow the CPU kernels 2-3x (measured)."""
+    if p.num_threads:
+        torch.set_num_threads(p.num_threads)
+    torch.set_flush_denormal(True)
+
+
+@torch.no_grad()
+def integrate(net: VelocityNet, station: torch.Tensor, scenario: torch.Tensor, n_frames: int,
+              n_coarse: int, n_static: int, p: FlowSamplerParams,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve dx/dt = v from t = 0 (seeded noise) to 1 with p.n_steps Euler or Heun steps."""
+    n = len(station)
+    xc = torch.randn((n, n_frames, n_coarse), generator=generator)
+    xs = torch.randn((n, n_static), generator=generator)
+    dt = 1.0 / p.n_steps
+    for k in range(p.n_steps):
+        t = torch.full((n,), k * dt)
+        vc, vs = net(xc, xs, t, station, scenario)
+        if p.solver == "heun" and k < p.n_steps - 1:
+            vc2, vs2 = net(xc + dt * vc, xs + dt * vs, t + dt, station, scenario)
+            vc, vs = 0.5 * (vc + vc2), 0.5 * (vs + vs2)
+        xc, xs = xc + dt * vc, xs + dt * vs
+    return xc, xs
+
+
+SOLVERS = ("euler", "heun")
+TIME_SAMPLING = ("uniform", "logit-normal")
+
+
+def check_scenario(magnitude: np.ndarray, distance_km: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Validated float64 (n,) arrays of equal length; NaN, inf, negative or zero is an error."""
+    m = np.atleast_1d(np.asarray(magnitude, dtype=np.float64))
+    r = np.atleast_1d(np.asarray(distance_km, dtype=np.float64))
+    if m.ndim != 1 or r.shape != m.shape:
+        raise FlowSamplerError(f"magnitude {m.shape} and distance_km {r.shape} need one value "
+                               "per record (equal 1-D shapes)")
+    if len(m) < 1:
+        raise FlowSamplerError("n must be >= 1 (no scenario given)")
+    for name, v in (("magnitude", m), ("distance_km", r)):
+        bad = ~np.isfinite(v) | (v <= 0)
+        if bad.any():
+            raise FlowSamplerError(f"{name} must be finite and > 0, got {v[bad][0]}")
+    return m, r
+
+
+class FlowSampler:
+    """The deep record-free sampler (see the module docstring); the sampler contract of sample.py."""
+
+    kind: ClassVar[str] = KIND
+
+    def __init__(self, params: FlowSamplerParams, net: VelocityNet, stats: dict[str, torch.Tensor],
+                 stations: list[str], scenarios: dict[str, np.ndarray], n_frames: int,
+                 n_samples: int = N_SAMPLES) -> None:
+        self.params, self.net, self.stats = params, net.eval(), stats
+        self.stations, self._scenarios = list(stations), scenarios
+        self.n_frames, self.n_samples = n_frames, n_samples
+
+    def station_index(self, station: str) -> int:
+        if station not in self.stations:
+            raise FlowSamplerError(f"unknown station {station!r} (known: "
+                                   f"{', '.join(self.stations)})")
+        return self.stations.index(station) + 1
+
+    def scenarios(self, station: str) -> np.ndarray:
+        """(n_train, 2) [magnitude, distance_km] of the station's training records."""
+        self.station_index(station)
+        return self._scenarios[station].copy()
+
+    def sample(self, station: str, magnitude: np.ndarray, distance_km: np.ndarray,
+               seed: int) -> np.ndarray:
+        """(n, 3, T) float32 cm/s^2 records at the station for the scenarios; seeded."""
+        s = self.station_index(station)
+        m, r = check_scenario(magnitude, distance_km)
+        p = self.params
+        setup_torch(p)
+        scenario = standardise_scenario(np.stack([m, r], axis=1), self.stats)
+        starts = range(0, len(m), p.batch_generate)
+        if p.workers > 1 and len(starts) > 1:  # torch and numpy FFTs release the GIL
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(p.workers) as pool:
+                out = list(pool.map(lambda k: self._chunk(s, scenario, k, int(seed)), starts))
+        else:
+            out = [self._chunk(s, scenario, k, int(seed)) for k in starts]
+        return np.concatenate(out)
+
+    def _chunk(self, s: int, scenario: torch.Tensor, start: int, seed: int) -> np.ndarray:
+        """Records start..start+batch_generate; their own generator (seed, start), so the result
+        does not depend on the number of workers."""
+        p = self.params
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
+        sc = scenario[start:start + p.batch_generate]
+        station_t = torch.full((len(sc),), s, dtype=torch.long)
+        n_coarse = self.stats["coarse_std"].numel() // self.n_frames
+        xc, xs = integrate(self.net, station_t, sc, self.n_frames, n_coarse,
+                           self.stats["static_std"].numel(), p, generator)
+        mean_c, mean_s = mean_prediction(self.stats, station_t, sc)
+        coarse = (xc.reshape(len(sc), -1) * self.stats["coarse_std"] + mean_c).reshape(xc.shape)
+        static = xs * self.stats["static_std"] + mean_s
+        return decode(static[:, :1], static[:, 1:2], coarse, static[:, 2:], p, generator,
+                      self.n_samples)
+
+    def state(self) -> dict:
+        return {
+            "params": asdict(self.params), "stations": list(self.stations),
+            "scenarios": {k: torch.as_tensor(v, dtype=torch.float64)
+                          for k, v in self._scenarios.items()},
+            "stats": dict(self.stats), "weights": self.net.state_dict(),
+            "n_frames": int(self.n_frames), "n_samples": int(self.n_samples),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> FlowSampler:
+        try:
+            params = FlowSamplerParams.from_dict(state["params"])
+            stats = {k: torch.as_tensor(v) for k, v in state["stats"].items()}
+            net = build_net(params, int(state["n_frames"]), stats, len(state["stations"]))
+            net.load_state_dict(state["weights"])
+            scenarios = {k: np.asarray(v, dtype=np.float64)
+                         for k, v in state["scenarios"].items()}
+            return cls(params, net, stats, list(state["stations"]), scenarios,
+                       int(state["n_frames"]), int(state["n_samples"]))
+        except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+            raise FlowSamplerError(f"not a valid {KIND} sampler state ({exc})") from None
+
+
+def build_net(p: FlowSamplerParams, n_frames: int, stats: dict[str, torch.Tensor],
+              n_stations: int) -> VelocityNet:
+    if p.solver not in SOLVERS:
+        raise FlowSamplerError(f"solver {p.solver!r} not one of {SOLVERS}")
+    if p.time_sampling not in TIME_SAMPLING:
+        raise FlowSamplerError(f"time_sampling {p.time_sampling!r} not one of {TIME_SAMPLING}")
+    return VelocityNet(p, n_frames, stats["coarse_std"].numel() // n_frames,
+                       stats["static_std"].numel(),
+                       n_stations)
+
+
+# --------------------------------------------------------------------------------------------
+# the training entry point the pipeline calls
+
+
+def scenario_table(prepared_dir: Path, raw_dir: Path, index: pd.DataFrame) -> np.ndarray:
+    """(n, 2) [magnitude, distance_km] of every index row: index.csv's columns, else joined on
+    record_id from the raw corpus's records.csv."""
+    if all(c in index.columns for c in SCENARIO_COLUMNS):
+        table = index
+    else:
+        path = Path(raw_dir) / "records.csv"
+        if not path.exists():
+            raise FlowSamplerError(f"{path}: needed for the scenario columns "
+                                   f"{SCENARIO_COLUMNS} (absent from {prepared_dir}/index.csv)")
+        raw = pd.read_csv(path, dtype={"record_id": str, "station": str})
+        missing = [c for c in SCENARIO_COLUMNS if c not in raw.columns]
+        if missing:
+            raise FlowSamplerError(f"{path}: no column(s) {missing}")
+        table = index[["record_id"]].merge(raw[["record_id", *SCENARIO_COLUMNS]],
+                                           on="record_id", how="left")
+    values = table[list(SCENARIO_COLUMNS)].to_numpy(np.float64)
+    bad = ~np.isfinite(values).all(axis=1) | (values <= 0).any(axis=1)
+    if bad.any():
+        raise FlowSamplerError(f"record {index['record_id'].iloc[int(np.argmax(bad))]}: missing "
+                               f"or invalid {'/'.join(SCENARIO_COLUMNS)}")
+    return values
+
+
+def val_fit(index: pd.DataFrame, rows: dict[str, np.ndarray], stats: dict[str, torch.Tensor],
+            fit_c: torch.Tensor, fit_s: torch.Tensor, scen: np.ndarray
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean-model fit of the validation records: their station's training intercept (the
+    training fit minus its scenario term, averaged) plus their own scenario term."""
+    z_train = standardise_scenario(scen[rows["pretrain"]], stats)
+    z_val = standardise_scenario(scen[rows["val"]], stats)
+    codes_train = index["station"].to_numpy()[rows["pretrain"]]
+    codes_val = index["station"].to_numpy()[rows["val"]]
+    out = []
+    for fit, name in ((fit_c, "coarse"), (fit_s, "static")):
+        icpt = fit - z_train @ stats[f"{name}_slope"]
+        by_station = {c: icpt[torch.from_numpy(codes_train == c)].mean(dim=0)
+                      for c in set(codes_train)}
+        mean_icpt = icpt.mean(dim=0)
+        base = torch.stack([by_station.get(c, mean_icpt) for c in codes_val])
+        out.append(base + z_val @ stats[f"{name}_slope"])
+    return out[0], out[1]
+
+
+def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: str | Path,
+                  raw_dir: str | Path = "data/raw", log: Callable[[str], None] = print
+                  ) -> FlowSampler:
+    """Pre-train on the non-target stations' train split (validation: their val split), then
+    fine-tune on the target stations' train split (holdout never read). Writes
+    out_dir/model.pt (the sampler checkpoint) and losses.tsv (phase, epoch, train_loss,
+    val_loss, seconds) atomically; returns the sampler."""
+    from timesnet_gen.atomic import check_out, staged_dir
+    from timesnet_gen.prepare import load_prepared, select
+
+    prepared_dir, raw_dir = Path(prepared_dir), Path(raw_dir)
+    check_out(out_dir, [prepared_dir, raw_dir])
+    setup_torch(params)
+    waveforms, index = load_prepared(prepared_dir)
+    scen = scenario_table(prepared_dir, raw_dir, index)
+    rows = {name: select(index, role, split) for name, role, split in (
+        ("pretrain", "pretrain", "train"), ("val", "pretrain", "val"),
+        ("finetune", "target", "train"))}
+    for name in ("pretrain", "finetune"):
+        if len(rows[name]) == 0:
+            raise FlowSamplerError(f"{prepared_dir}: no records for the {name} phase")
+    targets = index[index["role"] == "target"].sort_values("station_index")
+    stations = list(dict.fromkeys(targets["station"]))
+    t0 = time.perf_counter()
+    feats = {name: encode(waveforms[r], params) for name, r in rows.items()}
+    train = np.concatenate([rows["pretrain"], rows["finetune"]])
+    both = {k: np.concatenate([feats["pretrain"][k], feats["finetune"][k]]) for k in feats["val"]}
+    stats = fit_stats(both, index["station"].to_numpy()[train], scen[train], stations,
+                      params.mean_model)
+    fit_c, fit_s = stats.pop("_coarse_fit"), stats.pop("_static_fit")
+    n_pre = len(rows["pretrain"])
+    fits = {"pretrain": (fit_c[:n_pre], fit_s[:n_pre]), "finetune": (fit_c[n_pre:], fit_s[n_pre:])}
+    if len(rows["val"]):  # validation stations are the pretrain ones: their fitted intercepts
+        fits["val"] = val_fit(index, rows, stats, fit_c[:n_pre], fit_s[:n_pre], scen)
+    station_of = {name: np.zeros(len(r), dtype=np.int64) for name, r in rows.items()}
+    station_of["finetune"] = index["station"].iloc[rows["finetune"]].map(
+        {s: i + 1 for i, s in enumerate(stations)}).to_numpy()
+    data = {name: to_batchable(feats[name], station_of[name], scen[rows[name]], stats,
+                               *fits[name]) for name in fits}
+    log(f"features of {sum(len(r) for r in rows.values())} records "
+        f"({time.perf_counter() - t0:.1f} s)")
+
+    torch.manual_seed(params.seed)
+    n_frames = data["pretrain"].coarse.shape[1]
+    net = build_net(params, n_frames, stats, len(stations))
+    history = fit(net, data["pretrain"], data["val"] if len(rows["val"]) else None,
+                  params.pretrain_epochs, params.lr, params, "pretrain", log)
+    with torch.no_grad():  # every target station starts from "any station"
+        net.station.weight[1:] = net.station.weight[0]
+    history += fit(net, data["finetune"], None, params.finetune_epochs, params.finetune_lr,
+                   params, "finetune", log)
+    fine_rows = index.iloc[rows["finetune"]]
+    scenarios = {s: scen[rows["finetune"]][(fine_rows["station"] == s).to_numpy()]
+                 for s in stations}
+    sampler = FlowSampler(params, net, stats, stations, scenarios, n_frames, waveforms.shape[-1])
+    with staged_dir(out_dir, [prepared_dir, raw_dir]) as tmp:
+        torch.save({"kind": KIND, "format": FORMAT, "state": sampler.state()}, tmp / "model.pt")
+        pd.DataFrame(history).to_csv(tmp / "losses.tsv", sep="\t", index=False,
+                                     float_format="%.6g")
+    return sampler

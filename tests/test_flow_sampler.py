@@ -1,0 +1,241 @@
+"""The TimesNet flow sampler: representation, equalisation, training, sampling, state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from timesnet_gen.errors import UserError
+from timesnet_gen.models import flow_sampler as fs
+
+FS = 100.0
+T = 6000
+
+
+def tiny_params(**overrides) -> fs.FlowSamplerParams:
+    base = dict(d_model=8, d_ff=8, num_kernels=1, e_layers=1, d_cond=8, pretrain_epochs=1,
+                finetune_epochs=2, batch_size=8, n_steps=2, griffin_lim_iters=2, batch_generate=2,
+                num_threads=1, n_fine=40)
+    base.update(overrides)
+    return fs.FlowSamplerParams(**base)
+
+
+def synthetic_records(rng: np.random.Generator, f0: float, magnitude: np.ndarray,
+                      distance_km: np.ndarray) -> np.ndarray:
+    """Enveloped noise with a resonance at f0 (Hz), amplitude growing with M, falling with R."""
+    n = len(magnitude)
+    t = np.arange(T) / FS
+    freqs = np.fft.rfftfreq(T, 1 / FS)
+    resonance = 1.0 / np.sqrt((1 - (freqs / f0) ** 2) ** 2 + (0.2 * freqs / f0) ** 2)
+    out = np.empty((n, 3, T), np.float32)
+    for i in range(n):
+        onset = rng.uniform(5, 15)
+        env = np.clip(t - onset, 0, None) * np.exp(-np.clip(t - onset, 0, None) / 3.0)
+        noise = rng.standard_normal((3, T)) * env
+        spec = np.fft.rfft(noise, axis=1)
+        spec[:2] *= resonance  # horizontals resonate, the vertical does not
+        x = np.fft.irfft(spec, n=T, axis=1)
+        amp = 10 ** (0.5 * magnitude[i] - np.log10(distance_km[i]))
+        out[i] = x / np.abs(x).max() * amp
+    return out
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A tiny prepared folder: 2 target and 2 pretrain stations, 6 records each, with the
+    scenario columns in index.csv."""
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("flow")
+    rows, waves = [], []
+    stations = [("A", "target", 0, 2.0), ("B", "target", 1, 8.0), ("P1", "pretrain", -1, 4.0),
+                ("P2", "pretrain", -1, 5.0)]
+    for code, role, index, f0 in stations:
+        m, r = rng.uniform(4, 6, 6), rng.uniform(10, 100, 6)
+        waves.append(synthetic_records(rng, f0, m, r))
+        other = "holdout" if role == "target" else "val"
+        for k in range(6):
+            rows.append({"record_id": f"{code}_{k}", "station": code, "role": role,
+                         "split": other if k == 0 else "train", "station_index": index,
+                         "magnitude": m[k], "distance_km": r[k]})
+    prepared = root / "prepared"
+    prepared.mkdir()
+    np.save(prepared / "waveforms.npy", np.concatenate(waves))
+    pd.DataFrame(rows).to_csv(prepared / "index.csv", index=False)
+    return prepared
+
+
+@pytest.fixture(scope="module")
+def trained(prepared):
+    out = prepared.parent / "model"
+    sampler = fs.train_sampler(prepared, tiny_params(), out, raw_dir=prepared.parent / "none",
+                               log=lambda _: None)
+    return sampler, out
+
+
+# --------------------------------------------------------------------------------------------
+# representation
+
+
+def test_bands_cover_every_bin_once_and_increase():
+    p = fs.FlowSamplerParams()
+    bands = fs.band_of_bin(p)
+    assert len(bands) == p.n_fft // 2
+    assert bands[0] == 0 and np.all(np.diff(bands) >= 0)
+    assert set(bands) == set(range(bands.max() + 1))  # no empty band
+    pool = fs.pooling_matrix(bands)
+    assert torch.allclose(pool.sum(dim=1), torch.ones(len(pool)))
+
+
+def test_equalise_constant_gain_is_a_scale_factor():
+    """A target 0.5 above the record's own smoothed ln FAS multiplies every non-DC bin by
+    e^0.5: for a zero-mean record that is x * e^0.5 exactly."""
+    rng = np.random.default_rng(1)
+    p = fs.FlowSamplerParams()
+    x = rng.standard_normal((2, 3, T))
+    x -= x.mean(axis=-1, keepdims=True)
+    target = torch.from_numpy(fs.fine_spectrum(x, p) + 0.5)
+    y = fs.equalise(torch.from_numpy(x), target, p).numpy()
+    np.testing.assert_allclose(y, x * np.exp(0.5), rtol=1e-4, atol=1e-5)
+
+
+def test_encode_decode_keeps_peak_and_fine_spectrum():
+    rng = np.random.default_rng(2)
+    p = fs.FlowSamplerParams(griffin_lim_iters=4)
+    x = synthetic_records(rng, 3.0, np.array([5.0, 6.0]), np.array([20.0, 50.0]))
+    feats = fs.encode(x, p)
+    assert feats["level"].shape == (2, 1) and feats["onset"].shape == (2, 1)
+    assert feats["coarse"].shape == (2, 1 + T // p.hop, 3 * (fs.band_of_bin(p).max() + 1))
+    assert feats["fine"].shape == (2, 3 * p.n_fine)
+    np.testing.assert_allclose(feats["level"][:, 0], np.log(np.abs(x).max(axis=(1, 2))),
+                               rtol=1e-6)
+    y = fs.decode(*(torch.from_numpy(feats[k]) for k in ("level", "onset", "coarse", "fine")),
+                  p, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.dtype == np.float32
+    np.testing.assert_allclose(np.abs(y).max(axis=(1, 2)), np.abs(x).max(axis=(1, 2)),
+                               rtol=1e-5)
+    band = (fs.fine_centers(p) > 1) & (fs.fine_centers(p) < 20)
+    rebuilt = fs.encode(y, p)["fine"].reshape(2, 3, -1)[..., band]
+    wanted = feats["fine"].reshape(2, 3, -1)[..., band]
+    assert np.median(np.abs(rebuilt - wanted)) < 0.1  # ln units: within about 10 %
+    np.testing.assert_allclose(fs.encode(y, p)["onset"], feats["onset"], atol=1.0)  # s
+
+
+def test_onset_and_roll():
+    x = np.zeros((2, 3, 100))
+    x[0, 0, 30] = 1.0
+    x[1, 2, 70] = 2.0
+    np.testing.assert_allclose(fs.onset_time(x, 0.05, fs=10.0), [3.0, 7.0])
+    rolled = fs.roll(x, np.array([5, -10]))
+    assert rolled[0, 0, 35] == 1.0 and rolled[1, 2, 60] == 2.0
+    np.testing.assert_array_equal(fs.roll(rolled, np.array([-5, 10])), x)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.full((1, 3, T), np.nan, np.float32), "NaN"),
+    (np.zeros((1, 3, T), np.float32), "all zeros"),
+    (np.ones((1, 2, T), np.float32), "shape"),
+])
+def test_encode_refuses_bad_records(bad, match):
+    with pytest.raises(fs.FlowSamplerError, match=match):
+        fs.encode(bad, fs.FlowSamplerParams())
+
+
+@pytest.mark.parametrize("m, r, match", [
+    ([np.nan], [10.0], "magnitude must be finite"),
+    ([5.0], [-1.0], "distance_km must be finite and > 0"),
+    ([5.0, 6.0], [10.0], "equal"),
+    ([], [], "n must be >= 1"),
+])
+def test_check_scenario_refuses(m, r, match):
+    with pytest.raises(UserError, match=match):
+        fs.check_scenario(np.array(m), np.array(r))
+
+
+def test_unknown_params_key():
+    with pytest.raises(fs.FlowSamplerError, match="unknown flow-sampler parameter"):
+        fs.FlowSamplerParams.from_dict({"d_model": 8, "bogus": 1})
+
+
+# --------------------------------------------------------------------------------------------
+# training and sampling
+
+
+def test_training_writes_checkpoint_and_both_phases(trained):
+    sampler, out = trained
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert ckpt["kind"] == "timesnet-flow" and ckpt["format"] == 1
+    losses = pd.read_csv(out / "losses.tsv", sep="\t")
+    assert list(losses["phase"]) == ["pretrain", "finetune", "finetune"]
+    assert np.isfinite(losses["train_loss"]).all()
+    assert sampler.stations == ["A", "B"]
+
+
+def test_scenarios_are_the_training_rows_of_the_station(trained, prepared):
+    sampler, _ = trained
+    index = pd.read_csv(prepared / "index.csv")
+    rows = index[(index["station"] == "B") & (index["split"] == "train")]
+    np.testing.assert_allclose(sampler.scenarios("B"), rows[["magnitude", "distance_km"]])
+
+
+def test_sample_shape_determinism_and_conditioning(trained):
+    sampler, _ = trained
+    m, r = np.array([5.0, 5.5, 4.5]), np.array([20.0, 40.0, 80.0])
+    a = sampler.sample("A", m, r, seed=3)
+    assert a.shape == (3, 3, T) and a.dtype == np.float32 and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, sampler.sample("A", m, r, seed=3))
+    assert not np.allclose(a, sampler.sample("A", m, r, seed=4))
+    assert not np.allclose(a, sampler.sample("B", m, r, seed=3))  # station reaches the output
+    assert not np.allclose(a, sampler.sample("A", m + 1.0, r, seed=3))  # so does M
+
+
+def test_result_does_not_depend_on_the_number_of_workers(trained):
+    from dataclasses import replace
+
+    sampler, _ = trained
+    m, r = np.full(5, 5.0), np.full(5, 30.0)  # 3 chunks of 2
+    one = fs.FlowSampler.from_state(sampler.state())
+    one.params = replace(one.params, workers=1)
+    two = fs.FlowSampler.from_state(sampler.state())
+    two.params = replace(two.params, workers=2)
+    np.testing.assert_array_equal(one.sample("A", m, r, 9), two.sample("A", m, r, 9))
+
+
+def test_unknown_station_names_the_known_ones(trained):
+    sampler, _ = trained
+    with pytest.raises(fs.FlowSamplerError, match="unknown station 'Z'.*A, B"):
+        sampler.sample("Z", np.array([5.0]), np.array([10.0]), seed=0)
+
+
+def test_state_round_trips_through_torch_save(trained, tmp_path):
+    sampler, _ = trained
+    path = tmp_path / "state.pt"
+    torch.save({"kind": sampler.kind, "format": 1, "state": sampler.state()}, path)
+    again = fs.FlowSampler.from_state(torch.load(path, weights_only=True)["state"])
+    m, r = np.array([5.0]), np.array([30.0])
+    np.testing.assert_array_equal(sampler.sample("B", m, r, 7), again.sample("B", m, r, 7))
+    np.testing.assert_array_equal(sampler.scenarios("A"), again.scenarios("A"))
+
+
+def test_from_state_refuses_a_broken_state(trained):
+    sampler, _ = trained
+    state = sampler.state()
+    del state["weights"]
+    with pytest.raises(fs.FlowSamplerError, match="not a valid timesnet-flow sampler state"):
+        fs.FlowSampler.from_state(state)
+
+
+def test_scenarios_joined_from_raw_records(prepared, tmp_path):
+    index = pd.read_csv(prepared / "index.csv", dtype={"station": str})
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    index[["record_id", "magnitude", "distance_km"]].to_csv(raw / "records.csv", index=False)
+    bare = index.drop(columns=["magnitude", "distance_km"])
+    values = fs.scenario_table(prepared, raw, bare)
+    np.testing.assert_allclose(values, index[["magnitude", "distance_km"]])
+    with pytest.raises(fs.FlowSamplerError, match="records.csv: needed for the scenario"):
+        fs.scenario_table(prepared, tmp_path / "absent", bare)
+    index.loc[3, "magnitude"] = np.nan
+    with pytest.raises(fs.FlowSamplerError, match="record P1_0|invalid magnitude"):
+        fs.scenario_table(prepared, raw, index)
