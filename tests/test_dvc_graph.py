@@ -109,9 +109,12 @@ def test_every_registered_generator_feeds_evaluate_and_figures():
             assert covered((ROOT / g.outputs).resolve(), STAGES[stage]["deps"]), (stage, g.name)
         for path in g.losses.values():
             assert covered((ROOT / path).resolve(), STAGES["figures"]["deps"]), path
+        generated = f"{g.outputs}/generated"
         writers = [n for n, s in STAGES.items()
-                   if any(o == g.outputs or o.startswith(g.outputs + "/") for o in outs_of(s))]
-        assert len(writers) == 1, f"{g.outputs}: written by {writers}"
+                   if any(o in (g.outputs, generated) for o in outs_of(s))]
+        assert len(writers) == 1, f"{generated}: written by {writers}"
+        if g.record_free:  # the held-out scenarios of the scenario-fidelity score
+            assert any(f"{g.outputs}/scenario" in outs_of(s) for s in STAGES.values()), g.name
 
 
 @pytest.mark.slow

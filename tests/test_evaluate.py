@@ -161,3 +161,24 @@ def test_realism_and_perfect_generator_references(setup):
     assert {"source", "station", "metric", "value", "band_lo", "band_hi", "met"} <= set(table)
     psa = pd.read_csv(root / "evaluation" / "realism_psa.csv", dtype={"station": str})
     assert set(psa["period_s"]) >= {0.05, 1.0, 5.0}
+
+
+def test_scenario_fidelity_and_novelty_rates_in_closed_form(setup):
+    from timesnet_gen.config import EvaluateParams
+    from timesnet_gen.evaluate import novelty_rates, prepared_real, scenario_fidelity
+
+    root, _ = setup
+    real = prepared_real(root / "raw", root / "prepared", STATIONS)
+    held = real.subset((real.records["split"] == "holdout").to_numpy())
+    # "generated" at each held-out scenario: the held-out record itself, scaled by e^0.5
+    copies = held.subset(np.repeat(np.arange(len(held.records)), 2))
+    copies.records["source_record"] = copies.records["record_id"]
+    copies.waveforms = copies.waveforms * np.exp(0.5)
+    got = scenario_fidelity(real, copies, EvaluateParams(), 100.0)
+    assert got["n_scenarios"] == len(held.records)
+    for key in ("ln_pga_resid", "ln_psa_0.2s_resid", "ln_psa_1s_resid"):
+        assert got[key] == pytest.approx(0.5, abs=1e-3)  # ln amplitudes scale exactly
+    assert got["dlnpga_dm"] > 0 > got["dlnpga_dlnr"]  # larger M louder, farther quieter
+    table = pd.DataFrame({"station": "A", "model": ["real"] * 10 + ["gen"] * 4,
+                          "nn_distance": [*np.linspace(0.5, 1.0, 10), 0.1, 0.2, 0.9, 1.0]})
+    assert novelty_rates(table) == {"gen": {"below_real_p10_rate": 0.5, "n": 4}}

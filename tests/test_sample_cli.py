@@ -172,3 +172,36 @@ def test_flow_params_from_section_and_overrides(tmp_path):
     params.write_text("generators:\n  flow:\n    d_model: 16\n    solver: euler\n")
     p = sample_mod.flow_params(params, ["n_steps=4"])
     assert (p.d_model, p.solver, p.n_steps) == (16, "euler", 4)
+
+
+def test_sample_at_held_out_scenarios(checkpoint, tmp_path, capsys):
+    """--scenarios: -n records at each held-out row of a prepared index.csv, magnitude and
+    distance joined from the raw records.csv; each record names its scenario's record."""
+    from timesnet_gen.corpus.format import read_corpus
+
+    index = pd.DataFrame({"record_id": ["a", "b", "c"], "station": ["0205", "4628", "4628"],
+                          "role": "target", "split": ["holdout", "train", "holdout"]})
+    index.to_csv(tmp_path / "index.csv", index=False)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    pd.DataFrame({"record_id": ["a", "b", "c"], "magnitude": [5.0, 4.0, 5.5],
+                  "distance_km": [30.0, 20.0, 50.0]}).to_csv(raw / "records.csv", index=False)
+    out = tmp_path / "scenario"
+    rc, _, err = run(["sample", "--checkpoint", str(checkpoint), "--scenarios",
+                      str(tmp_path / "index.csv"), "--split", "holdout", "--raw", str(raw),
+                      "-n", "2", "--out", str(out)], capsys)
+    assert rc == 0, err
+    records = read_corpus(out).records
+    assert list(records["source_record"]) == ["a", "a", "c", "c"]
+    assert list(records["station"]) == ["0205", "0205", "4628", "4628"]
+    assert list(records["magnitude"]) == [5.0, 5.0, 5.5, 5.5]
+    assert list(records["distance_km"]) == [30.0, 30.0, 50.0, 50.0]
+    # bad input: both --station and --scenarios; a table without the scenario columns
+    rc, _, err = run(["sample", "--checkpoint", str(checkpoint), "--station", "4628",
+                      "--scenarios", str(tmp_path / "index.csv"), "--out", str(tmp_path / "x")],
+                     capsys)
+    assert rc == 1 and "not both" in err
+    rc, _, err = run(["sample", "--checkpoint", str(checkpoint), "--scenarios",
+                      str(tmp_path / "index.csv"), "--out", str(tmp_path / "x")], capsys)
+    assert rc == 1 and "no magnitude, distance_km columns" in err
+    assert not (tmp_path / "x").exists()

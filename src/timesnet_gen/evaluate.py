@@ -32,6 +32,7 @@ confusion_<model>.csv (nearest-station assignments, a DVC confusion plot).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -45,7 +46,7 @@ from timesnet_gen.stage import stage_parser
 from timesnet_gen.config import EvaluateParams, ParamsError, load_params
 from timesnet_gen.corpus.format import read_corpus
 from timesnet_gen.evaluation.evaluate import evaluate_sources, record_table
-from timesnet_gen.evaluation.intensity import smoothed_fas
+from timesnet_gen.evaluation.intensity import intensity_measures, smoothed_fas
 from timesnet_gen.evaluation.realism import (
     Features,
     concat_features,
@@ -96,11 +97,13 @@ def prepared_real(raw: Path, prepared: Path, stations: list[str]) -> Corpus:
     return corpus
 
 
-def registered_sources() -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
-    """(generated, recon) NAME=DIR pairs of every registered generator."""
+def registered_sources() -> tuple[list[tuple[str, Path]], ...]:
+    """(generated, recon, scenario) NAME=DIR pairs of every registered generator."""
     generated = [(g.name, Path(g.outputs) / "generated") for g in registry.GENERATORS]
     recon = [(g.name, Path(g.outputs) / "recon") for g in registry.GENERATORS if g.has_recon]
-    return generated, recon
+    scenario = [(g.name, Path(g.outputs) / "scenario") for g in registry.GENERATORS
+                if g.record_free]
+    return generated, recon, scenario
 
 
 def check_names(generated: list[tuple[str, Path]], recon: list[tuple[str, Path]]) -> None:
@@ -342,6 +345,78 @@ def realism(real: Corpus, generated: dict[str, Corpus], recon: dict[str, Corpus]
 FIGURE_FIELDS = ("pga", "d5_95", "n_bursts", "valid", "envelope")
 
 
+# scenario fidelity and novelty of the record-free samplers
+
+FIDELITY_PERIODS = (0.2, 1.0)  # s: PSA periods of the scenario-fidelity residuals
+
+
+def ln_amplitudes(corpus: Corpus, params: EvaluateParams, fs: float) -> np.ndarray:
+    """(n, 3) ln of PGA and PSA(0.2 s, 1 s), geometric mean of E and N (as records.csv)."""
+    ims = intensity_measures(corpus.waveforms, fs,
+                             dataclasses.replace(params, psa_periods=list(FIDELITY_PERIODS)))
+    pga_ = np.sqrt(ims["pga"][:, 0] * ims["pga"][:, 1])
+    psa_ = np.sqrt(ims["psa"][:, 0] * ims["psa"][:, 1])
+    return np.log(np.column_stack([pga_, psa_]))
+
+
+def scaling_slopes(corpus: Corpus, ln_pga: np.ndarray) -> tuple[float, float]:
+    """(d lnPGA/dM, d lnPGA/d lnR) of ln PGA = a_station + b M + c ln R (least squares)."""
+    table = corpus.records
+    stations = sorted(table["station"].unique())
+    design = np.column_stack([
+        *(table["station"].to_numpy() == s for s in stations),
+        pd.to_numeric(table["magnitude"]).to_numpy(),
+        np.log(pd.to_numeric(table["distance_km"]).to_numpy())]).astype(np.float64)
+    coef = np.linalg.lstsq(design, ln_pga, rcond=None)[0]
+    return float(coef[-2]), float(coef[-1])
+
+
+def scenario_fidelity(real: Corpus, generated: Corpus, params: EvaluateParams,
+                      fs: float) -> dict:
+    """Records generated at each held-out record's (station, M, R) (source_record names it):
+    mean over held-out records of the median ln residual of PGA and PSA(0.2 s, 1 s), and the
+    M and ln R slopes of ln PGA against those fitted on the real target records."""
+    if not {"source_record", "magnitude", "distance_km"} <= set(generated.records.columns):
+        raise CorpusError("scenario corpus needs source_record, magnitude and distance_km")
+    held = real.subset((real.records["split"] == "holdout").to_numpy())
+    ln_real = dict(zip(held.records["record_id"], ln_amplitudes(held, params, fs)))
+    ln_gen = ln_amplitudes(generated, params, fs)
+    source = generated.records["source_record"].astype(str).to_numpy()
+    per_record = [np.median(ln_gen[source == rid], axis=0) - ln_real[rid]
+                  for rid in ln_real if (source == rid).any()]
+    if not per_record:
+        raise CorpusError("scenario corpus has no records at the held-out records' scenarios")
+    resid = np.mean(per_record, axis=0)
+    real_slopes = scaling_slopes(real, ln_amplitudes(real, params, fs)[:, 0])
+    gen_slopes = scaling_slopes(generated, ln_gen[:, 0])
+    out = {"n_scenarios": len(per_record), "ln_pga_resid": resid[0]}
+    out.update({f"ln_psa_{t:g}s_resid": r for t, r in zip(FIDELITY_PERIODS, resid[1:])})
+    for name, real_value, gen_value in zip(("dlnpga_dm", "dlnpga_dlnr"), real_slopes,
+                                           gen_slopes):
+        out.update({f"{name}_real": real_value, f"{name}": gen_value,
+                    f"{name}_ratio": gen_value / real_value})
+    return {k: (v if isinstance(v, int) else round(float(v), 4)) for k, v in out.items()}
+
+
+def novelty_rates(table: pd.DataFrame) -> dict:
+    """Per model: share of generated records closer to their nearest training record than the
+    10th percentile of the real-vs-real nearest distances of the same station."""
+    out = {}
+    for model in table["model"].unique():
+        if model == "real":
+            continue
+        below, total = 0, 0
+        for station, rows in table.groupby("station"):
+            real = rows.loc[rows["model"] == "real", "nn_distance"].to_numpy()
+            mine = rows.loc[rows["model"] == model, "nn_distance"].to_numpy()
+            if len(real) and len(mine):
+                below += int((mine < np.percentile(real, 10)).sum())
+                total += len(mine)
+        if total:
+            out[model] = {"below_real_p10_rate": round(below / total, 4), "n": total}
+    return out
+
+
 # headline realism metrics in metrics.json (pooled over the target stations, with bands)
 REALISM_HEADLINE = ("psa_ln_resid", "psa_ln_std_ratio", "d5_95_median_ratio", "pga_median_ratio",
                     "multi_burst_rate", "classifier_auc", "gmm_pga_mean_diff",
@@ -377,9 +452,10 @@ def _round(value) -> float | None:
 
 def evaluate(real: Corpus, generated: dict[str, Corpus], recon: dict[str, Corpus],
              params: EvaluateParams, stations: list[str], fs: float = SAMPLING_RATE,
-             progress: bool = False) -> dict:
+             progress: bool = False, scenarios: dict[str, Corpus] | None = None) -> dict:
     """Every reference set's evaluation and the tables beside it -> {"metrics" (headline),
-    "full", "records", "curves", "fas", "matrices", "novelty", "confusions"}."""
+    "full", "records", "curves", "fas", "matrices", "novelty", "confusions", realism ...}.
+    scenarios: {name: records generated at the held-out records' scenarios}."""
     has_split = "split" in real.records.columns and (real.records["split"] == "holdout").any()
     references = {"all": (real, recon)}
     if has_split:
@@ -404,6 +480,11 @@ def evaluate(real: Corpus, generated: dict[str, Corpus], recon: dict[str, Corpus
         out["metrics"]["perfect_generator"] = perfect_generator_scores(
             real, params, stations, {ref: pair[0] for ref, pair in references.items()}, fs)
         out["novelty"] = novelty(real, generated, stations)
+        out["metrics"]["novelty"] = novelty_rates(out["novelty"])
+        if scenarios:
+            out["metrics"]["scenario_fidelity"] = {
+                name: scenario_fidelity(real, corpus, params, fs)
+                for name, corpus in scenarios.items()}
         flat, out["realism_table"], out["realism_psa"], out["realism_features"] = realism(
             real, generated, recon, params, stations, fs)
         out["metrics"]["realism"] = realism_headline(flat)
@@ -456,6 +537,9 @@ def build_parser(verb: str) -> argparse.ArgumentParser:
                         metavar="[NAME=]DIR", help="generated corpus (repeatable)")
     parser.add_argument("--recon", type=parse_source, action="append", default=[],
                         metavar="[NAME=]DIR", help="reconstructed corpus (repeatable)")
+    parser.add_argument("--scenario", type=parse_source, action="append", default=[],
+                        metavar="NAME=DIR", help="records generated at the held-out records' "
+                        "scenarios (sample --scenarios): scenario fidelity (repeatable)")
     parser.add_argument("--real-records", type=Path, help="CSV with a record_id column: "
                         "use only these real records (e.g. the held-out split)")
     parser.add_argument("--stations", nargs="+", help="stations to score (default: "
@@ -484,10 +568,13 @@ def load_evaluate_params(path: str) -> tuple[EvaluateParams, list[str] | None]:
 def main(argv: list[str], verb: str = "evaluate") -> int:
     args = build_parser(verb).parse_args(argv)
     params, targets = load_evaluate_params(args.params)
-    generated, recon = list(args.generated), list(args.recon)
+    generated, recon, scenario = list(args.generated), list(args.recon), list(args.scenario)
     if args.registered:
-        more_gen, more_recon = registered_sources()
+        more_gen, more_recon, more_scenario = registered_sources()
         generated, recon = more_gen + generated, more_recon + recon
+        scenario = more_scenario + scenario
+    if scenario and not args.prepared:
+        raise CorpusError("--scenario needs --prepared (the held-out records it is scored at)")
     check_names(generated, recon)
     stations = args.stations or (targets if args.prepared else None)
     # Read everything (and fail on a bad folder) before the long computation.
@@ -500,8 +587,10 @@ def main(argv: list[str], verb: str = "evaluate") -> int:
     stations = stations or sorted(real.records["station"].astype(str).unique())
     gen = {n: read_corpus(p, stations) for n, p in generated}
     rec = {n: read_corpus(p, stations) for n, p in recon}
-    result = evaluate(real, gen, rec, params, stations, args.fs, progress=not args.quiet)
-    inputs = [args.real, *(p for _, p in generated + recon)]
+    scen = {n: read_corpus(p, stations) for n, p in scenario}
+    result = evaluate(real, gen, rec, params, stations, args.fs, progress=not args.quiet,
+                      scenarios=scen)
+    inputs = [args.real, *(p for _, p in generated + recon + scenario)]
     write_outputs(result, args.out, args.metrics, args.plots, inputs)
     warnings = dict.fromkeys(w for ref in result["full"].values() for w in ref["warnings"])
     for warning in warnings:

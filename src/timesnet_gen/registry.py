@@ -37,6 +37,9 @@ class Generator:
     # "module:Class" of its params dataclass, read from params.yaml generators.<name>
     # (config.section); "" for the generators whose sections predate the registry
     params: str = ""
+    # a record-free sampler (`sample` checkpoint): also generates at the held-out records'
+    # scenarios into <outputs>/scenario, scored for scenario fidelity
+    record_free: bool = False
 
     @property
     def gen_label(self) -> str:
@@ -83,7 +86,7 @@ GENERATORS: tuple[Generator, ...] = (
         losses={"TimesNet flow sampler (pretrain, then fine-tune)": "models/flow/losses.tsv"},
         commands={"train-sampler": ("timesnet_gen.sample",
                                     "train the record-free TimesNet flow sampler")},
-        params="timesnet_gen.models.flow_sampler:FlowSamplerParams",
+        params="timesnet_gen.models.flow_sampler:FlowSamplerParams", record_free=True,
     ),
     Generator(
         name="stochastic", label="Stochastic", title="Stochastic reference (fitted, Boore 2003)",
@@ -91,7 +94,7 @@ GENERATORS: tuple[Generator, ...] = (
         checkpoint="models/stochastic/model.pt",
         commands={"fit-stochastic": ("timesnet_gen.models.stochastic",
                                      "fit the stochastic reference sampler (record-free)")},
-        params="timesnet_gen.models.stochastic:StochasticParams",
+        params="timesnet_gen.models.stochastic:StochasticParams", record_free=True,
     ),
 )
 

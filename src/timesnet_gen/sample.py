@@ -191,6 +191,54 @@ def sample_stations(sampler: Any, stations: list[str], n: int, seed: int,
     return waves, records, table
 
 
+def read_scenarios(csv: Path, split: str | None, raw: Path | None) -> pd.DataFrame:
+    """Rows (record_id, station, magnitude, distance_km) of a scenario table: e.g. the held-out
+    records of a prepared index.csv (--split holdout), magnitude and distance joined on
+    record_id from RAW/records.csv when the table lacks them."""
+    if not csv.is_file():
+        raise SampleError(f"{csv}: no such scenario table")
+    table = pd.read_csv(csv, dtype={"station": str, "record_id": str})
+    for column in ("record_id", "station"):
+        if column not in table.columns:
+            raise SampleError(f"{csv}: needs a {column!r} column")
+    if split is not None:
+        if "split" not in table.columns:
+            raise SampleError(f"{csv}: --split {split} but the table has no 'split' column")
+        table = table[(table["split"] == split) & (table.get("role", "target") == "target")]
+    missing = [c for c in SCENARIO_COLUMNS if c not in table.columns]
+    if missing:
+        if raw is None or not (raw / "records.csv").is_file():
+            raise SampleError(f"{csv}: no {', '.join(missing)} columns; give --raw with a "
+                              "records.csv that has them")
+        meta = pd.read_csv(raw / "records.csv", dtype={"record_id": str})
+        if any(c not in meta.columns for c in missing):
+            raise SampleError(f"{raw / 'records.csv'}: no {', '.join(missing)} columns")
+        table = table.merge(meta[["record_id", *missing]], on="record_id", how="left")
+    if table.empty:
+        raise SampleError(f"{csv}: no scenarios" + (f" in split {split!r}" if split else ""))
+    for column in SCENARIO_COLUMNS:
+        check_values(column, table[column].to_numpy())
+    return table.reset_index(drop=True)
+
+
+def sample_scenarios(sampler: Any, scenarios: pd.DataFrame, n: int, seed: int,
+                     checkpoint: str = "", warn: Callable[[str], None] = print
+                     ) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
+    """n records at each scenario row (row k seeded with seed + k), each tagged with the
+    scenario's record_id as source_record: for scenario fidelity on held-out records."""
+    parts = []
+    for k, row in enumerate(scenarios.itertuples(index=False)):
+        waves, records = sample_station(sampler, row.station, n, seed + k, row.magnitude,
+                                        row.distance_km, checkpoint, warn)
+        records["record_id"] = [f"{sampler.kind}-{row.record_id}-{i:03d}" for i in range(n)]
+        records["source_record"] = row.record_id
+        parts.append((waves, records))
+    stations = list(dict.fromkeys(scenarios["station"]))
+    table = pd.DataFrame({"station": stations, "role": "target", "f0_true_hz": np.nan})
+    return (np.concatenate([w for w, _ in parts]),
+            pd.concat([r for _, r in parts], ignore_index=True), table)
+
+
 def check_writable(out: Path, sources: list[Path]) -> Path:
     """Refuse an --out that is a file, replaces the checkpoint or sits in an unwritable folder
     (before any work)."""
@@ -269,15 +317,27 @@ def sample_main(args: argparse.Namespace) -> int:
         if value is not None:
             check_values(name, value)
     out = check_writable(args.out, [args.checkpoint])
+    if (args.station is None) == (args.scenarios is None):
+        raise SampleError("give --station (a code or 'all') or --scenarios CSV, not both")
+    scenarios = None if args.scenarios is None else read_scenarios(args.scenarios, args.split,
+                                                                    args.raw)
     sampler = load_sampler(args.checkpoint, args.kind)
-    stations = list(sampler.stations) if args.station == "all" else [args.station]
+    warnings: dict[str, None] = {}
 
     def warn(message: str) -> None:
-        print(message, file=sys.stderr)
+        if message not in warnings:
+            warnings[message] = None
+            print(message, file=sys.stderr)
 
-    waves, records, table = sample_stations(sampler, stations, args.n, args.seed,
-                                            args.magnitude, args.distance_km,
-                                            str(args.checkpoint), warn)
+    if scenarios is not None:
+        waves, records, table = sample_scenarios(sampler, scenarios, args.n, args.seed,
+                                                 str(args.checkpoint), warn)
+        stations = list(table["station"])
+    else:
+        stations = list(sampler.stations) if args.station == "all" else [args.station]
+        waves, records, table = sample_stations(sampler, stations, args.n, args.seed,
+                                                args.magnitude, args.distance_km,
+                                                str(args.checkpoint), warn)
     write_samples(out, waves, records, table, [args.checkpoint])
     print(f"sample: wrote {len(records)} {sampler.kind} records of {', '.join(stations)} -> {out}")
     return 0
@@ -300,11 +360,18 @@ def main(argv: list[str], verb: str = "sample") -> int:
                             help="sampler checkpoint (model.pt or its folder)")
         parser.add_argument("--kind", choices=sorted(SAMPLERS), default=None,
                             help="refuse a checkpoint of another kind")
-        parser.add_argument("--station", required=True, help="station code, or 'all'")
+        parser.add_argument("--station", help="station code, or 'all'")
+        parser.add_argument("--scenarios", type=Path, help="CSV of scenarios (record_id, "
+                            "station[, magnitude, distance_km]): -n records at each row")
+        parser.add_argument("--split", help="with --scenarios: only rows of this split "
+                            "(e.g. holdout of a prepared index.csv)")
+        parser.add_argument("--raw", type=Path, help="with --scenarios: corpus whose "
+                            "records.csv gives magnitude and distance_km by record_id")
         parser.add_argument("--magnitude", type=float, default=None, help="moment magnitude")
         parser.add_argument("--distance-km", dest="distance_km", type=float, default=None,
                             help="source distance, km")
-        parser.add_argument("-n", type=int, default=20, help="records per station (>= 1)")
+        parser.add_argument("-n", type=int, default=20,
+                            help="records per station, or per scenario row (>= 1)")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--out", required=True, type=Path, help="output corpus folder")
         return sample_main(parser.parse_args(argv))
@@ -317,4 +384,4 @@ def main(argv: list[str], verb: str = "sample") -> int:
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                             help="override one flow_sampler parameter")
         return train_main(parser.parse_args(argv))
-    raise ValueError(f"unknown verb {verb!r} for timesnet_gen.sample")
+    raise SampleError(f"unknown verb {verb!r} for timesnet_gen.sample")
