@@ -173,11 +173,14 @@ class GenerateParams:
     dirichlet_alpha: float = 1.0
     seed: int = 0
     batch_size: int = 16  # records per encode/decode batch
+    # record-free samplers: records at each held-out record's scenario (scenario fidelity)
+    n_per_scenario: int = 20
 
     def __post_init__(self) -> None:
         _require([(self.n_per_station >= 1, "generate.n_per_station must be >= 1"),
                   (self.dirichlet_alpha > 0, "generate.dirichlet_alpha must be > 0"),
-                  (self.batch_size >= 1, "generate.batch_size must be >= 1")])
+                  (self.batch_size >= 1, "generate.batch_size must be >= 1"),
+                  (self.n_per_scenario >= 1, "generate.n_per_scenario must be >= 1")])
 
 
 # --------------------------------------------------------------------------------------------
