@@ -149,12 +149,13 @@ def write_fake_inputs(root: Path, n: int = 4, seed: int = 0) -> Path:
     (root / "metrics.json").write_text(json.dumps(metrics))
 
     epochs = np.arange(1, 6)
-    for name, columns in (("pretrain", ["train_loss", "val_loss"]), ("finetune", ["train_loss"]),
-                          ("vae", ["train_loss", "recon_loss", "kl"])):
-        table = pd.DataFrame({"epoch": epochs,
-                              **{c: 10.0 / epochs + i for i, c in enumerate(columns)}})
-        (root / "models" / name).mkdir(parents=True)
-        table.to_csv(root / "models" / name / "losses.tsv", sep="\t", index=False)
+    columns = {"models/pretrain/losses.tsv": ["train_loss", "val_loss"],
+               "models/vae/losses.tsv": ["train_loss", "recon_loss", "kl"]}
+    for path in (p for g in registry.GENERATORS for p in g.losses.values()):
+        table = pd.DataFrame({"epoch": epochs, **{c: 10.0 / epochs + i for i, c in
+                                                  enumerate(columns.get(path, ["train_loss"]))}})
+        (root / path).parent.mkdir(parents=True)
+        table.to_csv(root / path, sep="\t", index=False)
 
     params = root / "params.yaml"
     params.write_text(f"data:\n  target_stations: {json.dumps(STATIONS)}\n")

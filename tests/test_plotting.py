@@ -87,7 +87,10 @@ def test_combined_station_draws_every_source_and_the_true_f0() -> None:
     assert bottom.get_yscale() == "log" and top.get_yscale() == "linear"
     hvsr_lines = [line for line in bottom.lines if len(line.get_xdata()) == 400]
     assert [line.get_label() for line in hvsr_lines] == list(plotting.SOURCES)
-    assert [line.get_linestyle() for line in hvsr_lines] == ["-", "-", ":", "-", ":"]
+    # reconstructions dotted, real and generated records solid
+    styles = [line.get_linestyle() for line in hvsr_lines]
+    assert styles == [":" if s.endswith("Recon") else "-" for s in plotting.SOURCES]
+    assert styles.count(":") == 2 and styles[:2] == ["-", "-"]  # TimesNet-Recon, VAE-Recon
     for ax in (top, bottom):
         dashed = [line for line in ax.lines if line.get_linestyle() == "--"]
         assert len(dashed) == 1 and dashed[0].get_xdata()[0] == 4.0
@@ -144,16 +147,17 @@ def test_waveform_comparison_records_and_spectra() -> None:
     median = {s: freqs / (1 + freqs**2) for s in plotting.SOURCES}
     fig = plotting.waveform_comparison("0205", records, {"Real": "Real: rec1"}, freqs, fas,
                                        freqs, median)
-    assert len(fig.axes) == 3 + 3 + 1
-    waves, spectra, medians = fig.axes[:3], fig.axes[3:6], fig.axes[6]
+    n = len(plotting.GENERATED)  # Real and one generated record per registered generator
+    assert n >= 3 and len(fig.axes) == n + 3 + 1
+    waves, spectra, medians = fig.axes[:n], fig.axes[n:n + 3], fig.axes[n + 3]
     assert waves[0].get_title() == "Real: rec1" and waves[1].get_title() == "TimesNet-Gen"
     assert all(len(ax.lines) == 3 for ax in waves)  # E, N, U
-    assert [len(ax.lines) for ax in spectra] == [3, 3, 3]
+    assert [len(ax.lines) for ax in spectra] == [n, n, n]
     assert all(ax.get_xscale() == "log" and ax.get_yscale() == "log" for ax in spectra)
     assert spectra[0].get_ylabel() == "FAS (cm/s)" and "component E" in spectra[0].get_title()
-    assert len(medians.lines) == 5
+    assert len(medians.lines) == len(plotting.SOURCES)  # reconstructions too
     fig = plotting.waveform_comparison("0205", records, {}, freqs, fas)
-    assert len(fig.axes) == 6  # no median panel without median spectra
+    assert len(fig.axes) == n + 3  # no median panel without median spectra
     with pytest.raises(ValueError, match="FAS of Real has shape \\(3, 99\\)"):
         plotting.waveform_comparison("0205", records, {}, freqs, {"Real": fas["Real"][:, 1:]})
 
@@ -168,17 +172,18 @@ def test_intensity_distributions_boxes_scales_and_units() -> None:
     panels = fig.axes[:4]
     for ax in panels:
         boxes = [p for p in ax.patches if isinstance(p, matplotlib.patches.PathPatch)]
-        assert len(boxes) == 2 * 3
+        assert len(boxes) == 2 * len(plotting.GENERATED)
         assert [t.get_text() for t in ax.get_xticklabels()] == ["0205", "4628"]
     assert [ax.get_yscale() for ax in panels] == ["log", "log", "linear", "log"]
     assert panels[0].get_ylabel() == "PGA (cm/s$^2$)"
     legend = [t.get_text() for t in fig.axes[4].get_legend().get_texts()]
-    assert legend == ["Real", "TimesNet-Gen", "VAE-Gen"]
+    assert legend == list(plotting.GENERATED)
+    assert legend[:3] == ["Real", "TimesNet-Gen", "VAE-Gen"]
     # a station without VAE records gets fewer boxes, not an error
     fig, ax = plt.subplots()
     drawn = plotting.plot_grouped_boxes(ax, table[table["source"] != "VAE-Gen"], measures[0],
                                         ["0205"])
-    assert drawn == 2
+    assert drawn == len(plotting.GENERATED) - 1
     with pytest.raises(KeyError, match="psa_1.0s"):
         plotting.intensity_distributions(table, ["0205"], [Measure("psa_1.0s", "PSA")])
 

@@ -534,8 +534,9 @@ def novelty_figure(table: pd.DataFrame, stations: list[str], ncols: int = 5,
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 4.0 * nrows), sharey=True,
                              squeeze=False)
     rng = np.random.default_rng(0)  # jitter of the points only
+    groups = {m: g for m, g in NOVELTY_GROUPS.items() if (table["model"] == m).any()}
     for ax, station in zip(axes.flat, stations):
-        for k, (model, (_, colour)) in enumerate(NOVELTY_GROUPS.items()):
+        for k, (model, (_, colour)) in enumerate(groups.items()):
             rows = (table["station"] == station) & (table["model"] == model)
             values = table.loc[rows, "nn_distance"].to_numpy(dtype=np.float64)
             values = values[np.isfinite(values)]
@@ -546,8 +547,7 @@ def novelty_figure(table: pd.DataFrame, stations: list[str], ncols: int = 5,
                              manage_ticks=False)
             box["boxes"][0].set(facecolor=colour, alpha=0.35)
             ax.plot(k + rng.uniform(-0.18, 0.18, len(values)), values, ".", ms=3, color=colour)
-        ax.set_xticks(range(len(NOVELTY_GROUPS)), [n for n, _ in NOVELTY_GROUPS.values()],
-                      rotation=30,
+        ax.set_xticks(range(len(groups)), [n for n, _ in groups.values()], rotation=30,
                       ha="right", fontsize=8)
         ax.set_title(f"station {station}", fontsize=10)
         ax.set_ylim(bottom=0)
