@@ -133,9 +133,9 @@ def test_checkpoint_of_another_kind_or_corrupt(tmp_path, capsys):
     unknown = tmp_path / "unknown.pt"
     torch.save({"kind": "gan", "format": 1, "state": {}}, unknown)
     for path, match in ((other, "not a sampler checkpoint"),
-                        (corrupt, "unreadable sampler checkpoint"),
+                        (corrupt, "unreadable checkpoint"),
                         (unknown, "unknown sampler kind 'gan'"),
-                        (tmp_path / "absent.pt", "no sampler checkpoint")):
+                        (tmp_path / "absent.pt", "no model checkpoint")):
         rc, _, err = run(["sample", "--checkpoint", str(path), "--station", "4628",
                           "--out", str(tmp_path / "g")], capsys)
         assert rc == 1 and len(err.strip().splitlines()) == 1 and match in err, err

@@ -257,7 +257,7 @@ def test_bad_checkpoint_state(fitted):
         StochasticSampler.from_state(state)
     state = fitted.state()
     state["params"]["bogus"] = 1
-    with pytest.raises(StochasticError, match="unknown key.*bogus"):
+    with pytest.raises(StochasticError, match="unknown stochastic checkpoint params key.*bogus"):
         StochasticSampler.from_state(state)
 
 

@@ -7,6 +7,20 @@ UserError too.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
 
 class UserError(ValueError):
     """A mistake in the user's input: one line, names the key or file."""
+
+
+def from_known_keys(cls: type[T], raw: dict[str, Any], error: type[Exception] = UserError,
+                    what: str = "key") -> T:
+    """The dataclass cls(**raw), or `error` listing the keys that are not its fields."""
+    unknown = sorted(set(raw) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise error(f"unknown {what}(s) {unknown}")
+    return cls(**raw)

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from timesnet_gen.atomic import check_out
 from timesnet_gen.stage import stage_parser
@@ -68,25 +67,21 @@ def sampler_class(kind: str) -> type:
 
 def save_sampler(sampler: Any, path: str | Path) -> None:
     """Write a sampler checkpoint atomically (loadable with weights_only=True)."""
-    from timesnet_gen.atomic import staged_file
+    from timesnet_gen.runtime import save_checkpoint
 
-    with staged_file(path) as tmp:
-        torch.save({"kind": sampler.kind, "format": FORMAT, "state": sampler.state()}, tmp)
+    save_checkpoint({"kind": sampler.kind, "format": FORMAT, "state": sampler.state()},
+                    Path(path))
 
 
 def load_sampler(path: str | Path, kind: str | None = None) -> Any:
     """Load a sampler checkpoint; a corrupt file, another kind or format is a SampleError."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.pt"
-    if not path.is_file():
-        raise SampleError(f"{path}: no sampler checkpoint (run timesnet-gen train-sampler)")
+    from timesnet_gen.runtime import CheckpointError, load_checkpoint
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types on corrupt or foreign files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SampleError(f"{path}: unreadable sampler checkpoint ({first[:200]})") from None
-    if not isinstance(ckpt, dict) or not {"kind", "format", "state"} <= set(ckpt):
+        ckpt = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise SampleError(str(exc)) from None
+    if not {"kind", "format", "state"} <= set(ckpt):
         raise SampleError(f"{path}: not a sampler checkpoint (no kind/format/state; a "
                           "TimesNet-Gen or VAE model.pt is not a sampler)")
     if kind is not None and ckpt["kind"] != kind:
@@ -300,10 +295,7 @@ def flow_params(params_path: str | Path | None, overrides: list[str]):
             raw[key] = parse_value(value, defaults[key])
         except SampleError as exc:
             raise SampleError(f"--set {key}: {exc}") from None
-    unknown = sorted(set(raw) - set(defaults))
-    if unknown:
-        raise SampleError(f"{params_path}: unknown generators.flow key(s) {unknown}")
-    return FlowSamplerParams(**raw)
+    return FlowSamplerParams(**raw)  # every key checked above
 
 
 # --------------------------------------------------------------------------------------------

@@ -105,6 +105,19 @@ def rotd50_of_response(resp: np.ndarray, samples_per_cycle: float = 20.0) -> np.
     return out
 
 
+def _checked(horizontals: np.ndarray, periods: np.ndarray | list[float], damping: float
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Records (n, 2, T) and periods as float64; ValueError on a wrong shape, a period <= 0 s or
+    a damping outside [0, 1)."""
+    x = np.asarray(horizontals, dtype=np.float64)
+    if x.ndim != 3 or x.shape[1] != 2:
+        raise ValueError(f"horizontals must have shape (n, 2, T), got {x.shape}")
+    periods = np.asarray(periods, dtype=np.float64)
+    if np.any(periods <= 0) or not 0 <= damping < 1:
+        raise ValueError(f"periods must be > 0 s and damping in [0, 1), got {periods}, {damping}")
+    return x, periods
+
+
 def rotd50(
     horizontals: np.ndarray,
     fs: float,
@@ -115,12 +128,7 @@ def rotd50(
     chunk: int = 64,
 ) -> np.ndarray:
     """RotD50 PSA (same unit as the input, e.g. cm/s^2) of records (n, 2, T) -> (n, P)."""
-    x = np.asarray(horizontals, dtype=np.float64)
-    if x.ndim != 3 or x.shape[1] != 2:
-        raise ValueError(f"horizontals must have shape (n, 2, T), got {x.shape}")
-    periods = np.asarray(periods, dtype=np.float64)
-    if np.any(periods <= 0) or not 0 <= damping < 1:
-        raise ValueError(f"periods must be > 0 s and damping in [0, 1), got {periods}, {damping}")
+    x, periods = _checked(horizontals, periods, damping)
     n_fft = padded_length(x.shape[-1], fs, pad_s)
     freqs = np.fft.rfftfreq(n_fft, 1.0 / fs)
     transfer = [psa_transfer(freqs, p, damping).astype(np.complex64) for p in periods]
@@ -167,11 +175,11 @@ def pyrotd_rotd50(
     of 5 gives 10). method='rigorous': every time step enters the rotation.
     """
     pyrotd = import_pyrotd()
-    x = np.asarray(horizontals, dtype=np.float64)
+    x, periods = _checked(horizontals, periods, damping)
     n_fft = padded_length(x.shape[-1], fs, pad_s)
     padded = np.zeros(x.shape[:-1] + (n_fft,))
     padded[..., : x.shape[-1]] = x
-    freqs = 1.0 / np.asarray(periods, dtype=np.float64)
+    freqs = 1.0 / periods
     out = np.empty((len(x), len(freqs)))
     for i, (a, b) in enumerate(padded):
         res = pyrotd.calc_rotated_spec_accels(

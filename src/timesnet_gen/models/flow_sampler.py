@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timesnet_gen.errors import UserError
+from timesnet_gen.errors import UserError, from_known_keys
 from timesnet_gen.evaluation.smoothing import get_operator
 from timesnet_gen.models.cvae import griffin_lim, stft
 from timesnet_gen.models.timesnet import TimesBlock, TimesNetConfig
@@ -111,11 +111,7 @@ class FlowSamplerParams:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> FlowSamplerParams:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise FlowSamplerError(f"unknown flow-sampler parameter(s) {unknown}")
-        return cls(**raw)
+        return from_known_keys(cls, raw, FlowSamplerError, "flow-sampler parameter")
 
 
 # --------------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ realisation scatter of their own record on top of the new realisation's).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -68,7 +68,7 @@ import scipy.optimize
 import torch
 
 from timesnet_gen.atomic import staged_file
-from timesnet_gen.errors import UserError
+from timesnet_gen.errors import UserError, from_known_keys
 from timesnet_gen.evaluation.intensity import fourier_amplitude
 from timesnet_gen.records import N_SAMPLES, SAMPLING_RATE
 
@@ -489,13 +489,12 @@ class StochasticSampler:
                    if k not in state]
         if missing:
             raise StochasticError(f"stochastic checkpoint state lacks {', '.join(missing)}")
-        unknown = sorted(set(state["params"]) - {f.name for f in fields(StochasticParams)})
-        if unknown:
-            raise StochasticError(f"stochastic checkpoint params: unknown key(s) {unknown}")
+        params = from_known_keys(StochasticParams, state["params"], StochasticError,
+                                 "stochastic checkpoint params key")
         arrays = {k: state[k].numpy() if torch.is_tensor(state[k]) else np.asarray(state[k])
                   for k in ARRAY_FIELDS}
         return cls(stations=[str(s) for s in state["stations"]],
-                   params=StochasticParams(**state["params"]), fs=float(state["fs"]),
+                   params=params, fs=float(state["fs"]),
                    n_samples=int(state["n_samples"]), **arrays)
 
     # -- model -----------------------------------------------------------------------------

@@ -14,12 +14,14 @@ identity, so one set of weights serves both phases.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from timesnet_gen.errors import from_known_keys
 
 EPS = 1e-5  # instance normalisation: divide by sqrt(var + EPS)
 
@@ -41,11 +43,7 @@ class TimesNetConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TimesNetConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"unknown model config key(s) {unknown}")
-        return cls(**raw)
+        return from_known_keys(cls, raw, ValueError, "model config key")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
