@@ -342,3 +342,16 @@ def test_realism_figure_is_written_small(tmp_path, features):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 400_000
     assert not list(path.parent.glob(".realism.png.tmp-*"))  # staged, then renamed
+
+
+def test_realism_figure_colours_are_distinct_and_real_is_black() -> None:
+    import matplotlib.colors
+
+    from timesnet_gen import registry
+    from timesnet_gen.plotting_realism import _colours
+
+    names = ["Real (held out)", "Real (training)", *registry.source_labels()[1:]]
+    colours = _colours(names)
+    assert colours["Real (held out)"] == registry.REAL_COLOUR
+    hexes = [matplotlib.colors.to_hex(c) for c in colours.values()]
+    assert len(set(hexes)) == len(names)  # Real (training) no longer shares TimesNet-Recon's

@@ -28,13 +28,23 @@ POOLED = "pooled"
 
 
 def _colours(names: list[str]) -> dict[str, str]:
-    """The registry's colours for its sources (labels), tab10 for the others."""
-    from timesnet_gen.registry import source_colours
+    """The registry's colours for its sources (labels); the first real source black (the
+    registry's real colour), every other source a tab10 colour no registered source uses."""
+    from timesnet_gen.registry import REAL, REAL_COLOUR, source_colours
 
     known = source_colours()
-    cycle = [c for c in plt.get_cmap("tab10").colors]
-    others = iter(cycle[i % len(cycle)] for i in range(len(names)))
-    return {n: known.get(n) or next(others) for n in names}
+    used = {matplotlib.colors.to_hex(c) for c in known.values()}
+    free = iter([c for c in plt.get_cmap("tab10").colors
+                 if matplotlib.colors.to_hex(c) not in used] * len(names))
+    out: dict[str, str] = {}
+    for n in names:
+        if n in known:
+            out[n] = known[n]
+        elif n.startswith(REAL) and REAL_COLOUR not in out.values():
+            out[n] = REAL_COLOUR
+        else:
+            out[n] = next(free)
+    return out
 
 
 def _plain_log_x(ax: plt.Axes) -> None:

@@ -26,8 +26,9 @@ ACCURACY_GAP = 0.05
 FIGURES = [
     ("combined/station_<code>.png", "per station: f0 histograms + KDE and median HVSR of "
      + ", ".join(registry.source_labels()) + ", true f0 marked"),
-    ("similarity_matrices.png", "15x15 similarity matrices of "
-     + ", ".join(g.title for g in registry.GENERATORS)),
+    ("similarity_matrices.png", "largest similarity matrix of each generator (15x15 with its "
+     "reconstructions, else 10x10): "
+     + ", ".join(f"{g.title} {'15x15' if g.has_recon else '10x10'}" for g in registry.GENERATORS)),
     ("similarity_matrices_5x5_10x10.png", "5x5 and 10x10 similarity matrices"),
     ("waveforms/station_<code>.png", "real vs generated waveforms (E, N, U) and their spectra"),
     ("intensity_measures.png", "PGA, Arias intensity, D5-95 and PSA per station"),
