@@ -126,6 +126,16 @@ def test_report_tables_and_target_statements(setup, tmp_path, capsys):
     key = next(s for s in statements if s.startswith("nearest-station"))
     assert statements[key] == (metrics["real_ceiling"]["nearest_station_accuracy"]
                                - tn["nearest_station_accuracy"] <= 0.05)
+    # the side-by-side table: a column per registered generator, then the perfect generator
+    from timesnet_gen.report import generators_side_by_side
+
+    side = generators_side_by_side(metrics).set_index("measure")
+    assert list(side.columns) == [*(g.title for g in registry.GENERATORS), "Perfect generator"]
+    assert side.loc["5x5 score vs all real records", "TimesNet-Gen"] == (
+        f"{metrics['timesnet']['all']['score_5x5']:.3f}")
+    assert side.loc["5x5 score vs all real records", "Perfect generator"] == (
+        f"{metrics['perfect_generator']['all']['score_5x5']:.3f}")
+    assert "### Generators side by side" in results
     # bad input: one line naming the file, exit 1
     (tmp_path / "bad.json").write_text("{not json")
     assert cli_main(["report", "--metrics", str(tmp_path / "bad.json"), "--out",
