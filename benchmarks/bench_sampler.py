@@ -10,7 +10,7 @@ Prints, side by side:
   memory     peak RSS of this process (training + generation), GB
 The machine is shared and its speed varies up to 2x, so only the ratios of one run mean much.
 
-    PYTHONPATH=src python benchmarks/bench_sampler.py --realism models/sampler/model.pt
+    PYTHONPATH=src python benchmarks/bench_sampler.py --realism models/flow/model.pt
 
 instead prints the quick realism check of a trained sampler against the real target records
 (50 records per station at scenarios drawn from its training rows): median f0 vs f0_true_hz,
