@@ -210,7 +210,14 @@ def test_nothing_ingestible_is_an_error(tmp_path, capsys):
     src.mkdir()
     (src / "a.mseed").write_bytes(b"nonsense")
     assert cli_main(["ingest", str(src), "--out", str(tmp_path / "raw")]) == 1
-    assert "no record could be ingested" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no record could be ingested from 1 file(s); 1 skipped" in err
+    # a document given instead of a folder: said, not a silent "0 file(s)"
+    (tmp_path / "notes.md").write_text("# not a record")
+    assert cli_main(["ingest", str(tmp_path / "notes.md"), "--out", str(tmp_path / "raw")]) == 1
+    err = capsys.readouterr().err
+    assert "from 0 file(s); 1 .md file(s) not read as records" in err
+    assert len(err.strip().splitlines()) == 1
     assert cli_main(["ingest", str(tmp_path / "absent"), "--out", str(tmp_path / "raw")]) == 1
 
 

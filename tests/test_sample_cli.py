@@ -205,3 +205,15 @@ def test_sample_at_held_out_scenarios(checkpoint, tmp_path, capsys):
                       str(tmp_path / "index.csv"), "--out", str(tmp_path / "x")], capsys)
     assert rc == 1 and "no magnitude, distance_km columns" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_peak_beyond_what_a_record_holds_names_the_scenario():
+    from timesnet_gen.sample import SampleError, check_peak
+
+    waves = np.zeros((2, 3, 100), np.float32)
+    waves[1, 0, 5] = -3.0e4  # 31 g: an M 9.5 extrapolated from M 3.5-5.1 training records
+    with pytest.raises(SampleError, match=r"magnitude 9\.50 at 30\.0 km: generated peak "
+                                          r"3e\+04 cm/s\^2 \(31 g\) exceeds the 22 g"):
+        check_peak(waves, "4628", np.array([5.0, 9.5]), np.array([20.0, 30.0]))
+    waves[1, 0, 5] = 2.0e4  # 20 g: representable, written
+    check_peak(waves, "4628", np.array([5.0, 9.5]), np.array([20.0, 30.0]))

@@ -379,7 +379,7 @@ def build_parser(verb: str = "hvsr") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str], verb: str = "hvsr") -> int:
-    from timesnet_gen.io.ingest import IngestError, collect, options_from_args
+    from timesnet_gen.io.ingest import check_any_record, collect, options_from_args
 
     from timesnet_gen.atomic import check_out
 
@@ -388,10 +388,7 @@ def main(argv: list[str], verb: str = "hvsr") -> int:
     params = evaluate_params(args)
     options = options_from_args(args)
     result = collect(args.sources, options, exclude=args.out.resolve())
-    if not len(result.records):
-        raise IngestError(f"no record could be read from {result.n_files} file(s); "
-                          f"{len(result.quarantine)} skipped:\n"
-                          + "\n".join(e.line() for e in result.quarantine.entries[:20]))
+    check_any_record(result, "read", shown=20)
     out = survey(result.waveforms, result.records, params)
     write_survey(out, result.quarantine.frame(), args.out, params, list(args.sources),
                  args.title)

@@ -150,6 +150,24 @@ def scenarios_for(sampler: Any, station: str, n: int, seed: int, magnitude: floa
     return m, r, "given"
 
 
+def check_peak(waves: np.ndarray, station: str, magnitude: np.ndarray,
+               distance_km: np.ndarray) -> None:
+    """SampleError when a record's peak exceeds what a corpus record holds (int32 counts at
+    DEFAULT_COUNTS_PER_CM_S2, about 21 g): a scenario extrapolated far outside the training
+    range, named with its magnitude and distance."""
+    from timesnet_gen.records import DEFAULT_COUNTS_PER_CM_S2
+
+    limit = np.iinfo(np.int32).max / DEFAULT_COUNTS_PER_CM_S2
+    peaks = np.abs(waves).reshape(len(waves), -1).max(axis=1, initial=0.0)
+    if peaks.max(initial=0.0) > limit:
+        k = int(np.argmax(peaks))
+        raise SampleError(
+            f"station {station}, magnitude {magnitude[k]:.2f} at {distance_km[k]:.1f} km: "
+            f"generated peak {peaks[k]:.3g} cm/s^2 ({peaks[k] / 981:.0f} g) exceeds the "
+            f"{limit / 981:.0f} g a record can hold; the scenario lies far outside the "
+            "sampler's training range")
+
+
 def sample_station(sampler: Any, station: str, n: int, seed: int,
                    magnitude: float | None = None, distance_km: float | None = None,
                    checkpoint: str = "", warn: Callable[[str], None] = print
@@ -163,6 +181,7 @@ def sample_station(sampler: Any, station: str, n: int, seed: int,
     if waves.shape[0] != n or not np.isfinite(waves).all():
         raise SampleError(f"sampler returned {waves.shape} records with NaN/inf or the wrong "
                           f"count for station {station} (expected {n})")
+    check_peak(waves, station, m, r)
     records = pd.DataFrame({
         "record_id": [f"{sampler.kind}-{station}-s{seed}-{i:04d}" for i in range(n)],
         "station": station, "source": f"{sampler.kind}-gen", "sampler": sampler.kind,

@@ -184,6 +184,19 @@ def discover(
     return files, ignored
 
 
+def check_any_record(result: IngestResult, done: str = "read", shown: int = 50) -> None:
+    """IngestError when no record came through: the files tried, those not read as records
+    (by kind) and the first `shown` skip reasons."""
+    if len(result.records):
+        return
+    ignored = "".join(f"; {n} {kind}(s) not read as records" for kind, n in
+                      sorted(result.ignored.items()))
+    skipped = f"; {len(result.quarantine)} skipped" if len(result.quarantine) else ""
+    raise IngestError(f"no record could be {done} from {result.n_files} file(s){ignored}"
+                      f"{skipped}" + "".join(f"\n{e.line()}"
+                                             for e in result.quarantine.entries[:shown]))
+
+
 # ------------------------------------------------------------------------------------------
 # one record -> canonical window
 
@@ -489,10 +502,7 @@ def ingest(
         lines = "\n".join(e.line() for e in result.quarantine.entries)
         raise IngestError(f"--strict: {len(result.quarantine)} record(s) would be skipped; "
                          f"nothing written\n{lines}")
-    if not len(result.records):
-        raise IngestError(f"no record could be ingested from {result.n_files} file(s); "
-                         f"{len(result.quarantine)} skipped:\n"
-                         + "\n".join(e.line() for e in result.quarantine.entries[:50]))
+    check_any_record(result, "ingested")
     write_output(result, out_dir, options, sources=sources)
     return result
 
