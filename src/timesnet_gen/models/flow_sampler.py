@@ -71,7 +71,7 @@ class FlowSamplerParams:
     n_bands: int = 20  # log-spaced coarse bands before merging empty ones
     band_fmin: float = 0.5  # Hz
     band_fmax: float = 45.0  # Hz
-    n_fine: int = 80  # log-spaced frequencies of the fine spectrum
+    n_fine: int = 160  # log-spaced frequencies of the fine spectrum (2.6 % apart)
     fine_fmin: float = 0.5  # Hz
     fine_fmax: float = 30.0  # Hz
     fine_bandwidth: float = 150.0  # b of exp(-b ln(f/fc)^2): sigma 0.058 in ln f
