@@ -351,6 +351,12 @@ def test_records_helpers(fake_root: Path, tmp_path: Path) -> None:
     assert record.shape == (3, 6000) and record.dtype == np.float32
     with pytest.raises(KeyError, match="no record 'missing'"):
         nb.read_record_by_id(fake_root / "outputs/vae/generated", "missing")
+    row = nb.record_entry(fake_root / "outputs/vae/generated", rid)
+    np.testing.assert_array_equal(nb.read_entry(fake_root / "outputs/vae/generated", row), record)
+    assert nb.scenario_text(pd.Series({"magnitude": 4.5926, "distance_km": 121.5468})) == (
+        "M 4.6 at 122 km")
+    assert nb.scenario_text(pd.Series({"magnitude": float("nan"), "distance_km": 20.0})) == ""
+    assert nb.scenario_text(row) == ""  # the VAE's records carry no scenario
     with pytest.raises(ValueError, match="no VAE-Gen record of station 1716"):
         nb.typical_record(records, "1716", "VAE-Gen")
     from timesnet_gen.config import EvaluateParams

@@ -315,17 +315,34 @@ def typical_record(records: pd.DataFrame, station: str, source: str) -> str:
     return str(rows["record_id"].iloc[int(np.nanargmin(distance))])
 
 
-def read_record_by_id(corpus_dir: str | Path, record_id: str) -> np.ndarray:
-    """One record (3, T) cm/s^2 of a canonical corpus folder."""
-    from timesnet_gen.corpus.format import read_record, read_tables
+def record_entry(corpus_dir: str | Path, record_id: str) -> pd.Series:
+    """The records.csv row of one record of a canonical corpus folder."""
+    from timesnet_gen.corpus.format import read_tables
 
-    corpus_dir = require(corpus_dir)
-    table, _ = read_tables(corpus_dir)
+    table, _ = read_tables(require(corpus_dir))
     rows = table[table["record_id"] == record_id]
     if rows.empty:
         raise KeyError(f"{corpus_dir}: no record {record_id!r} in records.csv")
-    row = rows.iloc[0]
-    return read_record(corpus_dir / row["file"], float(row["counts_per_cm_s2"]))
+    return rows.iloc[0]
+
+
+def read_entry(corpus_dir: str | Path, row: pd.Series) -> np.ndarray:
+    """The record (3, T) cm/s^2 of a records.csv row (record_entry) of corpus_dir."""
+    from timesnet_gen.corpus.format import read_record
+
+    return read_record(Path(corpus_dir) / row["file"], float(row["counts_per_cm_s2"]))
+
+
+def read_record_by_id(corpus_dir: str | Path, record_id: str) -> np.ndarray:
+    """One record (3, T) cm/s^2 of a canonical corpus folder."""
+    return read_entry(corpus_dir, record_entry(corpus_dir, record_id))
+
+
+def scenario_text(row: pd.Series) -> str:
+    """"M 4.6 at 122 km" from a records.csv row; "" when it has no scenario (the paper's
+    sampler and the VAE generate from latents, not scenarios)."""
+    m, r = row.get("magnitude"), row.get("distance_km")
+    return f"M {float(m):.1f} at {float(r):.0f} km" if pd.notna(m) and pd.notna(r) else ""
 
 
 def record_fas(record: np.ndarray, fs: float, params: EvaluateParams
