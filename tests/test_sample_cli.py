@@ -165,6 +165,18 @@ def test_train_sampler_refuses_unknown_or_bad_keys(tmp_path, capsys):
     rc, _, err = run(["train-sampler", "--params", str(params), "--out", str(tmp_path / "m")],
                      capsys)
     assert rc == 1 and "unknown key generators.flow.typo_key" in err
+    # a params file named but absent is an error, not the defaults; NaN never trains
+    rc, _, err = run(["train-sampler", "--params", str(tmp_path / "none.yaml"), "--out",
+                      str(tmp_path / "m")], capsys)
+    assert rc == 1 and "none.yaml: no such params file" in err
+    for text, extra, match in (("lr: .nan", [], "lr = nan"),
+                               ("lr: 0.001", ["--set", "finetune_lr=nan"], "finetune_lr = nan"),
+                               ("batch_size: 0", [], "batch_size = 0 (must be > 0)")):
+        params.write_text(f"generators:\n  flow:\n    {text}\n")
+        rc, _, err = run(["train-sampler", "--params", str(params), "--out", str(tmp_path / "m"),
+                          *extra], capsys)
+        assert rc == 1 and len(err.strip().splitlines()) == 1 and match in err, err
+    assert not (tmp_path / "m").exists()
 
 
 def test_flow_params_from_section_and_overrides(tmp_path):

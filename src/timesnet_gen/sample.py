@@ -294,15 +294,14 @@ def parse_value(text: str, like: Any) -> Any:
 
 
 def flow_params(params_path: str | Path | None, overrides: list[str]):
-    """FlowSamplerParams from params.yaml `generators.flow` (validated by config.section,
-    defaults without a file) and KEY=VALUE overrides; an unknown key is named."""
+    """FlowSamplerParams from params.yaml `generators.flow` (validated by config.section;
+    ./params.yaml when none is named, the defaults when there is none) and KEY=VALUE
+    overrides; an unknown key, a named file that is absent or a NaN value is named."""
     from timesnet_gen.config import load_params, section
     from timesnet_gen.models.flow_sampler import FlowSamplerParams
 
-    raw: dict[str, Any] = {}
-    if params_path is not None and Path(params_path).exists():
-        raw = asdict(section(load_params(params_path), "flow", FlowSamplerParams))
     defaults = asdict(FlowSamplerParams())
+    given: dict[str, Any] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -311,9 +310,17 @@ def flow_params(params_path: str | Path | None, overrides: list[str]):
             raise SampleError(f"--set {key}: unknown generators.flow key (known: "
                               f"{', '.join(f.name for f in fields(FlowSamplerParams))})")
         try:
-            raw[key] = parse_value(value, defaults[key])
+            given[key] = parse_value(value, defaults[key])
         except SampleError as exc:
             raise SampleError(f"--set {key}: {exc}") from None
+    if params_path is None and Path("params.yaml").exists():
+        params_path = "params.yaml"  # the project's, when run from its root
+    raw: dict[str, Any] = {}
+    if params_path is not None:
+        if not Path(params_path).is_file():
+            raise SampleError(f"--params {params_path}: no such params file")
+        raw = asdict(section(load_params(params_path), "flow", FlowSamplerParams))
+    raw.update(given)
     return FlowSamplerParams(**raw)  # every key checked above
 
 
@@ -387,7 +394,8 @@ def main(argv: list[str], verb: str = "sample") -> int:
         parser.add_argument("--out", required=True, type=Path, help="output corpus folder")
         return sample_main(parser.parse_args(argv))
     if verb == "train-sampler":
-        parser.add_argument("--params", default="params.yaml")
+        parser.add_argument("--params", default=None,
+                            help="params.yaml (default: ./params.yaml when present, else the CPU-profile defaults)")
         parser.add_argument("--data", default=Path("data/prepared"), type=Path)
         parser.add_argument("--raw", default=Path("data/raw"), type=Path,
                             help="raw corpus: its records.csv gives magnitude and distance_km")

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -108,6 +108,17 @@ class FlowSamplerParams:
     griffin_lim_momentum: float = 0.99
     batch_generate: int = 16  # records per chunk (each chunk seeded by (seed, chunk start))
     workers: int = 2  # threads generating chunks in parallel (1 torch thread each)
+
+    def __post_init__(self) -> None:
+        """FlowSamplerError naming a NaN/inf value or a rate or size that cannot train."""
+        bad = [f"{f.name} = {getattr(self, f.name)}" for f in fields(self)
+               if isinstance(getattr(self, f.name), float)
+               and not math.isfinite(getattr(self, f.name))]
+        bad += [f"{name} = {getattr(self, name)} (must be > 0)"
+                for name in ("lr", "finetune_lr", "batch_size", "n_steps", "n_fine", "n_bands")
+                if getattr(self, name) <= 0]  # NaN is named above
+        if bad:
+            raise FlowSamplerError(f"flow-sampler parameter(s) {'; '.join(bad)}")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> FlowSamplerParams:
