@@ -169,7 +169,7 @@ def test_train_sampler_refuses_unknown_or_bad_keys(tmp_path, capsys):
     rc, _, err = run(["train-sampler", "--params", str(tmp_path / "none.yaml"), "--out",
                       str(tmp_path / "m")], capsys)
     assert rc == 1 and "none.yaml: no such params file" in err
-    for text, extra, match in (("lr: .nan", [], "lr = nan"),
+    for text, extra, match in (("lr: .nan", [], "generators.flow.lr: expected a finite float"),
                                ("lr: 0.001", ["--set", "finetune_lr=nan"], "finetune_lr = nan"),
                                ("batch_size: 0", [], "batch_size = 0 (must be > 0)")):
         params.write_text(f"generators:\n  flow:\n    {text}\n")

@@ -7,6 +7,7 @@ with a message naming the offending key and the expected type (unknown keys incl
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -385,6 +386,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{key}: expected float, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):
+            raise ParamsError(f"{key}: expected a finite float, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):

@@ -35,16 +35,17 @@ class RuntimeSetupError(UserError):
 # device
 
 
-def resolve_device(spec: str) -> torch.device:
-    """train.device: auto -> cuda when available, else cpu; cuda without CUDA is an error."""
+def resolve_device(spec: str, key: str = "train.device") -> torch.device:
+    """A device parameter (named `key` in errors): auto -> cuda when available, else cpu;
+    cuda without CUDA is an error."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeSetupError(f"train.device={spec} but CUDA is not available")
+        raise RuntimeSetupError(f"{key}={spec} but CUDA is not available")
     try:
         return torch.device(spec)
     except RuntimeError:
-        raise RuntimeSetupError(f"train.device={spec!r}: not a device (auto, cpu, cuda, "
+        raise RuntimeSetupError(f"{key}={spec!r}: not a device (auto, cpu, cuda, "
                                 "cuda:N)") from None
 
 

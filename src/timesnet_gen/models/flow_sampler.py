@@ -20,8 +20,13 @@ Condition = MLP(sinusoidal flow time, station embedding, standardised M, ln R). 
 at fine-tuning.
 
 Synthesis (`decode`): band magnitudes -> STFT bins -> fast Griffin-Lim from seeded random phase
-(models/cvae.py) -> one zero-phase equalisation that sets the record's smoothed Fourier
-amplitude to `fine` -> peak set to exp(level).
+(models/cvae.py) -> `envelope_rounds` alternations of two projections: a zero-phase
+equalisation that sets the record's smoothed Fourier amplitude to `fine` (`equalise`), then a
+rescaling of every (band, frame) cell of its STFT to the band magnitude (`envelope_project`) ->
+peak set to exp(level). The equalisation alone (`envelope_rounds: 0`) filters a generated record
+whose fine and coarse parts disagree with a gain that is jagged in frequency; its long impulse
+response smeared the energy in time (D5-95 1.2 x real); the last envelope projection puts it back
+where the spectrogram has it (1.0 x, README "Decoder ablation").
 
 Everything here is a pure function or an nn.Module; files are written by `train_sampler` and the
 `timesnet-gen sample` CLI (sample.py) through timesnet_gen.atomic.
@@ -44,7 +49,7 @@ from torch import nn
 
 from timesnet_gen.errors import UserError, from_known_keys
 from timesnet_gen.evaluation.smoothing import get_operator
-from timesnet_gen.models.cvae import griffin_lim, stft
+from timesnet_gen.models.cvae import griffin_lim, istft, stft
 from timesnet_gen.models.timesnet import TimesBlock, TimesNetConfig
 from timesnet_gen.records import N_SAMPLES, SAMPLING_RATE
 
@@ -61,18 +66,17 @@ class FlowSamplerError(UserError):
 class FlowSamplerParams:
     """Every choice of the flow sampler. Defaults: the CPU profile (2 cores, minutes).
 
-    Paper-scale (GPU) profile: d_model 128, d_ff 256, num_kernels 6, e_layers 3,
-    pretrain_epochs 400, finetune_epochs 200, batch_size 64, n_steps 32, griffin_lim_iters 64.
+    Paper-scale (GPU) profile: params.yaml, the comment above generators.flow.
     """
 
     # representation
-    n_fft: int = 128  # STFT window, samples (1.28 s)
+    n_fft: int = 256  # STFT window, samples (2.56 s; bins 0.39 Hz apart)
     hop: int = 64  # frame step, samples (0.64 s): 94 frames of a 60 s record
-    n_bands: int = 20  # log-spaced coarse bands before merging empty ones
-    band_fmin: float = 0.5  # Hz
+    n_bands: int = 24  # log-spaced coarse bands before merging empty ones
+    band_fmin: float = 0.3  # Hz
     band_fmax: float = 45.0  # Hz
-    n_fine: int = 160  # log-spaced frequencies of the fine spectrum (2.6 % apart)
-    fine_fmin: float = 0.5  # Hz
+    n_fine: int = 196  # log-spaced frequencies of the fine spectrum (2.6 % apart)
+    fine_fmin: float = 0.2  # Hz
     fine_fmax: float = 30.0  # Hz
     fine_bandwidth: float = 150.0  # b of exp(-b ln(f/fc)^2): sigma 0.058 in ln f
     log_eps: float = 1e-4  # of the unit-peak STFT magnitude
@@ -89,8 +93,8 @@ class FlowSamplerParams:
     patch: int = 2  # frames per token of the backbone (94 frames -> 47 tokens)
     time_mixing: bool = True  # a linear token mix after each TimesBlock (global context)
     # training (both phases: AdamW, cosine per step, grad-norm clip)
-    pretrain_epochs: int = 100
-    finetune_epochs: int = 100
+    pretrain_epochs: int = 300
+    finetune_epochs: int = 200
     batch_size: int = 32
     lr: float = 1e-3
     finetune_lr: float = 5e-4
@@ -100,12 +104,15 @@ class FlowSamplerParams:
     ema: float = 0.995  # weight EMA used for sampling (0 = none)
     time_sampling: str = "logit-normal"  # uniform | logit-normal (flow time t of training)
     seed: int = 0
+    device: str = "cpu"  # training: cpu | cuda | cuda:N | auto (sampling runs on the CPU)
     num_threads: int = 1  # 0 = torch default; 1 is 10x faster than 2 on shared cores (measured)
     # sampling
     n_steps: int = 12  # ODE steps (Heun: 23 network evaluations)
     solver: str = "heun"  # euler | heun
     griffin_lim_iters: int = 8
     griffin_lim_momentum: float = 0.99
+    envelope_rounds: int = 4  # (equalise, envelope projection) pairs after Griffin-Lim; 0 = one
+    #                           equalisation only (the decoder before Dec 2026)
     batch_generate: int = 16  # records per chunk (each chunk seeded by (seed, chunk start))
     workers: int = 2  # threads generating chunks in parallel (1 torch thread each)
 
@@ -117,6 +124,8 @@ class FlowSamplerParams:
         bad += [f"{name} = {getattr(self, name)} (must be > 0)"
                 for name in ("lr", "finetune_lr", "batch_size", "n_steps", "n_fine", "n_bands")
                 if getattr(self, name) <= 0]  # NaN is named above
+        bad += [f"{name} = {getattr(self, name)} (must be >= 0)"
+                for name in ("envelope_rounds", "griffin_lim_iters") if getattr(self, name) < 0]
         if bad:
             raise FlowSamplerError(f"flow-sampler parameter(s) {'; '.join(bad)}")
 
@@ -142,6 +151,13 @@ def pooling_matrix(bands: np.ndarray) -> torch.Tensor:
     m = torch.zeros(int(bands.max()) + 1, len(bands), dtype=torch.float32)
     m[torch.as_tensor(bands), torch.arange(len(bands))] = 1.0
     return m / m.sum(dim=1, keepdim=True)
+
+
+def band_magnitude(spec: torch.Tensor, p: FlowSamplerParams) -> torch.Tensor:
+    """RMS magnitude per coarse band of complex STFTs (..., bins, frames) -> (..., B, frames);
+    the DC bin is left out."""
+    power = spec.abs()[..., 1:, :] ** 2
+    return torch.einsum("kb,...bt->...kt", pooling_matrix(band_of_bin(p)), power).sqrt()
 
 
 def fine_centers(p: FlowSamplerParams) -> np.ndarray:
@@ -193,9 +209,8 @@ def encode(waveforms: np.ndarray, p: FlowSamplerParams) -> dict[str, np.ndarray]
     xn = x / peak[:, None, None]
     onset = onset_time(xn, p.align_fraction)
     aligned = roll(xn, align_shift(onset, p)).astype(np.float32)
-    power = stft(torch.from_numpy(aligned), p.n_fft, p.hop).abs()[..., 1:, :] ** 2  # (n,3,k,t)
-    band = torch.einsum("kb,ncbt->nckt", pooling_matrix(band_of_bin(p)), power)
-    coarse = torch.log(band.sqrt() + p.log_eps)  # (n, 3, B, frames)
+    band = band_magnitude(stft(torch.from_numpy(aligned), p.n_fft, p.hop), p)  # (n, 3, B, t)
+    coarse = torch.log(band + p.log_eps)
     n, c, b, t = coarse.shape
     return {
         "level": np.log(peak)[:, None].astype(np.float32),
@@ -225,6 +240,17 @@ def equalise(x: torch.Tensor, target: torch.Tensor, p: FlowSamplerParams,
     return torch.from_numpy(np.fft.irfft(spec * gain, n=x.shape[-1], axis=-1)).float()
 
 
+def envelope_project(x: torch.Tensor, band_mag: torch.Tensor, p: FlowSamplerParams
+                     ) -> torch.Tensor:
+    """Records (n, 3, T) whose STFT has every (band, frame) cell scaled to the band magnitude
+    band_mag (n, 3, B, frames); the phase and the shape within a band are kept, the DC bin
+    takes band 0's gain (it holds the leakage of the lowest frequencies)."""
+    spec = stft(x, p.n_fft, p.hop)
+    gain = (band_mag / band_magnitude(spec, p).clamp_min(1e-12))[:, :, band_of_bin(p)]
+    gain = torch.cat([gain[:, :, :1], gain], dim=2)  # (n, 3, bins + DC, frames)
+    return istft(spec * gain, p.n_fft, p.hop, x.shape[-1])
+
+
 def decode(level: torch.Tensor, onset: torch.Tensor, coarse: torch.Tensor, fine: torch.Tensor,
            p: FlowSamplerParams, generator: torch.Generator, n_samples: int = N_SAMPLES
            ) -> np.ndarray:
@@ -232,11 +258,16 @@ def decode(level: torch.Tensor, onset: torch.Tensor, coarse: torch.Tensor, fine:
     n, t, cb = coarse.shape
     bands = torch.as_tensor(band_of_bin(p))
     logmag = coarse.reshape(n, t, 3, cb // 3).permute(0, 2, 3, 1)  # (n, 3, B, frames)
-    mag = (torch.exp(logmag[:, :, bands]) - p.log_eps).clamp_min(0.0)  # (n, 3, bins, frames)
-    mag = F.pad(mag, (0, 0, 1, 0))  # DC bin back, zero
+    band_mag = (torch.exp(logmag) - p.log_eps).clamp_min(0.0)  # (n, 3, B, frames)
+    mag = F.pad(band_mag[:, :, bands], (0, 0, 1, 0))  # every bin of its band; DC zero
     x = griffin_lim(mag, p.n_fft, p.hop, n_samples, p.griffin_lim_iters,
                     p.griffin_lim_momentum, generator)
-    x = equalise(x, fine.reshape(n, 3, -1), p)
+    target = fine.reshape(n, 3, -1)
+    x = equalise(x, target, p)
+    for k in range(p.envelope_rounds):  # alternate projections; the envelope's comes last
+        if k:
+            x = equalise(x, target, p)
+        x = envelope_project(x, band_mag, p)
     onset_s = onset[:, 0].double().numpy().clip(0.0, n_samples / SAMPLING_RATE)
     x = torch.from_numpy(roll(x.numpy(), -align_shift(onset_s, p)))
     peak = x.abs().amax(dim=(1, 2)).clamp_min(1e-20)
@@ -250,7 +281,8 @@ def decode(level: torch.Tensor, onset: torch.Tensor, coarse: torch.Tensor, fine:
 def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding of the flow time t in [0, 1]: (B,) -> (B, dim)."""
     half = dim // 2
-    freq = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    freq = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32,
+                                                       device=t.device) / half)
     angle = 1000.0 * t[:, None] * freq[None]  # t scaled to 0..1000 steps, as in DDPM
     return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1)
 
@@ -330,6 +362,9 @@ class Batchable:
     static: torch.Tensor  # (n, S) = [level, fine]
     station: torch.Tensor  # (n,) long, 0 = any
     scenario: torch.Tensor  # (n, 2) standardised [M, ln R]
+
+    def to(self, device: torch.device) -> Batchable:
+        return Batchable(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
 def scenario_features(scenario: np.ndarray) -> np.ndarray:
@@ -422,9 +457,10 @@ def flow_loss(net: VelocityNet, b: Batchable, idx: torch.Tensor, generator: torc
     """Rectified-flow loss of records idx: MSE of coarse, fine and level velocities, each part
     averaged over its own elements (so the 1-D level weighs as much as the spectrogram)."""
     x1c, x1s = b.coarse[idx], b.static[idx]
-    x0c = torch.randn(x1c.shape, generator=generator)
-    x0s = torch.randn(x1s.shape, generator=generator)
-    t = flow_times(len(idx), time_sampling, generator)
+    # noise from the CPU generator on every device: the same draws on CPU and GPU
+    x0c = torch.randn(x1c.shape, generator=generator).to(x1c.device)
+    x0s = torch.randn(x1s.shape, generator=generator).to(x1c.device)
+    t = flow_times(len(idx), time_sampling, generator).to(x1c.device)
     xc = (1 - t[:, None, None]) * x0c + t[:, None, None] * x1c
     xs = (1 - t[:, None]) * x0s + t[:, None] * x1s
     vc, vs = net(xc, xs, t, b.station[idx], b.scenario[idx])
@@ -698,9 +734,11 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
     val_loss, seconds) atomically; returns the sampler."""
     from timesnet_gen.atomic import check_out, staged_dir
     from timesnet_gen.prepare import load_prepared, select
+    from timesnet_gen.runtime import resolve_device
 
     prepared_dir, raw_dir = Path(prepared_dir), Path(raw_dir)
     check_out(out_dir, [prepared_dir, raw_dir])
+    device = resolve_device(params.device, "generators.flow.device")
     setup_torch(params)
     waveforms, index = load_prepared(prepared_dir)
     scen = scenario_table(prepared_dir, raw_dir, index)
@@ -727,19 +765,20 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
     station_of["finetune"] = index["station"].iloc[rows["finetune"]].map(
         {s: i + 1 for i, s in enumerate(stations)}).to_numpy()
     data = {name: to_batchable(feats[name], station_of[name], scen[rows[name]], stats,
-                               *fits[name]) for name in fits}
+                               *fits[name]).to(device) for name in fits}
     log(f"features of {sum(len(r) for r in rows.values())} records "
-        f"({time.perf_counter() - t0:.1f} s)")
+        f"({time.perf_counter() - t0:.1f} s); training on {device}")
 
     torch.manual_seed(params.seed)
     n_frames = data["pretrain"].coarse.shape[1]
-    net = build_net(params, n_frames, stats, len(stations))
+    net = build_net(params, n_frames, stats, len(stations)).to(device)
     history = fit(net, data["pretrain"], data["val"] if len(rows["val"]) else None,
                   params.pretrain_epochs, params.lr, params, "pretrain", log)
     with torch.no_grad():  # every target station starts from "any station"
         net.station.weight[1:] = net.station.weight[0]
     history += fit(net, data["finetune"], None, params.finetune_epochs, params.finetune_lr,
                    params, "finetune", log)
+    net.cpu()  # the checkpoint and sampling are on the CPU
     fine_rows = index.iloc[rows["finetune"]]
     scenarios = {s: scen[rows["finetune"]][(fine_rows["station"] == s).to_numpy()]
                  for s in stations}
