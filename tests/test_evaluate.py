@@ -101,6 +101,10 @@ def test_novelty_flags_copies(setup):
     copies = nov[nov.model == "timesnet"].nn_distance
     assert (copies < 0.05).mean() > 0.5
     assert nov[nov.model == "real"].nn_distance.min() > 0.3  # random phase: real records differ
+    held = nov[nov.model == "holdout"]  # every held-out record, none of them a copy
+    assert len(held) == 15 and held.nn_distance.min() > 0.3
+    assert held.record_id.str.len().gt(0).all() and not set(held.record_id) & set(
+        nov[nov.model == "real"].record_id)
     x = np.random.default_rng(1).normal(size=(2, 3, 600))
     d = correlation_distance(x, np.concatenate([x, -x]))
     assert d[0, 0] == pytest.approx(0, abs=1e-9) and d[0, 2] == pytest.approx(2.0)

@@ -167,6 +167,26 @@ def test_negative_decoder_rounds_are_refused(key):
         fs.FlowSamplerParams(**{key: -1})
 
 
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_dropout_outside_unit_interval_is_refused(value):
+    with pytest.raises(fs.FlowSamplerError, match=rf"dropout = {value} \(must be in \[0, 1\)\)"):
+        fs.FlowSamplerParams(dropout=value)
+
+
+def test_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    net = fs.VelocityNet(fs.FlowSamplerParams(dropout=0.5), n_frames=10, n_coarse=6,
+                         n_static=4, n_stations=2)
+    for film in net.films:  # non-zero FiLM so that the blocks reach the output
+        torch.nn.init.normal_(film.weight)
+    args = (torch.randn(3, 10, 6), torch.randn(3, 4), torch.rand(3), torch.tensor([0, 1, 2]),
+            torch.randn(3, 2))
+    net.train()
+    assert not torch.allclose(net(*args)[0], net(*args)[0])  # a fresh mask per call
+    net.eval()
+    torch.testing.assert_close(net(*args)[0], net(*args)[0])
+
+
 def test_onset_and_roll():
     x = np.zeros((2, 3, 100))
     x[0, 0, 30] = 1.0

@@ -196,10 +196,13 @@ def correlation_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def novelty(real: Corpus, generated: dict[str, Corpus], stations: list[str]) -> pd.DataFrame:
     """Distance of each generated record to its nearest training record of the same station,
-    and of each real training record to its nearest other training record (the baseline)."""
+    of each real training record to its nearest other training record (model "real", the
+    baseline whose 10th percentile is the bar) and of each held-out real record to its nearest
+    training record (model "holdout": what a genuinely new real record scores)."""
     rows = []
+    split = real.records["split"].to_numpy()
     for station in stations:
-        in_train = real.station_mask(station) & (real.records["split"] == "train").to_numpy()
+        in_train = real.station_mask(station) & (split == "train")
         train = real.waveforms[in_train]
         if len(train) < 2:
             continue
@@ -208,7 +211,8 @@ def novelty(real: Corpus, generated: dict[str, Corpus], stations: list[str]) -> 
         ids = real.records.loc[in_train, "record_id"]
         rows += [{"station": station, "model": "real", "record_id": r, "nn_distance": v}
                  for r, v in zip(ids, d.min(axis=1))]
-        for model, corpus in generated.items():
+        held = real.subset(real.station_mask(station) & (split == "holdout"))
+        for model, corpus in {"holdout": held, **generated}.items():
             mask = corpus.station_mask(station)
             if mask.any():
                 d = correlation_distance(corpus.waveforms[mask], train).min(axis=1)
@@ -399,8 +403,9 @@ def scenario_fidelity(real: Corpus, generated: Corpus, params: EvaluateParams,
 
 
 def novelty_rates(table: pd.DataFrame) -> dict:
-    """Per model: share of generated records closer to their nearest training record than the
-    10th percentile of the real-vs-real nearest distances of the same station."""
+    """Per model (and "holdout", the held-out real records): share of records closer to their
+    nearest training record than the 10th percentile of the real-vs-real nearest distances of
+    the same station."""
     out = {}
     for model in table["model"].unique():
         if model == "real":

@@ -157,7 +157,7 @@ def load_losses(path: str | Path) -> pd.DataFrame:
 
 
 def load_novelty(path: str | Path) -> pd.DataFrame:
-    """novelty.csv: station, model (timesnet | vae | real), record_id, nn_distance."""
+    """novelty.csv: station, model (a generator, "real" or "holdout"), record_id, nn_distance."""
     table = pd.read_csv(require(path), dtype={"station": str, "record_id": str})
     missing = [c for c in ("station", "model", "nn_distance") if c not in table.columns]
     if missing:

@@ -521,6 +521,7 @@ def ground_truth_f0(summary: pd.DataFrame, targets: list[str], tolerance: float 
 
 # novelty.csv "model" column -> (box label, colour)
 NOVELTY_GROUPS = {"real": ("Real vs real", registry.REAL_COLOUR),
+                  "holdout": ("Held-out real", "0.45"),
                   **{g.name: (g.gen_label, g.colour) for g in registry.GENERATORS}}
 
 

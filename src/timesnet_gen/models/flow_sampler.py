@@ -92,6 +92,7 @@ class FlowSamplerParams:
     period_selection: str = "batch"  # batch | sample (see models/timesnet.fft_periods)
     patch: int = 2  # frames per token of the backbone (94 frames -> 47 tokens)
     time_mixing: bool = True  # a linear token mix after each TimesBlock (global context)
+    dropout: float = 0.0  # after each TimesBlock, training only
     # training (both phases: AdamW, cosine per step, grad-norm clip)
     pretrain_epochs: int = 300
     finetune_epochs: int = 200
@@ -109,7 +110,7 @@ class FlowSamplerParams:
     # sampling
     n_steps: int = 12  # ODE steps (Heun: 23 network evaluations)
     solver: str = "heun"  # euler | heun
-    griffin_lim_iters: int = 8
+    griffin_lim_iters: int = 2  # 8 gave the same realism scores, 1.5x slower (measured)
     griffin_lim_momentum: float = 0.99
     envelope_rounds: int = 4  # (equalise, envelope projection) pairs after Griffin-Lim; 0 = one
     #                           equalisation only (the decoder before Dec 2026)
@@ -126,6 +127,8 @@ class FlowSamplerParams:
                 if getattr(self, name) <= 0]  # NaN is named above
         bad += [f"{name} = {getattr(self, name)} (must be >= 0)"
                 for name in ("envelope_rounds", "griffin_lim_iters") if getattr(self, name) < 0]
+        if not 0.0 <= self.dropout < 1.0:  # NaN fails here too
+            bad.append(f"dropout = {self.dropout} (must be in [0, 1))")
         if bad:
             raise FlowSamplerError(f"flow-sampler parameter(s) {'; '.join(bad)}")
 
@@ -298,7 +301,7 @@ class VelocityNet(nn.Module):
         self.d_cond, self.patch, self.n_frames = p.d_cond, p.patch, n_frames
         n_tokens = -(-n_frames // p.patch)
         cfg = TimesNetConfig(d_model=p.d_model, d_ff=p.d_ff, num_kernels=p.num_kernels,
-                             e_layers=p.e_layers, top_k=p.top_k, dropout=0.0, seq_len=n_tokens,
+                             e_layers=p.e_layers, top_k=p.top_k, dropout=p.dropout, seq_len=n_tokens,
                              conditioning="none", period_selection=p.period_selection,
                              n_stations=0, c_in=n_coarse)
         self.station = nn.Embedding(n_stations + 1, p.d_cond)  # 0 = any station
@@ -322,6 +325,7 @@ class VelocityNet(nn.Module):
             nn.init.zeros_(film.weight)
             nn.init.zeros_(film.bias)
         self.norm = nn.LayerNorm(p.d_model)
+        self.drop = nn.Dropout(p.dropout) if p.dropout > 0 else nn.Identity()
         self.head = nn.Linear(p.d_model, n_coarse * p.patch)
         self.head_static = nn.Sequential(nn.Linear(2 * p.d_model + p.d_cond, 2 * p.d_model),
                                          nn.GELU(), nn.Linear(2 * p.d_model, n_static))
@@ -341,7 +345,7 @@ class VelocityNet(nn.Module):
         h = self.embed(tokens) + self.pos + (s + self.embed_cond(c))[:, None]
         for block, film, mix in zip(self.blocks, self.films, self.mixes):
             gamma, beta = film(c)[:, None].chunk(2, dim=-1)
-            h = self.norm(block(h)) * (1 + gamma) + beta
+            h = self.drop(self.norm(block(h)) * (1 + gamma) + beta)
             if isinstance(mix, nn.Linear):
                 h = h + mix(h.transpose(1, 2)).transpose(1, 2)  # (B, T', D) mixed along T'
         pooled = torch.cat([h.mean(dim=1), s, c], dim=1)
