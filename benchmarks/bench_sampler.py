@@ -17,7 +17,10 @@ instead prints the quick realism check of a trained sampler against the real tar
 median D5-95 and PGA ratios to the station's real records, multi-burst rate, novelty, the 5x5
 and 10x10 specificity beside a perfect generator (50 own training records drawn with
 replacement, mean of 20 draws), nearest-station accuracy, and the scenario fidelity on the
-holdout (20 records per holdout record's station, M, R; ln PGA / PSA residuals, slopes).
+holdout (20 records per holdout record's station, M, R; ln PGA / PSA residuals, slopes), and
+the two-sample classifier AUC (the realism protocol's) on groups of its log-spectrogram features
+(all; envelope = band-averaged power per window; spectrum = window-averaged power per band; one
+component; the first four 5 s windows; the rest): which part of a record gives it away.
 """
 
 from __future__ import annotations
@@ -117,7 +120,33 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return flat / np.linalg.norm(flat, axis=1, keepdims=True)
 
 
-def realism(checkpoint: Path, data: Path, raw: Path, n: int = 50, seed: int = 1) -> None:
+def log_mean(a: np.ndarray, axis) -> np.ndarray:
+    """ln of the mean power over `axis` of ln-power features."""
+    return np.log(np.mean(np.exp(a), axis=axis))
+
+
+def classifier_groups(gen: np.ndarray, real: np.ndarray, rp) -> dict[str, float]:
+    """Classifier AUC (realism protocol: features, folds, L2) of generated vs real records on
+    groups of the (component, 5 s window, band) log-spectrogram features."""
+    from timesnet_gen.evaluation.realism import classifier_auc
+    from timesnet_gen.evaluation.realism_features import spectrogram_features
+
+    def cube(x):
+        return spectrogram_features(x, 100.0, rp).reshape(len(x), 3, -1, rp.spec_n_bands)
+
+    groups = {
+        "all": lambda c: c, "envelope": lambda c: log_mean(c, 3), "spectrum": lambda c: log_mean(c, 2),
+        "E": lambda c: c[:, 0], "N": lambda c: c[:, 1], "U": lambda c: c[:, 2],
+        "windows 0-3 (0-20 s)": lambda c: c[:, :, :4], "windows 4+": lambda c: c[:, :, 4:],
+    }
+    g, r = cube(gen), cube(real)
+    return {name: classifier_auc(f(g).reshape(len(g), -1), f(r).reshape(len(r), -1),
+                                 rp.classifier_folds, rp.classifier_l2, 0)
+            for name, f in groups.items()}
+
+
+def realism(checkpoint: Path, data: Path, raw: Path, params_path: str = "params.yaml",
+            n: int = 50, seed: int = 1) -> None:
     import pandas as pd
 
     from timesnet_gen.evaluation.hvsr import f0, hvsr
@@ -140,7 +169,8 @@ def realism(checkpoint: Path, data: Path, raw: Path, n: int = 50, seed: int = 1)
     def f0_of(x: np.ndarray) -> np.ndarray:
         return f0(*hvsr(x))
 
-    rows, f0_real, f0_gen, f0_by_row, train_rows = {}, {}, {}, {}, {}
+    rp = load_params(params_path).evaluate.realism
+    rows, f0_real, f0_gen, f0_by_row, train_rows, auc = {}, {}, {}, {}, {}, {}
     for station in sampler.stations:
         own = targets.index[targets["station"] == station].to_numpy()
         train_rows[station] = targets.index[(targets["station"] == station)
@@ -148,6 +178,7 @@ def realism(checkpoint: Path, data: Path, raw: Path, n: int = 50, seed: int = 1)
         pick = sampler.scenarios(station)[rng.integers(0, len(sampler.scenarios(station)), n)]
         gen = sampler.sample(station, pick[:, 0], pick[:, 1], seed)
         real = waves[own]
+        auc[station] = classifier_groups(gen, real, rp)
         f0_real[station], f0_gen[station] = f0_of(real), f0_of(gen)
         f0_by_row.update(zip(own, f0_real[station]))
         nn_real = unit_rows(waves[train_rows[station]])
@@ -165,6 +196,10 @@ def realism(checkpoint: Path, data: Path, raw: Path, n: int = 50, seed: int = 1)
             "novel_below_p10": np.mean(d_gen < np.quantile(d_real, 0.1)),
         }
     print(pd.DataFrame(rows).T.to_string(float_format=lambda v: f"{v:.3f}"))
+    table = pd.DataFrame(auc).T
+    table.loc["mean"] = table.mean()
+    print("classifier AUC by feature group (0.5 = indistinguishable):")
+    print(table.to_string(float_format=lambda v: f"{v:.2f}"))
     stations = sampler.stations
     real_pdf = [f0_histogram(f0_real[s][np.isfinite(f0_real[s])]) for s in stations]
     scores = specificity_scores(real_pdf, [f0_histogram(f0_gen[s]) for s in stations])
@@ -223,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="print the realism check of this sampler instead of the budget")
     args = ap.parse_args(argv)
     if args.realism is not None:
-        realism(args.realism, args.data, args.raw)
+        realism(args.realism, args.data, args.raw, args.params)
         return 0
 
     p = fs.FlowSamplerParams()
