@@ -286,4 +286,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from timesnet_gen.errors import UserError
+
+    try:
+        sys.exit(main())
+    except UserError as exc:  # bad checkpoint, data folder or params: one line, exit code 1
+        sys.exit(f"bench_sampler: {exc}")
