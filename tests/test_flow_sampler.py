@@ -127,6 +127,81 @@ def test_encode_decode_keeps_peak_and_fine_spectrum():
     np.testing.assert_allclose(fs.encode(y, p)["onset"], feats["onset"], atol=1.0)  # s
 
 
+def p_and_s_records(rng: np.random.Generator, t_p: np.ndarray, t_s: np.ndarray) -> np.ndarray:
+    """A weak P phase (0.15 of the S amplitude, vertical strongest) at t_p and an S phase on
+    the horizontals at t_s (s), each a decaying noise burst."""
+    t = np.arange(T) / FS
+    out = np.empty((len(t_p), 3, T), np.float32)
+    for i in range(len(t_p)):
+        burst = lambda t0, tau: np.clip(t - t0, 0, None) * np.exp(-np.clip(t - t0, 0, None) / tau)
+        p_wave = 0.15 * burst(t_p[i], 1.0) * np.array([0.5, 0.5, 1.0])[:, None]
+        s_wave = burst(t_s[i], 3.0) * np.array([1.0, 1.0, 0.4])[:, None]
+        out[i] = rng.standard_normal((3, T)) * (p_wave + s_wave)
+    return out
+
+
+def test_warp_frame_times_put_the_knots_in_place_and_invert():
+    """Warped time: P knot at p_align_s, onset at align_s, slope 1 after it; the inverse map
+    is the same piecewise-linear function the other way round."""
+    hop_s = 64 / FS  # knots on the frame grid: frames 13 and 31
+    p = fs.FlowSamplerParams(timing="warp", hop=64, align_s=31 * hop_s, p_align_s=13 * hop_s)
+    t_p, t_s = np.array([3.0, 12.0]), np.array([6.0, 30.0])
+    n = 1 + T // p.hop
+    real_of_warped = fs.frame_times(t_p, t_s, p, n)  # (2, n)
+    grid = np.arange(n) * hop_s
+    np.testing.assert_allclose(real_of_warped[:, [0, 13, 31, 81]],
+                               np.stack([[0.0] * 2, t_p, t_s, t_s + 50 * hop_s], 1), atol=1e-9)
+    warped_of_real = fs.frame_times(t_p, t_s, p, n, inverse=True)
+    for i in range(2):  # the inverse, piece by piece
+        r = grid
+        want = np.where(r < t_p[i], r * p.p_align_s / t_p[i],
+                        np.where(r < t_s[i], p.p_align_s + (r - t_p[i]) * (p.align_s - p.p_align_s)
+                                 / (t_s[i] - t_p[i]), p.align_s + r - t_s[i]))
+        np.testing.assert_allclose(warped_of_real[i], want, atol=1e-9)
+
+
+def test_resample_frames_interpolates_linearly_and_holds_the_ends():
+    p = fs.FlowSamplerParams(hop=50)  # frames 0.5 s apart at 100 Hz
+    frames = np.arange(10, dtype=np.float32)[None, None] * np.array([1.0, -2.0],
+                                                                    np.float32)[None, :, None]
+    at = np.array([[0.25, 1.0, -3.0, 99.0]])  # s: frame 0.5, frame 2, before, after
+    out = fs.resample_frames(frames, at, p)
+    assert out.shape == (1, 2, 4) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0, 0], [0.5, 2.0, 0.0, 9.0])
+    np.testing.assert_allclose(out[0, 1], [-1.0, -4.0, 0.0, -18.0])
+
+
+def test_warp_encode_decode_keeps_the_p_and_s_times():
+    """Timing "warp": the features are ln onset and ln(onset - P knot); a round trip puts the
+    1 % and 5 % Arias times of the record back within a frame and a half (about 1 s) of the
+    original ones, and keeps the peak."""
+    rng = np.random.default_rng(7)
+    p = fs.FlowSamplerParams(timing="warp", align_s=20.0, p_align_s=8.0, griffin_lim_iters=2)
+    x = p_and_s_records(rng, np.array([4.0, 10.0]), np.array([9.0, 26.0]))
+    feats = fs.encode(x, p)
+    xn = x / np.abs(x).max(axis=(1, 2))[:, None, None]
+    t1, t5 = fs.onset_time(xn, 0.01), fs.onset_time(xn, 0.05)
+    assert feats["onset"].shape == (2, 2)
+    np.testing.assert_allclose(np.exp(feats["onset"]), np.stack([t5, t5 - t1], 1), rtol=1e-5)
+    y = fs.decode(*(torch.from_numpy(feats[k]) for k in ("level", "onset", "coarse", "fine")),
+                  p, torch.Generator().manual_seed(0))
+    yn = y / np.abs(y).max(axis=(1, 2))[:, None, None]
+    np.testing.assert_allclose(fs.onset_time(yn, 0.01), t1, atol=1.0)
+    np.testing.assert_allclose(fs.onset_time(yn, 0.05), t5, atol=1.0)
+    np.testing.assert_allclose(np.abs(y).max(axis=(1, 2)), np.abs(x).max(axis=(1, 2)),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(timing="shift"), "timing = 'shift'"),
+    (dict(timing="warp", p_align_s=15.0), r"p_align_s = 15.0 \(warp: must be in \(0, align_s"),
+    (dict(timing="warp", p_fraction=0.05), r"p_fraction = 0.05 \(warp: must be in"),
+])
+def test_bad_timing_params_are_refused(overrides, match):
+    with pytest.raises(fs.FlowSamplerError, match=match):
+        fs.FlowSamplerParams(**overrides)
+
+
 def test_envelope_projection_moves_the_band_magnitudes_to_the_target():
     """One projection of stationary white noise onto a Gaussian band envelope: the frame
     magnitudes follow the target to 0.12 ln (median, measured; not exact, as the overlap-add of
@@ -253,6 +328,22 @@ def test_sample_shape_determinism_and_conditioning(trained):
     assert not np.allclose(a, sampler.sample("A", m, r, seed=4))
     assert not np.allclose(a, sampler.sample("B", m, r, seed=3))  # station reaches the output
     assert not np.allclose(a, sampler.sample("A", m + 1.0, r, seed=3))  # so does M
+
+
+def test_warp_timing_trains_samples_and_round_trips_its_state(prepared, tmp_path):
+    """timing "warp" end to end: two timing scalars in the static part, seeded records that
+    start and end where a record can (finite, peak exp(level)), and a state that reloads."""
+    p = tiny_params(timing="warp", align_s=20.0)
+    sampler = fs.train_sampler(prepared, p, tmp_path / "m", raw_dir=tmp_path / "none",
+                               log=lambda _: None)
+    assert sampler.net.n_scalars == 3
+    assert sampler.stats["static_std"].numel() == 3 + 3 * p.n_fine
+    m, r = np.array([5.0, 5.5, 4.5]), np.array([20.0, 40.0, 80.0])
+    a = sampler.sample("B", m, r, seed=3)
+    assert a.shape == (3, 3, T) and np.isfinite(a).all() and np.abs(a).max() > 0
+    again = fs.FlowSampler.from_state(torch.load(tmp_path / "m" / "model.pt",
+                                                 weights_only=True)["state"])
+    np.testing.assert_array_equal(again.sample("B", m, r, seed=3), a)
 
 
 def test_result_does_not_depend_on_the_number_of_workers(trained):

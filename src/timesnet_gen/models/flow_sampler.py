@@ -80,8 +80,12 @@ class FlowSamplerParams:
     fine_fmax: float = 30.0  # Hz
     fine_bandwidth: float = 150.0  # b of exp(-b ln(f/fc)^2): sigma 0.058 in ln f
     log_eps: float = 1e-4  # of the unit-peak STFT magnitude
-    align_s: float = 15.0  # s: the onset of every spectrogram is moved here (circular shift)
+    align_s: float = 15.0  # s: the onset of every spectrogram is moved here
     align_fraction: float = 0.05  # onset = time of this fraction of the Arias intensity
+    timing: str = "roll"  # roll: circular shift of the onset to align_s | warp: piecewise-
+    #                       linear time warp, P knot to p_align_s and onset to align_s (TIMINGS)
+    p_fraction: float = 0.01  # warp: P knot = time of this fraction of the Arias intensity
+    p_align_s: float = 8.0  # warp: s, where the P knot sits in warped time (< align_s)
     # network
     d_model: int = 32
     d_ff: int = 32
@@ -129,6 +133,14 @@ class FlowSamplerParams:
                 for name in ("envelope_rounds", "griffin_lim_iters") if getattr(self, name) < 0]
         if not 0.0 <= self.dropout < 1.0:  # NaN fails here too
             bad.append(f"dropout = {self.dropout} (must be in [0, 1))")
+        if self.timing not in TIMINGS:
+            bad.append(f"timing = {self.timing!r} (not one of {TIMINGS})")
+        if self.timing == "warp" and not 0 < self.p_align_s < self.align_s:
+            bad.append(f"p_align_s = {self.p_align_s} (warp: must be in (0, align_s = "
+                       f"{self.align_s}))")
+        if self.timing == "warp" and not 0 < self.p_fraction < self.align_fraction:
+            bad.append(f"p_fraction = {self.p_fraction} (warp: must be in (0, align_fraction = "
+                       f"{self.align_fraction}))")
         if bad:
             raise FlowSamplerError(f"flow-sampler parameter(s) {'; '.join(bad)}")
 
@@ -197,10 +209,54 @@ def align_shift(onset_s: np.ndarray, p: FlowSamplerParams, fs: float = SAMPLING_
     return np.rint((p.align_s - np.asarray(onset_s, dtype=np.float64)) * fs).astype(np.int64)
 
 
+TIMINGS = ("roll", "warp")
+MIN_GAP_S = 0.3  # warp: the onset is at least this long after the P knot (s)
+
+
+def n_scalars(p: FlowSamplerParams) -> int:
+    """Scalars at the head of the static part: the level and the timing (roll: the onset;
+    warp: ln onset and ln(onset - P knot))."""
+    return 3 if p.timing == "warp" else 2
+
+
+def frame_times(t_p: np.ndarray, t_s: np.ndarray, p: FlowSamplerParams, n_frames: int,
+                inverse: bool = False, fs: float = SAMPLING_RATE) -> np.ndarray:
+    """Real time (s) of every warped frame of each record -> (n, n_frames); inverse=True: the
+    warped time of every real frame.
+
+    The warp is piecewise linear through (0, 0), (t_p, p.p_align_s), (t_s, p.align_s) and has
+    slope 1 after t_s: the P wave gets a fixed slot, the strong motion and coda keep their real
+    durations (a warp that also stretched the coda to the record's end made the generated
+    D5-95 1.2-1.7 x real: README "Timing ablation")."""
+    far = 1e4  # s, beyond any record
+    real = np.stack([np.zeros(len(t_s)), t_p, t_s, np.asarray(t_s) + far], axis=1)
+    warped = np.array([0.0, p.p_align_s, p.align_s, p.align_s + far])
+    grid = np.arange(n_frames) * p.hop / fs
+    if inverse:
+        return np.stack([np.interp(grid, knots, warped) for knots in real])
+    return np.stack([np.interp(grid, warped, knots) for knots in real])
+
+
+def resample_frames(frames: np.ndarray, at_s: np.ndarray, p: FlowSamplerParams,
+                    fs: float = SAMPLING_RATE) -> np.ndarray:
+    """Frames (n, ..., t) at times k * hop -> linearly interpolated at times at_s (n, t') s;
+    held at the first and last frame outside them."""
+    t = frames.shape[-1]
+    idx = np.clip(np.asarray(at_s) * fs / p.hop, 0, t - 1)
+    lo = np.floor(idx).astype(np.int64)
+    shape = (len(frames),) + (1,) * (frames.ndim - 2) + (idx.shape[1],)
+    w = (idx - lo).reshape(shape)
+    below = np.take_along_axis(frames, lo.reshape(shape), axis=-1)
+    above = np.take_along_axis(frames, np.minimum(lo + 1, t - 1).reshape(shape), axis=-1)
+    return (below * (1 - w) + above * w).astype(frames.dtype)
+
+
 def encode(waveforms: np.ndarray, p: FlowSamplerParams) -> dict[str, np.ndarray]:
-    """Records (n, 3, T) cm/s^2 -> {"level" (n, 1), "onset" (n, 1), "coarse" (n, frames, 3 B),
-    "fine" (n, 3 F)}. The spectrogram is of the record circularly shifted so that its 5 %
-    Arias time sits at p.align_s (the onset, in s, is kept as a feature)."""
+    """Records (n, 3, T) cm/s^2 -> {"level" (n, 1), "onset" (n, 1 | 2), "coarse"
+    (n, frames, 3 B), "fine" (n, 3 F)}. timing "roll": the spectrogram is of the record
+    circularly shifted so that its onset (align_fraction of the Arias intensity) sits at
+    p.align_s; the onset (s) is a feature. timing "warp": the spectrogram is resampled onto
+    warped time (`frame_times`); the features are ln onset and ln(onset - P knot)."""
     x = np.asarray(waveforms, dtype=np.float32)
     if x.ndim != 3 or x.shape[1] != 3:
         raise FlowSamplerError(f"records must have shape (n, 3, T), got {x.shape}")
@@ -211,14 +267,22 @@ def encode(waveforms: np.ndarray, p: FlowSamplerParams) -> dict[str, np.ndarray]
         raise FlowSamplerError(f"record {int(np.argmax(peak <= 0))} is all zeros")
     xn = x / peak[:, None, None]
     onset = onset_time(xn, p.align_fraction)
-    aligned = roll(xn, align_shift(onset, p)).astype(np.float32)
-    band = band_magnitude(stft(torch.from_numpy(aligned), p.n_fft, p.hop), p)  # (n, 3, B, t)
-    coarse = torch.log(band + p.log_eps)
+    if p.timing == "warp":
+        t_p = onset_time(xn, p.p_fraction)
+        onset = np.maximum(onset, t_p + MIN_GAP_S)
+        timing = np.log(np.stack([onset, onset - t_p], axis=1))
+    else:
+        xn = roll(xn, align_shift(onset, p)).astype(np.float32)
+        timing = onset[:, None]
+    band = band_magnitude(stft(torch.from_numpy(xn), p.n_fft, p.hop), p)  # (n, 3, B, t)
+    coarse = torch.log(band + p.log_eps).numpy()
     n, c, b, t = coarse.shape
+    if p.timing == "warp":
+        coarse = resample_frames(coarse, frame_times(t_p, onset, p, t), p)
     return {
         "level": np.log(peak)[:, None].astype(np.float32),
-        "onset": onset[:, None].astype(np.float32),
-        "coarse": coarse.permute(0, 3, 1, 2).reshape(n, t, c * b).numpy(),
+        "onset": timing.astype(np.float32),
+        "coarse": coarse.transpose(0, 3, 1, 2).reshape(n, t, c * b),
         "fine": fine_spectrum(xn, p).reshape(n, -1).astype(np.float32),
     }
 
@@ -261,6 +325,12 @@ def decode(level: torch.Tensor, onset: torch.Tensor, coarse: torch.Tensor, fine:
     n, t, cb = coarse.shape
     bands = torch.as_tensor(band_of_bin(p))
     logmag = coarse.reshape(n, t, 3, cb // 3).permute(0, 2, 3, 1)  # (n, 3, B, frames)
+    duration = n_samples / SAMPLING_RATE
+    if p.timing == "warp":  # warped frames back to real time
+        t_s = np.exp(onset[:, 0].double().numpy()).clip(MIN_GAP_S, duration)
+        t_p = np.maximum(t_s - np.exp(onset[:, 1].double().numpy()).clip(MIN_GAP_S), 0.0)
+        logmag = torch.from_numpy(resample_frames(
+            logmag.numpy(), frame_times(t_p, t_s, p, t, inverse=True), p))
     band_mag = (torch.exp(logmag) - p.log_eps).clamp_min(0.0)  # (n, 3, B, frames)
     mag = F.pad(band_mag[:, :, bands], (0, 0, 1, 0))  # every bin of its band; DC zero
     x = griffin_lim(mag, p.n_fft, p.hop, n_samples, p.griffin_lim_iters,
@@ -271,8 +341,9 @@ def decode(level: torch.Tensor, onset: torch.Tensor, coarse: torch.Tensor, fine:
         if k:
             x = equalise(x, target, p)
         x = envelope_project(x, band_mag, p)
-    onset_s = onset[:, 0].double().numpy().clip(0.0, n_samples / SAMPLING_RATE)
-    x = torch.from_numpy(roll(x.numpy(), -align_shift(onset_s, p)))
+    if p.timing == "roll":
+        onset_s = onset[:, 0].double().numpy().clip(0.0, duration)
+        x = torch.from_numpy(roll(x.numpy(), -align_shift(onset_s, p)))
     peak = x.abs().amax(dim=(1, 2)).clamp_min(1e-20)
     return (x * (torch.exp(level[:, 0]) / peak)[:, None, None]).numpy().astype(np.float32)
 
@@ -299,6 +370,7 @@ class VelocityNet(nn.Module):
                  n_stations: int) -> None:
         super().__init__()
         self.d_cond, self.patch, self.n_frames = p.d_cond, p.patch, n_frames
+        self.n_scalars = n_scalars(p)
         n_tokens = -(-n_frames // p.patch)
         cfg = TimesNetConfig(d_model=p.d_model, d_ff=p.d_ff, num_kernels=p.num_kernels,
                              e_layers=p.e_layers, top_k=p.top_k, dropout=p.dropout, seq_len=n_tokens,
@@ -363,7 +435,7 @@ class Batchable:
     """Standardised training tensors of one phase."""
 
     coarse: torch.Tensor  # (n, T, C)
-    static: torch.Tensor  # (n, S) = [level, fine]
+    static: torch.Tensor  # (n, S) = [level, timing, fine]
     station: torch.Tensor  # (n,) long, 0 = any
     scenario: torch.Tensor  # (n, 2) standardised [M, ln R]
 
@@ -380,9 +452,6 @@ def standardise_scenario(scenario: np.ndarray, stats: dict[str, torch.Tensor]) -
     """(n, 2) [M, distance km] -> (n, 2) standardised [M, ln R]."""
     cond = torch.as_tensor(scenario_features(scenario), dtype=torch.float32)
     return (cond - stats["cond_mean"]) / stats["cond_std"]
-
-
-N_SCALARS = 2  # the static part: [level, onset, fine ...]
 
 
 def static_of(feats: dict[str, np.ndarray]) -> np.ndarray:
@@ -469,8 +538,9 @@ def flow_loss(net: VelocityNet, b: Batchable, idx: torch.Tensor, generator: torc
     xs = (1 - t[:, None]) * x0s + t[:, None] * x1s
     vc, vs = net(xc, xs, t, b.station[idx], b.scenario[idx])
     err_s = (vs - (x1s - x0s)) ** 2
-    scalars = err_s[:, :N_SCALARS].mean(dim=0).sum()  # level, onset
-    return ((vc - (x1c - x0c)) ** 2).mean() + err_s[:, N_SCALARS:].mean() + scalars
+    k = net.n_scalars
+    scalars = err_s[:, :k].mean(dim=0).sum()  # level, timing
+    return ((vc - (x1c - x0c)) ** 2).mean() + err_s[:, k:].mean() + scalars
 
 
 @torch.no_grad()
@@ -643,7 +713,8 @@ class FlowSampler:
         mean_c, mean_s = mean_prediction(self.stats, station_t, sc)
         coarse = (xc.reshape(len(sc), -1) * self.stats["coarse_std"] + mean_c).reshape(xc.shape)
         static = xs * self.stats["static_std"] + mean_s
-        return decode(static[:, :1], static[:, 1:2], coarse, static[:, 2:], p, generator,
+        k = n_scalars(p)
+        return decode(static[:, :1], static[:, 1:k], coarse, static[:, k:], p, generator,
                       self.n_samples)
 
     def state(self) -> dict:
