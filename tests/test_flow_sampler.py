@@ -147,11 +147,11 @@ def test_warp_frame_times_put_the_knots_in_place_and_invert():
     p = fs.FlowSamplerParams(timing="warp", hop=64, align_s=31 * hop_s, p_align_s=13 * hop_s)
     t_p, t_s = np.array([3.0, 12.0]), np.array([6.0, 30.0])
     n = 1 + T // p.hop
-    real_of_warped = fs.frame_times(t_p, t_s, p, n)  # (2, n)
+    real_of_warped = fs.frame_times(np.stack([t_p, t_s], axis=1), p, n)  # (2, n)
     grid = np.arange(n) * hop_s
     np.testing.assert_allclose(real_of_warped[:, [0, 13, 31, 81]],
                                np.stack([[0.0] * 2, t_p, t_s, t_s + 50 * hop_s], 1), atol=1e-9)
-    warped_of_real = fs.frame_times(t_p, t_s, p, n, inverse=True)
+    warped_of_real = fs.frame_times(np.stack([t_p, t_s], axis=1), p, n, inverse=True)
     for i in range(2):  # the inverse, piece by piece
         r = grid
         want = np.where(r < t_p[i], r * p.p_align_s / t_p[i],
@@ -171,23 +171,27 @@ def test_resample_frames_interpolates_linearly_and_holds_the_ends():
     np.testing.assert_allclose(out[0, 1], [-1.0, -4.0, 0.0, -18.0])
 
 
-def test_warp_encode_decode_keeps_the_p_and_s_times():
-    """Timing "warp": the features are ln onset and ln(onset - P knot); a round trip puts the
-    1 % and 5 % Arias times of the record back within a frame and a half (about 1 s) of the
-    original ones, and keeps the peak."""
+@pytest.mark.parametrize("timing, fractions", [("warp", (0.01, 0.05)),
+                                               ("stretch", (0.01, 0.05, 0.95))])
+def test_warped_encode_decode_keeps_the_knot_times(timing, fractions):
+    """Timings "warp" / "stretch": the features are ln onset, ln(onset - P knot) (and ln(end
+    knot - onset)); a round trip puts the 1 %, 5 % (and 95 %) Arias times of the record back
+    within a frame and a half (about 1 s) of the original ones, and keeps the peak."""
     rng = np.random.default_rng(7)
-    p = fs.FlowSamplerParams(timing="warp", align_s=20.0, p_align_s=8.0, griffin_lim_iters=2)
+    p = fs.FlowSamplerParams(timing=timing, align_s=20.0, p_align_s=8.0, end_align_s=35.0,
+                             griffin_lim_iters=2)
     x = p_and_s_records(rng, np.array([4.0, 10.0]), np.array([9.0, 26.0]))
     feats = fs.encode(x, p)
     xn = x / np.abs(x).max(axis=(1, 2))[:, None, None]
-    t1, t5 = fs.onset_time(xn, 0.01), fs.onset_time(xn, 0.05)
-    assert feats["onset"].shape == (2, 2)
-    np.testing.assert_allclose(np.exp(feats["onset"]), np.stack([t5, t5 - t1], 1), rtol=1e-5)
+    times = np.stack([fs.onset_time(xn, f) for f in fractions], axis=1)
+    assert feats["onset"].shape == (2, len(fractions))
+    np.testing.assert_allclose(np.exp(feats["onset"]),
+                               np.column_stack([times[:, 1], np.diff(times, axis=1)]), rtol=1e-5)
     y = fs.decode(*(torch.from_numpy(feats[k]) for k in ("level", "onset", "coarse", "fine")),
                   p, torch.Generator().manual_seed(0))
     yn = y / np.abs(y).max(axis=(1, 2))[:, None, None]
-    np.testing.assert_allclose(fs.onset_time(yn, 0.01), t1, atol=1.0)
-    np.testing.assert_allclose(fs.onset_time(yn, 0.05), t5, atol=1.0)
+    for f, t in zip(fractions, times.T):
+        np.testing.assert_allclose(fs.onset_time(yn, f), t, atol=1.0)
     np.testing.assert_allclose(np.abs(y).max(axis=(1, 2)), np.abs(x).max(axis=(1, 2)),
                                rtol=1e-5)
 
@@ -196,6 +200,9 @@ def test_warp_encode_decode_keeps_the_p_and_s_times():
     (dict(timing="shift"), "timing = 'shift'"),
     (dict(timing="warp", p_align_s=15.0), r"p_align_s = 15.0 \(warp: must be in \(0, align_s"),
     (dict(timing="warp", p_fraction=0.05), r"p_fraction = 0.05 \(warp: must be in"),
+    (dict(timing="stretch", end_align_s=15.0), r"end_align_s = 15.0 \(stretch: must be > "),
+    (dict(timing="stretch", end_fraction=1.0), r"end_fraction = 1.0 \(stretch: must be in"),
+    (dict(timing="stretch", p_align_s=0.0), r"p_align_s = 0.0 \(stretch: must be in"),
 ])
 def test_bad_timing_params_are_refused(overrides, match):
     with pytest.raises(fs.FlowSamplerError, match=match):
@@ -330,20 +337,28 @@ def test_sample_shape_determinism_and_conditioning(trained):
     assert not np.allclose(a, sampler.sample("A", m + 1.0, r, seed=3))  # so does M
 
 
-def test_warp_timing_trains_samples_and_round_trips_its_state(prepared, tmp_path):
-    """timing "warp" end to end: two timing scalars in the static part, seeded records that
-    start and end where a record can (finite, peak exp(level)), and a state that reloads."""
-    p = tiny_params(timing="warp", align_s=20.0)
+@pytest.mark.parametrize("timing, n_timing", [("warp", 2), ("stretch", 3)])
+def test_warped_timings_train_sample_and_round_trip_their_state(prepared, tmp_path, timing,
+                                                                n_timing):
+    """timing "warp" / "stretch" end to end: 2 / 3 timing scalars in the static part, seeded
+    records that start and end where a record can (finite, peak exp(level)), a state that
+    reloads, and a retrain with the same seed that writes the same losses.tsv bytes."""
+    p = tiny_params(timing=timing, align_s=20.0, end_align_s=30.0)
     sampler = fs.train_sampler(prepared, p, tmp_path / "m", raw_dir=tmp_path / "none",
                                log=lambda _: None)
-    assert sampler.net.n_scalars == 3
-    assert sampler.stats["static_std"].numel() == 3 + 3 * p.n_fine
+    assert sampler.net.n_scalars == 1 + n_timing
+    assert sampler.stats["static_std"].numel() == 1 + n_timing + 3 * p.n_fine
     m, r = np.array([5.0, 5.5, 4.5]), np.array([20.0, 40.0, 80.0])
     a = sampler.sample("B", m, r, seed=3)
     assert a.shape == (3, 3, T) and np.isfinite(a).all() and np.abs(a).max() > 0
     again = fs.FlowSampler.from_state(torch.load(tmp_path / "m" / "model.pt",
                                                  weights_only=True)["state"])
     np.testing.assert_array_equal(again.sample("B", m, r, seed=3), a)
+    if timing == "stretch":
+        fs.train_sampler(prepared, p, tmp_path / "m2", raw_dir=tmp_path / "none",
+                         log=lambda _: None)
+        assert (tmp_path / "m" / "losses.tsv").read_bytes() == \
+            (tmp_path / "m2" / "losses.tsv").read_bytes()
 
 
 def test_result_does_not_depend_on_the_number_of_workers(trained):

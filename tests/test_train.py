@@ -170,8 +170,11 @@ def test_bad_inputs(prepared, pretrained, tmp_path):
     corrupt = tmp_path / "corrupt" / "model.pt"
     corrupt.parent.mkdir()
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="unreadable checkpoint"):
+    with pytest.raises(CheckpointError, match="unreadable checkpoint") as err:
         train(tiny_params(), prepared, tmp_path / "x", "finetune", init=corrupt)
+    # one line naming the cause, not torch's paragraph of weights_only advice
+    assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
+    assert "not a weights-only torch file" in str(err.value)
     with pytest.raises(TrainError, match="seq_len=100"):
         train(tiny_params(seq_len=100), prepared, tmp_path / "x", "pretrain")
     # empty training split: every pretrain record moved to val

@@ -9,6 +9,7 @@ same loop and write the same files.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,11 @@ def load_checkpoint(path: str | Path, kind: str | None = None,
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types on corrupt files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # the cause only: torch wraps it in paragraphs of advice
+        text = str(exc).strip()
+        cause = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+        first = (f"not a weights-only torch file: {cause.group(1)}" if cause
+                 else re.split(r"(?<=\.)\s", text, maxsplit=1)[0] or type(exc).__name__)
         raise CheckpointError(f"{path}: unreadable checkpoint ({first})") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a model checkpoint of this project")

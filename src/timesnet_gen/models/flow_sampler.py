@@ -83,9 +83,12 @@ class FlowSamplerParams:
     align_s: float = 15.0  # s: the onset of every spectrogram is moved here
     align_fraction: float = 0.05  # onset = time of this fraction of the Arias intensity
     timing: str = "roll"  # roll: circular shift of the onset to align_s | warp: piecewise-
-    #                       linear time warp, P knot to p_align_s and onset to align_s (TIMINGS)
-    p_fraction: float = 0.01  # warp: P knot = time of this fraction of the Arias intensity
-    p_align_s: float = 8.0  # warp: s, where the P knot sits in warped time (< align_s)
+    #                       linear time warp, P knot to p_align_s and onset to align_s |
+    #                       stretch: warp plus the end knot to end_align_s (TIMINGS)
+    p_fraction: float = 0.01  # warp, stretch: P knot = time of this fraction of Arias intensity
+    p_align_s: float = 8.0  # warp, stretch: s, where the P knot sits in warped time (< align_s)
+    end_fraction: float = 0.95  # stretch: end knot = time of this fraction of Arias intensity
+    end_align_s: float = 40.0  # stretch: s, where the end knot sits in warped time (> align_s)
     # network
     d_model: int = 32
     d_ff: int = 32
@@ -135,12 +138,18 @@ class FlowSamplerParams:
             bad.append(f"dropout = {self.dropout} (must be in [0, 1))")
         if self.timing not in TIMINGS:
             bad.append(f"timing = {self.timing!r} (not one of {TIMINGS})")
-        if self.timing == "warp" and not 0 < self.p_align_s < self.align_s:
-            bad.append(f"p_align_s = {self.p_align_s} (warp: must be in (0, align_s = "
+        if self.timing != "roll" and not 0 < self.p_align_s < self.align_s:
+            bad.append(f"p_align_s = {self.p_align_s} ({self.timing}: must be in (0, align_s = "
                        f"{self.align_s}))")
-        if self.timing == "warp" and not 0 < self.p_fraction < self.align_fraction:
-            bad.append(f"p_fraction = {self.p_fraction} (warp: must be in (0, align_fraction = "
-                       f"{self.align_fraction}))")
+        if self.timing != "roll" and not 0 < self.p_fraction < self.align_fraction:
+            bad.append(f"p_fraction = {self.p_fraction} ({self.timing}: must be in (0, "
+                       f"align_fraction = {self.align_fraction}))")
+        if self.timing == "stretch" and not self.align_s < self.end_align_s:
+            bad.append(f"end_align_s = {self.end_align_s} (stretch: must be > align_s = "
+                       f"{self.align_s})")
+        if self.timing == "stretch" and not self.align_fraction < self.end_fraction < 1:
+            bad.append(f"end_fraction = {self.end_fraction} (stretch: must be in (align_fraction"
+                       f" = {self.align_fraction}, 1))")
         if bad:
             raise FlowSamplerError(f"flow-sampler parameter(s) {'; '.join(bad)}")
 
@@ -209,32 +218,62 @@ def align_shift(onset_s: np.ndarray, p: FlowSamplerParams, fs: float = SAMPLING_
     return np.rint((p.align_s - np.asarray(onset_s, dtype=np.float64)) * fs).astype(np.int64)
 
 
-TIMINGS = ("roll", "warp")
-MIN_GAP_S = 0.3  # warp: the onset is at least this long after the P knot (s)
+TIMINGS = ("roll", "warp", "stretch")
+MIN_GAP_S = 0.3  # warp, stretch: consecutive knots are at least this far apart in real time (s)
 
 
 def n_scalars(p: FlowSamplerParams) -> int:
     """Scalars at the head of the static part: the level and the timing (roll: the onset;
-    warp: ln onset and ln(onset - P knot))."""
-    return 3 if p.timing == "warp" else 2
+    warp: ln onset and ln(onset - P knot); stretch: those and ln(end knot - onset))."""
+    return 1 + len(warped_knots(p)) if p.timing != "roll" else 2
 
 
-def frame_times(t_p: np.ndarray, t_s: np.ndarray, p: FlowSamplerParams, n_frames: int,
-                inverse: bool = False, fs: float = SAMPLING_RATE) -> np.ndarray:
-    """Real time (s) of every warped frame of each record -> (n, n_frames); inverse=True: the
-    warped time of every real frame.
+def warped_knots(p: FlowSamplerParams) -> np.ndarray:
+    """Warped time (s) of the P knot, the onset and (stretch) the end knot."""
+    knots = [p.p_align_s, p.align_s] + ([p.end_align_s] if p.timing == "stretch" else [])
+    return np.array(knots)
 
-    The warp is piecewise linear through (0, 0), (t_p, p.p_align_s), (t_s, p.align_s) and has
-    slope 1 after t_s: the P wave gets a fixed slot, the strong motion and coda keep their real
-    durations (a warp that also stretched the coda to the record's end made the generated
-    D5-95 1.2-1.7 x real: README "Timing ablation")."""
+
+def real_knots(xn: np.ndarray, p: FlowSamplerParams) -> np.ndarray:
+    """Real time (s) of the P knot, the onset and (stretch) the end knot of records (n, 3, T)
+    -> (n, K), each at least MIN_GAP_S after the one before."""
+    fractions = [p.p_fraction, p.align_fraction] + (
+        [p.end_fraction] if p.timing == "stretch" else [])
+    knots = np.stack([onset_time(xn, f) for f in fractions], axis=1)
+    for k in range(1, knots.shape[1]):
+        knots[:, k] = np.maximum(knots[:, k], knots[:, k - 1] + MIN_GAP_S)
+    return knots
+
+
+def knot_features(knots: np.ndarray) -> np.ndarray:
+    """Real knots (n, K) -> the timing features (n, K): ln onset, ln(onset - P knot) and
+    (stretch) ln(end knot - onset)."""
+    return np.log(np.column_stack([knots[:, 1], np.diff(knots, axis=1)]))
+
+
+def knots_of_features(features: np.ndarray, duration: float) -> np.ndarray:
+    """Inverse of `knot_features`, clipped to increasing knots with the onset in the record."""
+    t_s = np.exp(features[:, 0]).clip(MIN_GAP_S, duration)
+    gaps = np.exp(features[:, 1:]).clip(MIN_GAP_S)
+    return np.column_stack([np.maximum(t_s - gaps[:, 0], 0.0), t_s, t_s[:, None] + gaps[:, 1:]])
+
+
+def frame_times(knots: np.ndarray, p: FlowSamplerParams, n_frames: int, inverse: bool = False,
+                fs: float = SAMPLING_RATE) -> np.ndarray:
+    """Real time (s) of every warped frame of each record with real knots (n, K) -> (n,
+    n_frames); inverse=True: the warped time of every real frame.
+
+    The warp is piecewise linear through (0, 0), each (real knot, `warped_knots`) and has
+    slope 1 after the last knot: warp gives the P wave a fixed slot and keeps the real durations
+    of strong motion and coda; stretch also gives the strong motion (onset to end knot) a
+    fixed slot and keeps the coda's real duration."""
     far = 1e4  # s, beyond any record
-    real = np.stack([np.zeros(len(t_s)), t_p, t_s, np.asarray(t_s) + far], axis=1)
-    warped = np.array([0.0, p.p_align_s, p.align_s, p.align_s + far])
+    real = np.column_stack([np.zeros(len(knots)), knots, knots[:, -1] + far])
+    warped = np.r_[0.0, warped_knots(p), warped_knots(p)[-1] + far]
     grid = np.arange(n_frames) * p.hop / fs
     if inverse:
-        return np.stack([np.interp(grid, knots, warped) for knots in real])
-    return np.stack([np.interp(grid, warped, knots) for knots in real])
+        return np.stack([np.interp(grid, r, warped) for r in real])
+    return np.stack([np.interp(grid, warped, r) for r in real])
 
 
 def resample_frames(frames: np.ndarray, at_s: np.ndarray, p: FlowSamplerParams,
@@ -252,11 +291,11 @@ def resample_frames(frames: np.ndarray, at_s: np.ndarray, p: FlowSamplerParams,
 
 
 def encode(waveforms: np.ndarray, p: FlowSamplerParams) -> dict[str, np.ndarray]:
-    """Records (n, 3, T) cm/s^2 -> {"level" (n, 1), "onset" (n, 1 | 2), "coarse"
+    """Records (n, 3, T) cm/s^2 -> {"level" (n, 1), "onset" (n, 1 | 2 | 3), "coarse"
     (n, frames, 3 B), "fine" (n, 3 F)}. timing "roll": the spectrogram is of the record
     circularly shifted so that its onset (align_fraction of the Arias intensity) sits at
-    p.align_s; the onset (s) is a feature. timing "warp": the spectrogram is resampled onto
-    warped time (`frame_times`); the features are ln onset and ln(onset - P knot)."""
+    p.align_s; the onset (s) is a feature. timing "warp" and "stretch": the spectrogram is
+    resampled onto warped time (`frame_times`); the features are `knot_features`."""
     x = np.asarray(waveforms, dtype=np.float32)
     if x.ndim != 3 or x.shape[1] != 3:
         raise FlowSamplerError(f"records must have shape (n, 3, T), got {x.shape}")
@@ -266,19 +305,18 @@ def encode(waveforms: np.ndarray, p: FlowSamplerParams) -> dict[str, np.ndarray]
     if (peak <= 0).any():
         raise FlowSamplerError(f"record {int(np.argmax(peak <= 0))} is all zeros")
     xn = x / peak[:, None, None]
-    onset = onset_time(xn, p.align_fraction)
-    if p.timing == "warp":
-        t_p = onset_time(xn, p.p_fraction)
-        onset = np.maximum(onset, t_p + MIN_GAP_S)
-        timing = np.log(np.stack([onset, onset - t_p], axis=1))
+    if p.timing != "roll":
+        knots = real_knots(xn, p)
+        timing = knot_features(knots)
     else:
+        onset = onset_time(xn, p.align_fraction)
         xn = roll(xn, align_shift(onset, p)).astype(np.float32)
         timing = onset[:, None]
     band = band_magnitude(stft(torch.from_numpy(xn), p.n_fft, p.hop), p)  # (n, 3, B, t)
     coarse = torch.log(band + p.log_eps).numpy()
     n, c, b, t = coarse.shape
-    if p.timing == "warp":
-        coarse = resample_frames(coarse, frame_times(t_p, onset, p, t), p)
+    if p.timing != "roll":
+        coarse = resample_frames(coarse, frame_times(knots, p, t), p)
     return {
         "level": np.log(peak)[:, None].astype(np.float32),
         "onset": timing.astype(np.float32),
@@ -326,11 +364,10 @@ def decode(level: torch.Tensor, onset: torch.Tensor, coarse: torch.Tensor, fine:
     bands = torch.as_tensor(band_of_bin(p))
     logmag = coarse.reshape(n, t, 3, cb // 3).permute(0, 2, 3, 1)  # (n, 3, B, frames)
     duration = n_samples / SAMPLING_RATE
-    if p.timing == "warp":  # warped frames back to real time
-        t_s = np.exp(onset[:, 0].double().numpy()).clip(MIN_GAP_S, duration)
-        t_p = np.maximum(t_s - np.exp(onset[:, 1].double().numpy()).clip(MIN_GAP_S), 0.0)
+    if p.timing != "roll":  # warped frames back to real time
+        knots = knots_of_features(onset.double().numpy(), duration)
         logmag = torch.from_numpy(resample_frames(
-            logmag.numpy(), frame_times(t_p, t_s, p, t, inverse=True), p))
+            logmag.numpy(), frame_times(knots, p, t, inverse=True), p))
     band_mag = (torch.exp(logmag) - p.log_eps).clamp_min(0.0)  # (n, 3, B, frames)
     mag = F.pad(band_mag[:, :, bands], (0, 0, 1, 0))  # every bin of its band; DC zero
     x = griffin_lim(mag, p.n_fft, p.hop, n_samples, p.griffin_lim_iters,
@@ -806,7 +843,8 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
     """Pre-train on the non-target stations' train split (validation: their val split), then
     fine-tune on the target stations' train split (holdout never read). Writes
     out_dir/model.pt (the sampler checkpoint) and losses.tsv (phase, epoch, train_loss,
-    val_loss, seconds) atomically; returns the sampler."""
+    val_loss; the epoch times go to the log only, so the same seed writes the same bytes)
+    atomically; returns the sampler."""
     from timesnet_gen.atomic import check_out, staged_dir
     from timesnet_gen.prepare import load_prepared, select
     from timesnet_gen.runtime import resolve_device
@@ -860,6 +898,6 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
     sampler = FlowSampler(params, net, stats, stations, scenarios, n_frames, waveforms.shape[-1])
     with staged_dir(out_dir, [prepared_dir, raw_dir]) as tmp:
         torch.save({"kind": KIND, "format": FORMAT, "state": sampler.state()}, tmp / "model.pt")
-        pd.DataFrame(history).to_csv(tmp / "losses.tsv", sep="\t", index=False,
-                                     float_format="%.6g")
+        losses = pd.DataFrame(history).drop(columns="seconds")
+        losses.to_csv(tmp / "losses.tsv", sep="\t", index=False, float_format="%.6g")
     return sampler
