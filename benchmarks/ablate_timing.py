@@ -38,6 +38,8 @@ VARIANTS = {
     "roll": {},
     "warp": {"timing": "warp", "align_s": 20.0},
     "stretch": {"timing": "stretch", "align_s": 20.0, "end_align_s": 40.0},
+    "roll-fixed": {"period_selection": "fixed"},
+    "warp-fixed": {"timing": "warp", "align_s": 20.0, "period_selection": "fixed"},
 }
 
 

@@ -361,6 +361,34 @@ def test_warped_timings_train_sample_and_round_trip_their_state(prepared, tmp_pa
             (tmp_path / "m2" / "losses.tsv").read_bytes()
 
 
+def test_fixed_periods_train_from_the_data_and_do_not_depend_on_the_batch(prepared, tmp_path):
+    """period_selection "fixed": the frequencies come from the training features and travel in
+    the checkpoint; a record's velocity is the same alone and in a batch (with "batch" it is
+    not: the batch picks the periods)."""
+    sampler = fs.train_sampler(prepared, tiny_params(period_selection="fixed"), tmp_path / "m",
+                               raw_dir=tmp_path / "none", log=lambda _: None)
+    freq = [b.freq.tolist() for b in sampler.net.blocks]
+    assert all(f == freq[0] and len(f) == 2 and min(f) >= 1 for f in freq)
+    again = fs.FlowSampler.from_state(torch.load(tmp_path / "m" / "model.pt",
+                                                 weights_only=True)["state"])
+    assert [b.freq.tolist() for b in again.net.blocks] == freq
+    torch.manual_seed(1)
+    n, t = 6, sampler.n_frames
+    args = (torch.randn(n, t, sampler.stats["coarse_std"].numel() // t),
+            torch.randn(n, sampler.stats["static_std"].numel()), torch.rand(n),
+            torch.tensor([1, 2, 1, 2, 1, 2]), torch.randn(n, 2))
+    with torch.no_grad():
+        together = again.net(*args)[0]
+        for i in range(n):
+            alone = again.net(*(a[i:i + 1] for a in args))[0]
+            torch.testing.assert_close(alone[0], together[i], rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_period_selection_is_refused():
+    with pytest.raises(fs.FlowSamplerError, match="period_selection = 'median' \\(not one of"):
+        fs.FlowSamplerParams(period_selection="median")
+
+
 def test_result_does_not_depend_on_the_number_of_workers(trained):
     from dataclasses import replace
 

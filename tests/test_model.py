@@ -12,6 +12,7 @@ from timesnet_gen.models.timesnet import (
     TimesBlock,
     TimesNetConfig,
     TimesNetGen,
+    data_frequencies,
     fft_periods,
     instance_norm,
     latent_std,
@@ -112,6 +113,40 @@ def test_per_sample_periods_make_a_record_independent_of_its_batch():
         diffs = [float((model_b(x[i:i + 1], station[i:i + 1])[0] - model_b(x, station)[i])
                        .abs().max()) for i in range(5)]
     assert max(diffs) > 1e-4
+
+
+def test_data_frequencies_pick_the_strongest_non_dc_components():
+    t = torch.arange(47, dtype=torch.float32)
+    x = (3.0 + torch.sin(2 * torch.pi * 5 * t / 47) + 0.5 * torch.cos(2 * torch.pi * 2 * t / 47)
+         + 0.1 * torch.sin(2 * torch.pi * 9 * t / 47))[None, :, None].expand(4, 47, 3)
+    assert data_frequencies(x, 2).tolist() == [2, 5]  # sorted; DC (3.0) ignored
+    with pytest.raises(ValueError, match="top_k=30 exceeds the 23 non-DC"):
+        data_frequencies(x, 30)
+
+
+def test_fixed_periods_make_a_record_independent_of_its_batch_and_need_setting():
+    torch.manual_seed(3)
+    block = TimesBlock(tiny_cfg(period_selection="fixed", conditioning="none")).eval()
+    x = torch.randn(5, 32, 4)
+    with pytest.raises(ValueError, match="frequencies not set"):
+        block(x)
+    block.fix_frequencies(torch.tensor([1, 4]))
+    with torch.no_grad():
+        together = block(x)
+        for i in range(5):
+            torch.testing.assert_close(block(x[i:i + 1])[0], together[i], rtol=1e-6, atol=1e-6)
+    assert block.state_dict()["freq"].tolist() == [1, 4]  # kept in a checkpoint
+    with pytest.raises(ValueError, match="needs period_selection 'fixed'"):
+        TimesBlock(tiny_cfg(period_selection="batch")).fix_frequencies(torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("selection, match", [
+    ("fixed", "period_selection 'fixed': TimesNet-Gen takes batch | sample"),
+    ("median", "period_selection 'median'"),
+])
+def test_timesnet_gen_refuses_a_period_selection_it_cannot_use(selection, match):
+    with pytest.raises(ValueError, match=match):
+        TimesNetGen(tiny_cfg(period_selection=selection))
 
 
 @pytest.mark.parametrize("conditioning", ["concat", "film", "none"])

@@ -50,7 +50,8 @@ from torch import nn
 from timesnet_gen.errors import UserError, from_known_keys
 from timesnet_gen.evaluation.smoothing import get_operator
 from timesnet_gen.models.cvae import griffin_lim, istft, stft
-from timesnet_gen.models.timesnet import TimesBlock, TimesNetConfig
+from timesnet_gen.models.timesnet import (PERIOD_SELECTIONS, TimesBlock, TimesNetConfig,
+                                         data_frequencies)
 from timesnet_gen.records import N_SAMPLES, SAMPLING_RATE
 
 KIND = "timesnet-flow"
@@ -96,7 +97,8 @@ class FlowSamplerParams:
     e_layers: int = 2
     top_k: int = 2
     d_cond: int = 64
-    period_selection: str = "batch"  # batch | sample (see models/timesnet.fft_periods)
+    period_selection: str = "batch"  # batch | sample | fixed (models/timesnet.fft_periods;
+    #                                  fixed: chosen once on the training features)
     patch: int = 2  # frames per token of the backbone (94 frames -> 47 tokens)
     time_mixing: bool = True  # a linear token mix after each TimesBlock (global context)
     dropout: float = 0.0  # after each TimesBlock, training only
@@ -136,6 +138,9 @@ class FlowSamplerParams:
                 for name in ("envelope_rounds", "griffin_lim_iters") if getattr(self, name) < 0]
         if not 0.0 <= self.dropout < 1.0:  # NaN fails here too
             bad.append(f"dropout = {self.dropout} (must be in [0, 1))")
+        if self.period_selection not in PERIOD_SELECTIONS:
+            bad.append(f"period_selection = {self.period_selection!r} (not one of "
+                       f"{PERIOD_SELECTIONS})")
         if self.timing not in TIMINGS:
             bad.append(f"timing = {self.timing!r} (not one of {TIMINGS})")
         if self.timing != "roll" and not 0 < self.p_align_s < self.align_s:
@@ -442,14 +447,28 @@ class VelocityNet(nn.Module):
         # linear in x_t and full rank, which a d_model-wide backbone alone cannot give.
         self.skip = nn.Linear(p.d_cond, n_coarse + n_static)
 
+    def tokens(self, coarse: torch.Tensor) -> torch.Tensor:
+        """Frames (B, T, C) grouped `patch` at a time into tokens (B, ceil(T/patch), patch C)."""
+        B, T, _ = coarse.shape
+        pad = -T % self.patch
+        return F.pad(coarse, (0, 0, 0, pad)).reshape(B, (T + pad) // self.patch, -1)
+
+    def fix_frequencies(self, coarse: torch.Tensor) -> list[int]:
+        """period_selection "fixed": every TimesBlock's frequencies from the training features
+        (B, T, C) (`timesnet.data_frequencies` of their tokens); returns them."""
+        freq = data_frequencies(self.tokens(coarse), self.blocks[0].k)
+        for block in self.blocks:
+            block.fix_frequencies(freq)
+        return freq.tolist()
+
     def forward(self, coarse: torch.Tensor, static: torch.Tensor, t: torch.Tensor,
                 station: torch.Tensor, scenario: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # coarse (B, T, C), static (B, S), t (B,), station (B,) 0..S, scenario (B, 2) standardised
         c = self.cond(torch.cat([time_embedding(t, self.d_cond), self.station(station),
                                  scenario], dim=1))  # (B, d_cond)
         B, T, C = coarse.shape
-        pad = -T % self.patch  # frames grouped `patch` at a time into tokens (B, T/patch, D)
-        tokens = F.pad(coarse, (0, 0, 0, pad)).reshape(B, (T + pad) // self.patch, -1)
+        pad = -T % self.patch
+        tokens = self.tokens(coarse)
         s = self.embed_static(static)  # (B, D)
         h = self.embed(tokens) + self.pos + (s + self.embed_cond(c))[:, None]
         for block, film, mix in zip(self.blocks, self.films, self.mixes):
@@ -622,7 +641,8 @@ def fit(net: VelocityNet, train: Batchable, val: Batchable | None, epochs: int, 
             if ema is not None:
                 with torch.no_grad():
                     for k, v in live.items():
-                        ema[k].lerp_(v, 1.0 - p.ema)
+                        if v.is_floating_point():  # not the fixed frequencies
+                            ema[k].lerp_(v, 1.0 - p.ema)
             total += float(loss.detach()) * len(idx)
         train_loss = total / len(order)
         if not math.isfinite(train_loss):
@@ -885,6 +905,9 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
     torch.manual_seed(params.seed)
     n_frames = data["pretrain"].coarse.shape[1]
     net = build_net(params, n_frames, stats, len(stations)).to(device)
+    if params.period_selection == "fixed":
+        log(f"fixed TimesBlock frequencies {net.fix_frequencies(data['pretrain'].coarse)} "
+            f"(of {-(-n_frames // params.patch)} tokens)")
     history = fit(net, data["pretrain"], data["val"] if len(rows["val"]) else None,
                   params.pretrain_epochs, params.lr, params, "pretrain", log)
     with torch.no_grad():  # every target station starts from "any station"

@@ -136,17 +136,29 @@ class FiLM(nn.Module):
 # TimesBlock
 
 
-def fft_periods(x: torch.Tensor, k: int, per_sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
+PERIOD_SELECTIONS = ("batch", "sample", "fixed")
+
+
+def check_top_k(k: int, T: int) -> None:
+    if k > T // 2:
+        raise ValueError(f"top_k={k} exceeds the {T // 2} non-DC frequencies of T={T}")
+
+
+def fft_periods(x: torch.Tensor, k: int, per_sample: bool, freq: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dominant periods and their amplitudes.
 
     x (B, T, D) -> periods (B, k) int64 samples, weights (B, k) mean rFFT amplitude over D.
     `per_sample=False` (the paper): one set of frequencies from the amplitude averaged over the
-    batch; `True`: each record's own top-k, so its output does not depend on its batch.
+    batch; `True`: each record's own top-k, so its output does not depend on its batch;
+    `freq` (k,) given: those frequencies (the "fixed" selection, see `data_frequencies`).
     """
     T = x.shape[1]
     amp = torch.fft.rfft(x, dim=1).abs().mean(dim=-1)  # (B, F)
-    if k > amp.shape[1] - 1:
-        raise ValueError(f"top_k={k} exceeds the {amp.shape[1] - 1} non-DC frequencies of T={T}")
+    check_top_k(k, T)
+    if freq is not None:
+        freq = freq.expand(x.shape[0], k)
+        return T // freq, torch.gather(amp, 1, freq)
     score = amp.detach().clone()
     score[:, 0] = 0  # remove DC
     if per_sample:
@@ -156,11 +168,28 @@ def fft_periods(x: torch.Tensor, k: int, per_sample: bool) -> tuple[torch.Tensor
     return T // freq, torch.gather(amp, 1, freq)
 
 
+def data_frequencies(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k non-DC rFFT frequencies (k,) int64 of largest amplitude along T of x (B, T, D),
+    averaged over records and channels: the periods of the "fixed" selection, chosen once on
+    the training data, so that a record's output depends neither on its batch nor, through a
+    changing period, on small changes of its own input (the flow's noisy early steps)."""
+    check_top_k(k, x.shape[1])
+    amp = torch.fft.rfft(x.double(), dim=1).abs().mean(dim=(0, 2))
+    amp[0] = 0  # remove DC
+    return torch.topk(amp, k).indices.sort().values
+
+
 class TimesBlock(nn.Module):
     def __init__(self, cfg: TimesNetConfig) -> None:
         super().__init__()
+        if cfg.period_selection not in PERIOD_SELECTIONS:
+            raise ValueError(f"unknown period_selection {cfg.period_selection!r} (one of "
+                             f"{PERIOD_SELECTIONS})")
         self.k = cfg.top_k
         self.per_sample = cfg.period_selection == "sample"
+        self.fixed = cfg.period_selection == "fixed"
+        if self.fixed:  # set by fix_frequencies; kept in the state dict (the checkpoint)
+            self.register_buffer("freq", torch.zeros(cfg.top_k, dtype=torch.long))
         n_cond = cfg.n_stations if cfg.conditioning == "concat" else 0
         self.conv1 = Inception(cfg.d_model, cfg.d_ff, cfg.num_kernels, n_cond, cfg.fused_inception)
         self.conv2 = Inception(cfg.d_ff, cfg.d_model, cfg.num_kernels, n_cond, cfg.fused_inception)
@@ -181,9 +210,17 @@ class TimesBlock(nn.Module):
         x = self.conv2(x, cond)  # (B, D, rows, period)
         return x.permute(0, 2, 3, 1).reshape(B, rows * period, D)[:, :T]
 
+    def fix_frequencies(self, freq: torch.Tensor) -> None:
+        """The "fixed" selection's frequencies (k,), e.g. `data_frequencies` of the training data."""
+        if not self.fixed:
+            raise ValueError("fix_frequencies needs period_selection 'fixed'")
+        self.freq.copy_(torch.as_tensor(freq, dtype=torch.long))
+
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         # x (B, T, D), cond (B, S) or None
-        periods, amp = fft_periods(x, self.k, self.per_sample)
+        if self.fixed and not bool((self.freq > 0).all()):
+            raise ValueError("period_selection 'fixed': frequencies not set (fix_frequencies)")
+        periods, amp = fft_periods(x, self.k, self.per_sample, self.freq if self.fixed else None)
         branches = []
         for j in range(self.k):
             if not self.per_sample:
@@ -220,8 +257,9 @@ class TimesNetGen(nn.Module):
         super().__init__()
         if cfg.conditioning not in ("concat", "film", "none"):
             raise ValueError(f"unknown conditioning {cfg.conditioning!r}")
-        if cfg.period_selection not in ("batch", "sample"):
-            raise ValueError(f"unknown period_selection {cfg.period_selection!r}")
+        if cfg.period_selection not in ("batch", "sample"):  # "fixed": the flow sampler's
+            raise ValueError(f"period_selection {cfg.period_selection!r}: TimesNet-Gen takes "
+                             "batch | sample")
         self.cfg = cfg
         self.embed = nn.Linear(cfg.c_in, cfg.d_model)
         self.pos = nn.Parameter(torch.randn(1, cfg.seq_len, cfg.d_model) * 0.02)
