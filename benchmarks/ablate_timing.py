@@ -1,6 +1,7 @@
-"""Seed-replicated ablation of the flow sampler's timing (README "A sampler that needs no real
-records"): one training seed moves the realism proxies as much as a design change does, so each
-variant is trained with several seeds and compared on the mean and the range.
+"""Seed-replicated ablation of the flow sampler's timing and TimesBlock period choice (README
+"A sampler that needs no real records"): one training seed moves the realism proxies as much
+as a design change does, so each variant is trained with several seeds and compared on the
+mean and the range.
 
     PYTHONPATH=src python benchmarks/ablate_timing.py --seeds 0 1 2 --jobs 2
 
