@@ -44,6 +44,8 @@ VARIANTS = {
     "stretch": {"timing": "stretch", "align_s": 20.0, "end_align_s": 40.0},
     "roll-fixed": {"period_selection": "fixed"},
     "warp-fixed": {"timing": "warp", "align_s": 20.0, "period_selection": "fixed"},
+    "pslot": {"timing": "pslot"},
+    "pslot-20": {"timing": "pslot", "align_s": 20.0},
 }
 
 

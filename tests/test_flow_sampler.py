@@ -196,6 +196,35 @@ def test_warped_encode_decode_keeps_the_knot_times(timing, fractions):
                                rtol=1e-5)
 
 
+def test_pslot_rolls_the_onset_and_warps_only_the_frames_before_it():
+    """Timing "pslot": the features are the onset (s) and ln(onset - P knot); the frames from
+    the onset on are roll's frames exactly (no interpolation there), the frames before it are
+    resampled so that the P knot sits at p_align_s; a round trip keeps the 1 % and 5 % Arias
+    times within a frame and a half and the peak."""
+    rng = np.random.default_rng(8)
+    hop_s = 64 / FS
+    p = fs.FlowSamplerParams(timing="pslot", align_s=25 * hop_s, p_align_s=10 * hop_s,
+                             griffin_lim_iters=2)
+    x = p_and_s_records(rng, np.array([4.0, 10.0]), np.array([9.0, 26.0]))
+    feats = fs.encode(x, p)
+    xn = x / np.abs(x).max(axis=(1, 2))[:, None, None]
+    t1, t5 = fs.onset_time(xn, 0.01), fs.onset_time(xn, 0.05)
+    np.testing.assert_allclose(feats["onset"][:, 0], t5, rtol=1e-6)
+    np.testing.assert_allclose(np.exp(feats["onset"][:, 1]), t5 - t1, rtol=1e-5)
+    rolled = fs.encode(x, fs.FlowSamplerParams(timing="roll", align_s=p.align_s))
+    np.testing.assert_array_equal(feats["coarse"][:, 25:], rolled["coarse"][:, 25:])
+    assert not np.allclose(feats["coarse"][:, :25], rolled["coarse"][:, :25])
+    np.testing.assert_allclose(fs.rolled_knots(np.array([0.0, 5.0, 99.0]), p)[:, 0],
+                               [p.align_s - fs.MIN_GAP_S, p.align_s - 5.0, fs.MIN_GAP_S])
+    y = fs.decode(*(torch.from_numpy(feats[k]) for k in ("level", "onset", "coarse", "fine")),
+                  p, torch.Generator().manual_seed(0))
+    yn = y / np.abs(y).max(axis=(1, 2))[:, None, None]
+    np.testing.assert_allclose(fs.onset_time(yn, 0.01), t1, atol=1.0)
+    np.testing.assert_allclose(fs.onset_time(yn, 0.05), t5, atol=1.0)
+    np.testing.assert_allclose(np.abs(y).max(axis=(1, 2)), np.abs(x).max(axis=(1, 2)),
+                               rtol=1e-5)
+
+
 @pytest.mark.parametrize("overrides, match", [
     (dict(timing="shift"), "timing = 'shift'"),
     (dict(timing="warp", p_align_s=15.0), r"p_align_s = 15.0 \(warp: must be in \(0, align_s"),
@@ -203,6 +232,7 @@ def test_warped_encode_decode_keeps_the_knot_times(timing, fractions):
     (dict(timing="stretch", end_align_s=15.0), r"end_align_s = 15.0 \(stretch: must be > "),
     (dict(timing="stretch", end_fraction=1.0), r"end_fraction = 1.0 \(stretch: must be in"),
     (dict(timing="stretch", p_align_s=0.0), r"p_align_s = 0.0 \(stretch: must be in"),
+    (dict(timing="pslot", p_align_s=16.0), r"p_align_s = 16.0 \(pslot: must be in \(0, align_s"),
 ])
 def test_bad_timing_params_are_refused(overrides, match):
     with pytest.raises(fs.FlowSamplerError, match=match):
@@ -337,7 +367,7 @@ def test_sample_shape_determinism_and_conditioning(trained):
     assert not np.allclose(a, sampler.sample("A", m + 1.0, r, seed=3))  # so does M
 
 
-@pytest.mark.parametrize("timing, n_timing", [("warp", 2), ("stretch", 3)])
+@pytest.mark.parametrize("timing, n_timing", [("warp", 2), ("stretch", 3), ("pslot", 2)])
 def test_warped_timings_train_sample_and_round_trip_their_state(prepared, tmp_path, timing,
                                                                 n_timing):
     """timing "warp" / "stretch" end to end: 2 / 3 timing scalars in the static part, seeded

@@ -85,9 +85,10 @@ class FlowSamplerParams:
     align_fraction: float = 0.05  # onset = time of this fraction of the Arias intensity
     timing: str = "roll"  # roll: circular shift of the onset to align_s | warp: piecewise-
     #                       linear time warp, P knot to p_align_s and onset to align_s |
-    #                       stretch: warp plus the end knot to end_align_s (TIMINGS)
-    p_fraction: float = 0.01  # warp, stretch: P knot = time of this fraction of Arias intensity
-    p_align_s: float = 8.0  # warp, stretch: s, where the P knot sits in warped time (< align_s)
+    #                       stretch: warp plus the end knot to end_align_s | pslot: roll,
+    #                       then the P knot warped to p_align_s (TIMINGS)
+    p_fraction: float = 0.01  # warp, stretch, pslot: P knot = time of this fraction of Arias
+    p_align_s: float = 8.0  # warp, stretch, pslot: s, the P knot's place in warped time (< align_s)
     end_fraction: float = 0.95  # stretch: end knot = time of this fraction of Arias intensity
     end_align_s: float = 40.0  # stretch: s, where the end knot sits in warped time (> align_s)
     # network
@@ -223,13 +224,14 @@ def align_shift(onset_s: np.ndarray, p: FlowSamplerParams, fs: float = SAMPLING_
     return np.rint((p.align_s - np.asarray(onset_s, dtype=np.float64)) * fs).astype(np.int64)
 
 
-TIMINGS = ("roll", "warp", "stretch")
-MIN_GAP_S = 0.3  # warp, stretch: consecutive knots are at least this far apart in real time (s)
+TIMINGS = ("roll", "warp", "stretch", "pslot")
+MIN_GAP_S = 0.3  # warp, stretch, pslot: consecutive knots at least this far apart in real time (s)
 
 
 def n_scalars(p: FlowSamplerParams) -> int:
     """Scalars at the head of the static part: the level and the timing (roll: the onset;
-    warp: ln onset and ln(onset - P knot); stretch: those and ln(end knot - onset))."""
+    warp: ln onset and ln(onset - P knot); stretch: those and ln(end knot - onset); pslot: the
+    onset and ln(onset - P knot))."""
     return 1 + len(warped_knots(p)) if p.timing != "roll" else 2
 
 
@@ -248,6 +250,13 @@ def real_knots(xn: np.ndarray, p: FlowSamplerParams) -> np.ndarray:
     for k in range(1, knots.shape[1]):
         knots[:, k] = np.maximum(knots[:, k], knots[:, k - 1] + MIN_GAP_S)
     return knots
+
+
+def rolled_knots(gap_s: np.ndarray, p: FlowSamplerParams) -> np.ndarray:
+    """pslot: the P knot and the onset (n, 2) in the time of a record rolled so that its onset
+    sits at align_s, from the P-to-onset gaps (n,) s (kept inside the canvas)."""
+    gap = np.clip(np.asarray(gap_s, dtype=np.float64), MIN_GAP_S, p.align_s - MIN_GAP_S)
+    return np.column_stack([p.align_s - gap, np.full(len(gap), p.align_s)])
 
 
 def knot_features(knots: np.ndarray) -> np.ndarray:
@@ -271,7 +280,8 @@ def frame_times(knots: np.ndarray, p: FlowSamplerParams, n_frames: int, inverse:
     The warp is piecewise linear through (0, 0), each (real knot, `warped_knots`) and has
     slope 1 after the last knot: warp gives the P wave a fixed slot and keeps the real durations
     of strong motion and coda; stretch also gives the strong motion (onset to end knot) a
-    fixed slot and keeps the coda's real duration."""
+    fixed slot and keeps the coda's real duration; pslot (knots in rolled time, `rolled_knots`)
+    is the identity from the onset on, so only the frames before it are interpolated."""
     far = 1e4  # s, beyond any record
     real = np.column_stack([np.zeros(len(knots)), knots, knots[:, -1] + far])
     warped = np.r_[0.0, warped_knots(p), warped_knots(p)[-1] + far]
@@ -300,7 +310,9 @@ def encode(waveforms: np.ndarray, p: FlowSamplerParams) -> dict[str, np.ndarray]
     (n, frames, 3 B), "fine" (n, 3 F)}. timing "roll": the spectrogram is of the record
     circularly shifted so that its onset (align_fraction of the Arias intensity) sits at
     p.align_s; the onset (s) is a feature. timing "warp" and "stretch": the spectrogram is
-    resampled onto warped time (`frame_times`); the features are `knot_features`."""
+    resampled onto warped time (`frame_times`); the features are `knot_features`. "pslot":
+    rolled as roll, then the frames before the onset resampled so that the P knot sits at
+    p_align_s; the features are the onset (s) and ln(onset - P knot)."""
     x = np.asarray(waveforms, dtype=np.float32)
     if x.ndim != 3 or x.shape[1] != 3:
         raise FlowSamplerError(f"records must have shape (n, 3, T), got {x.shape}")
@@ -310,13 +322,16 @@ def encode(waveforms: np.ndarray, p: FlowSamplerParams) -> dict[str, np.ndarray]
     if (peak <= 0).any():
         raise FlowSamplerError(f"record {int(np.argmax(peak <= 0))} is all zeros")
     xn = x / peak[:, None, None]
-    if p.timing != "roll":
+    if p.timing in ("warp", "stretch"):
         knots = real_knots(xn, p)
         timing = knot_features(knots)
     else:
         onset = onset_time(xn, p.align_fraction)
-        xn = roll(xn, align_shift(onset, p)).astype(np.float32)
         timing = onset[:, None]
+        if p.timing == "pslot":
+            knots = rolled_knots(onset - onset_time(xn, p.p_fraction), p)
+            timing = np.column_stack([onset, np.log(p.align_s - knots[:, 0])])
+        xn = roll(xn, align_shift(onset, p)).astype(np.float32)
     band = band_magnitude(stft(torch.from_numpy(xn), p.n_fft, p.hop), p)  # (n, 3, B, t)
     coarse = torch.log(band + p.log_eps).numpy()
     n, c, b, t = coarse.shape
@@ -369,8 +384,10 @@ def decode(level: torch.Tensor, onset: torch.Tensor, coarse: torch.Tensor, fine:
     bands = torch.as_tensor(band_of_bin(p))
     logmag = coarse.reshape(n, t, 3, cb // 3).permute(0, 2, 3, 1)  # (n, 3, B, frames)
     duration = n_samples / SAMPLING_RATE
-    if p.timing != "roll":  # warped frames back to real time
-        knots = knots_of_features(onset.double().numpy(), duration)
+    if p.timing != "roll":  # warped frames back to real (pslot: rolled) time
+        timing = onset.double().numpy()
+        knots = (rolled_knots(np.exp(timing[:, 1]), p) if p.timing == "pslot"
+                 else knots_of_features(timing, duration))
         logmag = torch.from_numpy(resample_frames(
             logmag.numpy(), frame_times(knots, p, t, inverse=True), p))
     band_mag = (torch.exp(logmag) - p.log_eps).clamp_min(0.0)  # (n, 3, B, frames)
@@ -383,7 +400,7 @@ def decode(level: torch.Tensor, onset: torch.Tensor, coarse: torch.Tensor, fine:
         if k:
             x = equalise(x, target, p)
         x = envelope_project(x, band_mag, p)
-    if p.timing == "roll":
+    if p.timing in ("roll", "pslot"):
         onset_s = onset[:, 0].double().numpy().clip(0.0, duration)
         x = torch.from_numpy(roll(x.numpy(), -align_shift(onset_s, p)))
     peak = x.abs().amax(dim=(1, 2)).clamp_min(1e-20)
