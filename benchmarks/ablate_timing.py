@@ -46,6 +46,8 @@ VARIANTS = {
     "warp-fixed": {"timing": "warp", "align_s": 20.0, "period_selection": "fixed"},
     "pslot": {"timing": "pslot"},
     "pslot-20": {"timing": "pslot", "align_s": 20.0},
+    "pslot-p5": {"timing": "pslot", "p_align_s": 5.0},
+    "pslot-p11": {"timing": "pslot", "p_align_s": 11.0},
 }
 
 

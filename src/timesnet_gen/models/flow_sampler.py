@@ -83,7 +83,7 @@ class FlowSamplerParams:
     log_eps: float = 1e-4  # of the unit-peak STFT magnitude
     align_s: float = 15.0  # s: the onset of every spectrogram is moved here
     align_fraction: float = 0.05  # onset = time of this fraction of the Arias intensity
-    timing: str = "roll"  # roll: circular shift of the onset to align_s | warp: piecewise-
+    timing: str = "pslot"  # roll: circular shift of the onset to align_s | warp: piecewise-
     #                       linear time warp, P knot to p_align_s and onset to align_s |
     #                       stretch: warp plus the end knot to end_align_s | pslot: roll,
     #                       then the P knot warped to p_align_s (TIMINGS)
