@@ -72,15 +72,21 @@ def timesnet_gen_seconds(params_path: str, data: Path, steps: int, threads: int)
 def flow_seconds(p: fs.FlowSamplerParams, data: Path, raw: Path, epochs: int,
                  out: Path) -> tuple[dict, fs.FlowSampler]:
     """Projected wall time (s) of the sampler's phases from `epochs` real epochs each."""
-    quick = replace(p, pretrain_epochs=epochs, finetune_epochs=epochs)
-    t0 = time.perf_counter()
-    sampler = fs.train_sampler(data, quick, out, raw, log=lambda _: None)
-    total = time.perf_counter() - t0
-    import pandas as pd
+    import re
 
-    losses = pd.read_csv(out / "losses.tsv", sep="\t")
-    per_epoch = losses.groupby("phase")["seconds"].mean()
-    fixed = total - losses["seconds"].sum()  # features, checkpoint
+    quick = replace(p, pretrain_epochs=epochs, finetune_epochs=epochs)
+    lines: list[str] = []
+    t0 = time.perf_counter()
+    sampler = fs.train_sampler(data, quick, out, raw, log=lines.append)
+    total = time.perf_counter() - t0
+    per_epoch = {}  # the epoch times are in the log (losses.tsv stays byte-stable without them)
+    for phase in ("pretrain", "finetune"):
+        times = [float(m.group(1)) for m in (
+            re.match(rf"{phase} epoch \d+/\d+: .*\(([\d.]+) s/epoch\)", line) for line in lines) if m]
+        if not times:
+            raise SystemExit(f"no {phase} epoch time in the training log: {lines}")
+        per_epoch[phase] = float(np.mean(times))
+    fixed = total - epochs * (per_epoch["pretrain"] + per_epoch["finetune"])  # features, save
     return {"pretrain": per_epoch["pretrain"] * p.pretrain_epochs,
             "finetune": per_epoch["finetune"] * p.finetune_epochs, "fixed": fixed}, sampler
 
