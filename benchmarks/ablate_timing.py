@@ -48,6 +48,8 @@ VARIANTS = {
     "pslot-20": {"timing": "pslot", "align_s": 20.0},
     "pslot-p5": {"timing": "pslot", "p_align_s": 5.0},
     "pslot-p11": {"timing": "pslot", "p_align_s": 11.0},
+    "pslot-long": {"timing": "pslot", "pretrain_epochs": 600, "finetune_epochs": 400},
+    "pslot-d64": {"timing": "pslot", "d_model": 64, "d_ff": 64},
 }
 
 
