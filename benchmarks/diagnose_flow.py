@@ -1,0 +1,115 @@
+"""Where a flow sampler's records differ from real ones in time (README "A sampler that needs no
+real records": the Husid times and the residual statistics behind the timing discussion).
+
+    PYTHONPATH=src python benchmarks/diagnose_flow.py models/flow/model.pt [--seeds 3]
+
+Per target station, generated at every training scenario of the station (station k sampled with
+seed 100 j + k, j < --seeds) against the station's real training records:
+  husid     median times (s) after the 5 % Arias time at which the three-component Husid curve
+            reaches 1, 25, 50, 75, 90 and 95 % (mean over the stations)
+  segments  in the flow's feature space (the mean model's standardised residuals; segments in
+            the canvas's time: before the P knot, the two halves of the P slot, the first 5 s
+            of S and the coda to 20 s after the onset), real / generated:
+              energy   median share of the record's band energy in the segment (%)
+              cell sd  spread of the residuals over records, frames and channels
+              rec sd   spread over records of a record's mean residual over the segment
+              rough    mean |change| of the ln band magnitude from one frame to the next
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from timesnet_gen.models import flow_sampler as fs
+from timesnet_gen.prepare import load_prepared
+from timesnet_gen.sample import load_sampler
+
+HUSID_FRACTIONS = (0.01, 0.25, 0.5, 0.75, 0.9, 0.95)
+
+
+def husid_times(x: np.ndarray) -> np.ndarray:
+    """Median time (s) after the 5 % Arias time of each fraction -> (len(HUSID_FRACTIONS),)."""
+    t5 = fs.onset_time(x, 0.05)
+    return np.array([np.median(fs.onset_time(x, f) - t5) for f in HUSID_FRACTIONS])
+
+
+def generated_features(sampler, station: str, scenario: np.ndarray, seed: int):
+    """The flow's standardised residuals (n, frames, C) and its physical coarse frames."""
+    p = sampler.params
+    n_frames = sampler.n_frames
+    z = fs.standardise_scenario(scenario, sampler.stats)
+    st = torch.full((len(z),), sampler.station_index(station), dtype=torch.long)
+    with torch.no_grad():
+        xc, _ = fs.integrate(sampler.net, st, z, n_frames,
+                             sampler.stats["coarse_std"].numel() // n_frames,
+                             sampler.stats["static_std"].numel(), p,
+                             torch.Generator().manual_seed(seed))
+        mean_c, _ = fs.mean_prediction(sampler.stats, st, z)
+    std = sampler.stats["coarse_std"]
+    coarse = (xc.reshape(len(z), -1) * std + mean_c).reshape(xc.shape)
+    return xc.numpy(), coarse.numpy(), mean_c.numpy(), std.numpy()
+
+
+def segment_stats(res: np.ndarray, coarse: np.ndarray, frames: dict[str, slice]) -> dict:
+    energy = np.exp(2.0 * coarse).sum(axis=-1)
+    energy /= energy.sum(axis=1, keepdims=True)
+    out = {}
+    for name, sl in frames.items():
+        out[name] = {"energy": 100 * float(np.median(energy[:, sl].sum(axis=1))),
+                     "cell sd": float(res[:, sl].std()),
+                     "rec sd": float(res[:, sl].mean(axis=(1, 2)).std()),
+                     "rough": float(np.abs(np.diff(coarse[:, sl], axis=1)).mean())}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--seeds", type=int, default=3, help="sampling seeds for the Husid times")
+    ap.add_argument("--data", default=Path("data/prepared"), type=Path)
+    args = ap.parse_args(argv)
+    sampler = load_sampler(args.checkpoint)
+    p = sampler.params
+    waves, index = load_prepared(args.data)
+    train = index[(index["role"] == "target") & (index["split"] == "train")]
+    frame = lambda s: int(round(s * 100.0 / p.hop))  # noqa: E731  (canvas seconds -> frame)
+    p_knot = p.p_align_s if p.timing != "roll" else p.align_s - 5.0
+    half = (p_knot + p.align_s) / 2
+    frames = {"pre-P": slice(0, frame(p_knot)), "P slot 1st half": slice(frame(p_knot), frame(half)),
+              "P slot 2nd half": slice(frame(half), frame(p.align_s)),
+              "S 0-5 s": slice(frame(p.align_s), frame(p.align_s + 5)),
+              "coda 5-20 s": slice(frame(p.align_s + 5), frame(p.align_s + 20))}
+    husid_real, husid_gen, rows = [], [], []
+    for k, station in enumerate(sampler.stations):
+        real = waves[train.index[train["station"] == station].to_numpy()]
+        scen = sampler.scenarios(station)
+        gen = np.concatenate([sampler.sample(station, scen[:, 0], scen[:, 1], 100 * j + k)
+                              for j in range(args.seeds)])
+        husid_real.append(husid_times(real))
+        husid_gen.append(husid_times(gen))
+        feats = fs.encode(real, p)
+        res_g, coarse_g, mean_c, std = generated_features(sampler, station, scen, 70 + k)
+        res_r = ((feats["coarse"].reshape(len(real), -1) - mean_c) / std).reshape(res_g.shape)
+        for who, st in (("real", segment_stats(res_r, feats["coarse"], frames)),
+                        ("generated", segment_stats(res_g, coarse_g, frames))):
+            for seg, values in st.items():
+                rows.append({"station": station, "source": who, "segment": seg, **values})
+    print(f"{args.checkpoint} (timing {p.timing}): Husid times after the 5 % time (s), "
+          f"fractions {HUSID_FRACTIONS}")
+    print("  real      ", np.round(np.mean(husid_real, axis=0), 2))
+    print("  generated ", np.round(np.mean(husid_gen, axis=0), 2))
+    table = pd.DataFrame(rows)
+    summary = table.groupby(["segment", "source"], sort=False)[
+        ["energy", "cell sd", "rec sd", "rough"]].agg(["min", "max"])
+    print("\nper segment, range over the stations (real / generated rows):")
+    print(summary.to_string(float_format="%.2f"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
