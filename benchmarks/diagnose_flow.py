@@ -8,8 +8,9 @@ seed 100 j + k, j < --seeds) against the station's real training records:
   husid     median times (s) after the 5 % Arias time at which the three-component Husid curve
             reaches 1, 25, 50, 75, 90 and 95 % (mean over the stations)
   segments  in the flow's feature space (the mean model's standardised residuals; segments in
-            the canvas's time: before the P knot, the two halves of the P slot, the first 5 s
-            of S and the coda to 20 s after the onset), real / generated:
+            the canvas's time: before the P knot, the two halves of the P slot (roll: of the
+            5 s before the onset), the first 5 s of S and the coda to 20 s after the onset),
+            real / generated:
               energy   median share of the record's band energy in the segment (%)
               cell sd  spread of the residuals over records, frames and channels
               rec sd   spread over records of a record's mean residual over the segment
