@@ -36,6 +36,7 @@ import yaml
 
 from timesnet_gen.atomic import staged_file
 from timesnet_gen.config import load_params
+from timesnet_gen.errors import one_line_errors
 from timesnet_gen.models import flow_sampler as fs
 
 VARIANTS = {
@@ -125,4 +126,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(one_line_errors(main, "ablate_timing"))

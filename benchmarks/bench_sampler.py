@@ -292,9 +292,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from timesnet_gen.errors import UserError
+    from timesnet_gen.errors import one_line_errors
 
-    try:
-        sys.exit(main())
-    except UserError as exc:  # bad checkpoint, data folder or params: one line, exit code 1
-        sys.exit(f"bench_sampler: {exc}")
+    sys.exit(one_line_errors(main, "bench_sampler"))  # bad checkpoint, data or params: one line

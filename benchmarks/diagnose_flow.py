@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from timesnet_gen.errors import one_line_errors
 from timesnet_gen.models import flow_sampler as fs
 from timesnet_gen.prepare import load_prepared
 from timesnet_gen.sample import load_sampler
@@ -37,23 +38,6 @@ def husid_times(x: np.ndarray) -> np.ndarray:
     """Median time (s) after the 5 % Arias time of each fraction -> (len(HUSID_FRACTIONS),)."""
     t5 = fs.onset_time(x, 0.05)
     return np.array([np.median(fs.onset_time(x, f) - t5) for f in HUSID_FRACTIONS])
-
-
-def generated_features(sampler, station: str, scenario: np.ndarray, seed: int):
-    """The flow's standardised residuals (n, frames, C) and its physical coarse frames."""
-    p = sampler.params
-    n_frames = sampler.n_frames
-    z = fs.standardise_scenario(scenario, sampler.stats)
-    st = torch.full((len(z),), sampler.station_index(station), dtype=torch.long)
-    with torch.no_grad():
-        xc, _ = fs.integrate(sampler.net, st, z, n_frames,
-                             sampler.stats["coarse_std"].numel() // n_frames,
-                             sampler.stats["static_std"].numel(), p,
-                             torch.Generator().manual_seed(seed))
-        mean_c, _ = fs.mean_prediction(sampler.stats, st, z)
-    std = sampler.stats["coarse_std"]
-    coarse = (xc.reshape(len(z), -1) * std + mean_c).reshape(xc.shape)
-    return xc.numpy(), coarse.numpy(), mean_c.numpy(), std.numpy()
 
 
 def segment_stats(res: np.ndarray, coarse: np.ndarray, frames: dict[str, slice]) -> dict:
@@ -94,7 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         husid_real.append(husid_times(real))
         husid_gen.append(husid_times(gen))
         feats = fs.encode(real, p)
-        res_g, coarse_g, mean_c, std = generated_features(sampler, station, scen, 70 + k)
+        z = fs.standardise_scenario(scen, sampler.stats)
+        with torch.no_grad():
+            res_g, coarse_g, _ = (t.numpy() for t in sampler.features(
+                sampler.station_index(station), z, torch.Generator().manual_seed(70 + k)))
+        st = torch.full((len(z),), sampler.station_index(station), dtype=torch.long)
+        mean_c = fs.mean_prediction(sampler.stats, st, z)[0].numpy()
+        std = sampler.stats["coarse_std"].numpy()
         res_r = ((feats["coarse"].reshape(len(real), -1) - mean_c) / std).reshape(res_g.shape)
         for who, st in (("real", segment_stats(res_r, feats["coarse"], frames)),
                         ("generated", segment_stats(res_g, coarse_g, frames))):
@@ -113,4 +103,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(one_line_errors(main, "diagnose_flow"))

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from timesnet_gen.errors import one_line_errors
 from timesnet_gen.evaluation.hvsr import f0, hvsr
 from timesnet_gen.prepare import load_prepared
 from timesnet_gen.sample import load_sampler
@@ -77,4 +78,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(one_line_errors(main, "f0_spread"))

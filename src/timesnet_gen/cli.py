@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import importlib
 import sys
-import traceback
 
-from timesnet_gen.errors import UserError
+from timesnet_gen.errors import one_line_errors
 from timesnet_gen.registry import GENERATORS
 
 COMMANDS = {
@@ -52,10 +51,4 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in rest
     rest = [a for a in rest if a != "--debug"]
     module = importlib.import_module(COMMANDS[verb][0])
-    try:
-        return int(module.main(rest, verb) or 0)
-    except UserError as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"timesnet-gen {verb}: {exc}", file=sys.stderr)
-        return 1
+    return one_line_errors(lambda: module.main(rest, verb), f"timesnet-gen {verb}", debug)

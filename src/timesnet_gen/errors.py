@@ -8,6 +8,9 @@ UserError too.
 from __future__ import annotations
 
 import dataclasses
+import sys
+import traceback
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -24,3 +27,15 @@ def from_known_keys(cls: type[T], raw: dict[str, Any], error: type[Exception] = 
     if unknown:
         raise error(f"unknown {what}(s) {unknown}")
     return cls(**raw)
+
+
+def one_line_errors(run: Callable[[], int | None], prog: str, debug: bool = False) -> int:
+    """run()'s exit code; a UserError printed as `prog: message` on stderr, exit 1 (with its
+    traceback when debug). The console entry point and the benchmark scripts share it."""
+    try:
+        return int(run() or 0)
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1

@@ -779,17 +779,23 @@ class FlowSampler:
         does not depend on the number of workers."""
         p = self.params
         generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        sc = scenario[start:start + p.batch_generate]
-        station_t = torch.full((len(sc),), s, dtype=torch.long)
-        n_coarse = self.stats["coarse_std"].numel() // self.n_frames
-        xc, xs = integrate(self.net, station_t, sc, self.n_frames, n_coarse,
-                           self.stats["static_std"].numel(), p, generator)
-        mean_c, mean_s = mean_prediction(self.stats, station_t, sc)
-        coarse = (xc.reshape(len(sc), -1) * self.stats["coarse_std"] + mean_c).reshape(xc.shape)
-        static = xs * self.stats["static_std"] + mean_s
+        _, coarse, static = self.features(s, scenario[start:start + p.batch_generate], generator)
         k = n_scalars(p)
         return decode(static[:, :1], static[:, 1:k], coarse, static[:, k:], p, generator,
                       self.n_samples)
+
+    def features(self, s: int, scenario: torch.Tensor, generator: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Generated features at station index s (1..S) and standardised scenarios (n, 2),
+        before decoding: the flow's standardised residuals (n, frames, C), and the physical
+        coarse frames (n, frames, C) and static part (n, S) that `decode` takes."""
+        station_t = torch.full((len(scenario),), s, dtype=torch.long)
+        n_coarse = self.stats["coarse_std"].numel() // self.n_frames
+        xc, xs = integrate(self.net, station_t, scenario, self.n_frames, n_coarse,
+                           self.stats["static_std"].numel(), self.params, generator)
+        mean_c, mean_s = mean_prediction(self.stats, station_t, scenario)
+        coarse = (xc.reshape(len(scenario), -1) * self.stats["coarse_std"] + mean_c)
+        return xc, coarse.reshape(xc.shape), xs * self.stats["static_std"] + mean_s
 
     def state(self) -> dict:
         return {
