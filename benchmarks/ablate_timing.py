@@ -51,6 +51,13 @@ VARIANTS = {
     "pslot-p11": {"timing": "pslot", "p_align_s": 11.0},
     "pslot-long": {"timing": "pslot", "pretrain_epochs": 600, "finetune_epochs": 400},
     "pslot-d64": {"timing": "pslot", "d_model": 64, "d_ff": 64},
+    "pslot-c32": {"timing": "pslot", "coarse_pcs": 32},
+    "pslot-f48": {"timing": "pslot", "fine_pcs": 48},
+    "pslot-r16": {"timing": "pslot", "record_pcs": 16},
+    "pslot-r32": {"timing": "pslot", "record_pcs": 32},
+    "pslot-r64": {"timing": "pslot", "record_pcs": 64},
+    "pslot-r16-f48": {"timing": "pslot", "record_pcs": 16, "fine_pcs": 48},
+    "pslot-r16-w1": {"timing": "pslot", "record_pcs": 16, "record_weight": 1.0},
 }
 
 

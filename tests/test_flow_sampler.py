@@ -414,6 +414,84 @@ def test_fixed_periods_train_from_the_data_and_do_not_depend_on_the_batch(prepar
             torch.testing.assert_close(alone[0], together[i], rtol=1e-5, atol=1e-5)
 
 
+def test_principal_latent_round_trips_whitens_and_keeps_the_scalars():
+    """coarse_pcs, fine_pcs, record_pcs at full rank: to_latent then from_latent is the
+    identity; every kept component has unit rms on the data it was fit to; the scalars (level,
+    timing) pass unchanged; the axes are the same for the same data. Truncated: the part
+    rebuilt is the projection onto the leading axes, whose variance is the largest."""
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(6, 6, generator=g)  # correlated channels
+    coarse = torch.randn(40, 10, 6, generator=g) @ mix
+    static = torch.randn(40, 3 + 8, generator=g) * torch.linspace(0.5, 3.0, 11)
+    b = fs.Batchable(coarse, static, torch.zeros(40, dtype=torch.long), torch.zeros(40, 2))
+    stats = {"coarse_std": torch.ones(60), "static_std": torch.ones(11)}
+    p = fs.FlowSamplerParams(coarse_pcs=6, fine_pcs=8, record_pcs=5)
+    full = stats | fs.fit_latent(b, p)
+    lc, ls = fs.to_latent(coarse, static, full, 3)
+    assert fs.latent_sizes(full, 10, 3) == (6, 3 + 5 + 8) == (lc.shape[-1], ls.shape[1])
+    torch.testing.assert_close(ls[:, :3], static[:, :3])
+    torch.testing.assert_close(lc.reshape(-1, 6).pow(2).mean(0), torch.ones(6), atol=1e-3,
+                               rtol=0)
+    torch.testing.assert_close(ls[:, 3:].pow(2).mean(0), torch.ones(13), atol=1e-3, rtol=0)
+    back = fs.from_latent(lc, ls, full, 3)
+    torch.testing.assert_close(back[0], coarse, atol=1e-4, rtol=0)
+    torch.testing.assert_close(back[1], static, atol=1e-4, rtol=0)
+    for key, axes in fs.fit_latent(b, p).items():
+        torch.testing.assert_close(axes, full[key], atol=0, rtol=0)
+    two = stats | fs.fit_latent(b, fs.FlowSamplerParams(coarse_pcs=2))
+    rebuilt = fs.from_latent(*fs.to_latent(coarse, static, two, 3), two, 3)[0]
+    resid = (coarse - rebuilt).reshape(-1, 6)
+    total = coarse.reshape(-1, 6).pow(2).sum()
+    assert resid.pow(2).sum() < 0.5 * total  # 2 of 6 correlated channels hold most of it
+    torch.testing.assert_close(resid @ two["coarse_axes"], torch.zeros(400, 2), atol=1e-4,
+                               rtol=0)
+
+
+@pytest.mark.parametrize("weight", [0.0, 3.0])
+def test_record_components_weigh_as_their_own_part_with_record_weight(weight):
+    """The loss is the mean squared velocity error of the spectrogram, plus that of the fine
+    part, plus each scalar's; the record components join the fine part, or with record_weight
+    > 0 form their own part with that weight (recomputed here from the same noise draws)."""
+    p = fs.FlowSamplerParams(timing="roll", record_pcs=2, record_weight=weight)
+    torch.manual_seed(0)
+    net = fs.VelocityNet(p, n_frames=10, n_coarse=4, n_static=2 + 2 + 5, n_stations=1).eval()
+    b = fs.Batchable(torch.randn(5, 10, 4), torch.randn(5, 9), torch.zeros(5, dtype=torch.long),
+                     torch.randn(5, 2))
+    idx = torch.arange(5)
+    loss = fs.flow_loss(net, b, idx, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    x0c, x0s = torch.randn(5, 10, 4, generator=g), torch.randn(5, 9, generator=g)
+    t = torch.rand(5, generator=g)
+    vc, vs = net((1 - t[:, None, None]) * x0c + t[:, None, None] * b.coarse,
+                 (1 - t[:, None]) * x0s + t[:, None] * b.static, t, b.station, b.scenario)
+    err_c, err_s = (vc - (b.coarse - x0c)) ** 2, (vs - (b.static - x0s)) ** 2
+    rest = (weight * err_s[:, 2:4].mean() + err_s[:, 4:].mean()) if weight else err_s[:, 2:].mean()
+    torch.testing.assert_close(loss, err_c.mean() + err_s[:, 0].mean() + err_s[:, 1].mean() + rest)
+
+
+def test_too_many_principal_components_is_refused(prepared, tmp_path):
+    with pytest.raises(fs.FlowSamplerError, match="record_pcs = 500: at most"):
+        fs.train_sampler(prepared, tiny_params(record_pcs=500), tmp_path / "m",
+                         raw_dir=tmp_path / "none", log=lambda _: None)
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(fs.FlowSamplerError, match="coarse_pcs = -1 \\(must be >= 0\\)"):
+        tiny_params(coarse_pcs=-1)
+
+
+def test_principal_latent_trains_samples_and_round_trips_its_state(prepared, tmp_path):
+    p = tiny_params(coarse_pcs=4, fine_pcs=6, record_pcs=3)
+    sampler = fs.train_sampler(prepared, p, tmp_path / "m", raw_dir=tmp_path / "none",
+                               log=lambda _: None)
+    assert sampler.net.embed.in_features == 4 * p.patch
+    assert sampler.net.skip.out_features == 4 + 3 + 3 + 6
+    m, r = np.array([5.0, 5.5]), np.array([20.0, 60.0])
+    a = sampler.sample("A", m, r, seed=2)
+    assert a.shape == (2, 3, T) and np.isfinite(a).all() and np.abs(a).max() > 0
+    again = fs.FlowSampler.from_state(torch.load(tmp_path / "m" / "model.pt",
+                                                 weights_only=True)["state"])
+    np.testing.assert_array_equal(again.sample("A", m, r, seed=2), a)
+
+
 def test_unknown_period_selection_is_refused():
     with pytest.raises(fs.FlowSamplerError, match="period_selection = 'median' \\(not one of"):
         fs.FlowSamplerParams(period_selection="median")

@@ -8,7 +8,16 @@ Representation of one record (3, 6000) cm/s^2 (E, N, U, 100 Hz), `encode`:
     fine    ln of the full-record Fourier amplitude of x / peak, smoothed   (3 * n_fine,)
             (Gaussian in ln f) on log-spaced frequencies: the site resonance at 1/20 Hz
             resolution that the coarse bands cannot hold
-Each part is standardised with the pre-training set's mean and std per feature.
+Each feature's residual from a linear site and scenario mean (`fit_stats`) is standardised.
+
+The flow's coordinates (`to_latent`): the leading `record_pcs` principal components of the
+whole standardised spectrogram (record-level modes: how strong the P wave is, how long the
+strong motion lasts) are taken out of the frames and join the static part as whitened
+scalars. The flow models the frame-level remainder along the frames. Without them the flow
+left the record-to-record spread of such modes too small and put independent noise in
+every cell (benchmarks/diagnose_flow.py; README "Principal-component latent").
+`coarse_pcs` and `fine_pcs` optionally keep only the leading components of a frame's
+channels and of the fine spectrum.
 
 Model (`VelocityNet`): rectified flow x_t = (1 - t) x0 + t x1 (x0 ~ N(0, I), x1 = data),
 velocity target x1 - x0. The coarse frames are embedded (Linear + positional embedding) with
@@ -91,6 +100,14 @@ class FlowSamplerParams:
     p_align_s: float = 8.0  # warp, stretch, pslot: s, the P knot's place in warped time (< align_s)
     end_fraction: float = 0.95  # stretch: end knot = time of this fraction of Arias intensity
     end_align_s: float = 40.0  # stretch: s, where the end knot sits in warped time (> align_s)
+    coarse_pcs: int = 0  # flow over this many principal components of a frame's standardised
+    #                      channels (whitened; fit on the training residuals); 0 = every channel
+    fine_pcs: int = 0  # the same for the fine spectrum's 3 * n_fine values; 0 = every value
+    record_pcs: int = 0  # this many principal components of the whole standardised spectrogram
+    #                      (record-level modes: P strength, duration) move from the frames to
+    #                      the static part, where the flow models them as scalars; 0 = none
+    record_weight: float = 0.0  # weight of the record components' mean squared velocity error in
+    #                      the loss (the spectrogram's weighs 1); 0 = pooled with the fine part
     # network
     d_model: int = 32
     d_ff: int = 32
@@ -136,7 +153,9 @@ class FlowSamplerParams:
                 for name in ("lr", "finetune_lr", "batch_size", "n_steps", "n_fine", "n_bands")
                 if getattr(self, name) <= 0]  # NaN is named above
         bad += [f"{name} = {getattr(self, name)} (must be >= 0)"
-                for name in ("envelope_rounds", "griffin_lim_iters") if getattr(self, name) < 0]
+                for name in ("envelope_rounds", "griffin_lim_iters", "coarse_pcs", "fine_pcs",
+                             "record_pcs", "record_weight")
+                if getattr(self, name) < 0]
         if not 0.0 <= self.dropout < 1.0:  # NaN fails here too
             bad.append(f"dropout = {self.dropout} (must be in [0, 1))")
         if self.period_selection not in PERIOD_SELECTIONS:
@@ -430,6 +449,7 @@ class VelocityNet(nn.Module):
         super().__init__()
         self.d_cond, self.patch, self.n_frames = p.d_cond, p.patch, n_frames
         self.n_scalars = n_scalars(p)
+        self.n_record, self.record_weight = p.record_pcs, p.record_weight
         n_tokens = -(-n_frames // p.patch)
         cfg = TimesNetConfig(d_model=p.d_model, d_ff=p.d_ff, num_kernels=p.num_kernels,
                              e_layers=p.e_layers, top_k=p.top_k, dropout=p.dropout, seq_len=n_tokens,
@@ -587,6 +607,89 @@ def to_batchable(feats: dict[str, np.ndarray], station: np.ndarray, scenario: np
     )
 
 
+def principal_axes(x: torch.Tensor, k: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Leading k principal axes (D, k) of rows x (N, D) about zero (x are residuals) and the
+    rms of x along each (k,). Signs fixed (largest element of each axis positive), so the same
+    data give the same basis."""
+    if k > min(x.shape):
+        raise FlowSamplerError(f"{name} = {k}: at most {min(x.shape)} for {x.shape[1]} values "
+                               f"of {x.shape[0]} training rows")
+    _, s, vh = torch.linalg.svd(x.double(), full_matrices=False)
+    axes = vh[:k].T
+    sign = torch.sign(axes.gather(0, axes.abs().argmax(dim=0, keepdim=True)))
+    rms = (s[:k] / math.sqrt(len(x))).clamp_min(1e-6)
+    return (axes * sign).float(), rms.float()
+
+
+def fit_latent(b: Batchable, p: FlowSamplerParams) -> dict[str, torch.Tensor]:
+    """The principal axes of the training residuals b that p asks for -> stats entries:
+    record_pcs over whole spectrograms, coarse_pcs over every frame's channels (of what the
+    record components leave), fine_pcs over the fine spectrum."""
+    out = {}
+    coarse = b.coarse
+    if p.record_pcs:
+        out["record_axes"], out["record_rms"] = principal_axes(
+            coarse.reshape(len(coarse), -1), p.record_pcs, "record_pcs")
+        coarse = split_records(coarse, out)[0]
+    if p.coarse_pcs:
+        out["coarse_axes"], out["coarse_rms"] = principal_axes(
+            coarse.reshape(-1, coarse.shape[-1]), p.coarse_pcs, "coarse_pcs")
+    if p.fine_pcs:
+        out["fine_axes"], out["fine_rms"] = principal_axes(
+            b.static[:, n_scalars(p):], p.fine_pcs, "fine_pcs")
+    return out
+
+
+def split_records(coarse: torch.Tensor, stats: dict[str, torch.Tensor]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spectrogram residuals (n, T, C) -> (what the record axes leave (n, T, C), the whitened
+    record components (n, record_pcs))."""
+    axes, rms = stats["record_axes"], stats["record_rms"]
+    a = coarse.reshape(len(coarse), -1) @ axes
+    return coarse - (a @ axes.T).reshape(coarse.shape), a / rms
+
+
+def to_latent(coarse: torch.Tensor, static: torch.Tensor, stats: dict[str, torch.Tensor],
+              k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardised residuals (n, T, C), (n, S) -> the flow's coordinates: whitened principal
+    components where stats holds axes. Static: [the first k values (the scalars), record
+    components, fine]."""
+    rec = static[:, :0]
+    if "record_axes" in stats:
+        coarse, rec = split_records(coarse, stats)
+    if "coarse_axes" in stats:
+        coarse = coarse @ stats["coarse_axes"] / stats["coarse_rms"]
+    fine = static[:, k:]
+    if "fine_axes" in stats:
+        fine = fine @ stats["fine_axes"] / stats["fine_rms"]
+    return coarse, torch.cat([static[:, :k], rec, fine], dim=1)
+
+
+def from_latent(coarse: torch.Tensor, static: torch.Tensor, stats: dict[str, torch.Tensor],
+                k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of `to_latent` (on the span of the kept components)."""
+    n_rec = stats["record_axes"].shape[1] if "record_axes" in stats else 0
+    rec, fine = static[:, k:k + n_rec], static[:, k + n_rec:]
+    if "coarse_axes" in stats:
+        coarse = (coarse * stats["coarse_rms"]) @ stats["coarse_axes"].T
+    if n_rec:
+        coarse = coarse + ((rec * stats["record_rms"]) @ stats["record_axes"].T
+                           ).reshape(coarse.shape)
+    if "fine_axes" in stats:
+        fine = (fine * stats["fine_rms"]) @ stats["fine_axes"].T
+    return coarse, torch.cat([static[:, :k], fine], dim=1)
+
+
+def latent_sizes(stats: dict[str, torch.Tensor], n_frames: int, k: int) -> tuple[int, int]:
+    """(channels per frame, static size) of the flow's coordinates (`to_latent`)."""
+    n_coarse = (stats["coarse_axes"].shape[1] if "coarse_axes" in stats
+                else stats["coarse_std"].numel() // n_frames)
+    n_fine = (stats["fine_axes"].shape[1] if "fine_axes" in stats
+              else stats["static_std"].numel() - k)
+    n_rec = stats["record_axes"].shape[1] if "record_axes" in stats else 0
+    return n_coarse, k + n_rec + n_fine
+
+
 # --------------------------------------------------------------------------------------------
 # training
 
@@ -601,7 +704,9 @@ def flow_times(n: int, how: str, generator: torch.Generator) -> torch.Tensor:
 def flow_loss(net: VelocityNet, b: Batchable, idx: torch.Tensor, generator: torch.Generator,
               time_sampling: str = "uniform") -> torch.Tensor:
     """Rectified-flow loss of records idx: MSE of coarse, fine and level velocities, each part
-    averaged over its own elements (so the 1-D level weighs as much as the spectrogram)."""
+    averaged over its own elements (so the 1-D level weighs as much as the spectrogram); the
+    record components pooled with the fine part, or (record_weight > 0) their own part with
+    that weight."""
     x1c, x1s = b.coarse[idx], b.static[idx]
     # noise from the CPU generator on every device: the same draws on CPU and GPU
     x0c = torch.randn(x1c.shape, generator=generator).to(x1c.device)
@@ -613,7 +718,11 @@ def flow_loss(net: VelocityNet, b: Batchable, idx: torch.Tensor, generator: torc
     err_s = (vs - (x1s - x0s)) ** 2
     k = net.n_scalars
     scalars = err_s[:, :k].mean(dim=0).sum()  # level, timing
-    return ((vc - (x1c - x0c)) ** 2).mean() + err_s[:, k:].mean() + scalars
+    coarse = ((vc - (x1c - x0c)) ** 2).mean()
+    if net.record_weight and net.n_record:  # record components as a group of their own
+        r = k + net.n_record
+        return coarse + net.record_weight * err_s[:, k:r].mean() + err_s[:, r:].mean() + scalars
+    return coarse + err_s[:, k:].mean() + scalars
 
 
 @torch.no_grad()
@@ -790,9 +899,10 @@ class FlowSampler:
         before decoding: the flow's standardised residuals (n, frames, C), and the physical
         coarse frames (n, frames, C) and static part (n, S) that `decode` takes."""
         station_t = torch.full((len(scenario),), s, dtype=torch.long)
-        n_coarse = self.stats["coarse_std"].numel() // self.n_frames
-        xc, xs = integrate(self.net, station_t, scenario, self.n_frames, n_coarse,
-                           self.stats["static_std"].numel(), self.params, generator)
+        k = n_scalars(self.params)
+        xc, xs = integrate(self.net, station_t, scenario, self.n_frames,
+                           *latent_sizes(self.stats, self.n_frames, k), self.params, generator)
+        xc, xs = from_latent(xc, xs, self.stats, k)
         mean_c, mean_s = mean_prediction(self.stats, station_t, scenario)
         coarse = (xc.reshape(len(scenario), -1) * self.stats["coarse_std"] + mean_c)
         return xc, coarse.reshape(xc.shape), xs * self.stats["static_std"] + mean_s
@@ -827,9 +937,7 @@ def build_net(p: FlowSamplerParams, n_frames: int, stats: dict[str, torch.Tensor
         raise FlowSamplerError(f"solver {p.solver!r} not one of {SOLVERS}")
     if p.time_sampling not in TIME_SAMPLING:
         raise FlowSamplerError(f"time_sampling {p.time_sampling!r} not one of {TIME_SAMPLING}")
-    return VelocityNet(p, n_frames, stats["coarse_std"].numel() // n_frames,
-                       stats["static_std"].numel(),
-                       n_stations)
+    return VelocityNet(p, n_frames, *latent_sizes(stats, n_frames, n_scalars(p)), n_stations)
 
 
 # --------------------------------------------------------------------------------------------
@@ -921,7 +1029,14 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
     station_of["finetune"] = index["station"].iloc[rows["finetune"]].map(
         {s: i + 1 for i, s in enumerate(stations)}).to_numpy()
     data = {name: to_batchable(feats[name], station_of[name], scen[rows[name]], stats,
-                               *fits[name]).to(device) for name in fits}
+                               *fits[name]) for name in fits}
+    stats |= fit_latent(Batchable(*(torch.cat([getattr(data["pretrain"], f.name),
+                                               getattr(data["finetune"], f.name)])
+                                    for f in fields(Batchable))), params)
+    k = n_scalars(params)
+    for b in data.values():
+        b.coarse, b.static = to_latent(b.coarse, b.static, stats, k)
+    data = {name: b.to(device) for name, b in data.items()}
     log(f"features of {sum(len(r) for r in rows.values())} records "
         f"({time.perf_counter() - t0:.1f} s); training on {device}")
 
