@@ -58,6 +58,7 @@ VARIANTS = {
     "pslot-r64": {"timing": "pslot", "record_pcs": 64},
     "pslot-r16-f48": {"timing": "pslot", "record_pcs": 16, "fine_pcs": 48},
     "pslot-r16-w1": {"timing": "pslot", "record_pcs": 16, "record_weight": 1.0},
+    "pslot-r32-w1": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0},
 }
 
 
