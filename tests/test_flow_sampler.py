@@ -17,7 +17,7 @@ T = 6000
 def tiny_params(**overrides) -> fs.FlowSamplerParams:
     base = dict(d_model=8, d_ff=8, num_kernels=1, e_layers=1, d_cond=8, pretrain_epochs=1,
                 finetune_epochs=2, batch_size=8, n_steps=2, griffin_lim_iters=2, batch_generate=2,
-                num_threads=1, n_fine=40)
+                num_threads=1, n_fine=40, record_pcs=4)
     base.update(overrides)
     return fs.FlowSamplerParams(**base)
 
@@ -404,8 +404,8 @@ def test_fixed_periods_train_from_the_data_and_do_not_depend_on_the_batch(prepar
     assert [b.freq.tolist() for b in again.net.blocks] == freq
     torch.manual_seed(1)
     n, t = 6, sampler.n_frames
-    args = (torch.randn(n, t, sampler.stats["coarse_std"].numel() // t),
-            torch.randn(n, sampler.stats["static_std"].numel()), torch.rand(n),
+    n_coarse, n_static = fs.latent_sizes(sampler.stats, t, sampler.net.n_scalars)
+    args = (torch.randn(n, t, n_coarse), torch.randn(n, n_static), torch.rand(n),
             torch.tensor([1, 2, 1, 2, 1, 2]), torch.randn(n, 2))
     with torch.no_grad():
         together = again.net(*args)[0]

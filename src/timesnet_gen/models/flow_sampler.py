@@ -103,10 +103,10 @@ class FlowSamplerParams:
     coarse_pcs: int = 0  # flow over this many principal components of a frame's standardised
     #                      channels (whitened; fit on the training residuals); 0 = every channel
     fine_pcs: int = 0  # the same for the fine spectrum's 3 * n_fine values; 0 = every value
-    record_pcs: int = 0  # this many principal components of the whole standardised spectrogram
+    record_pcs: int = 32  # this many principal components of the whole standardised spectrogram
     #                      (record-level modes: P strength, duration) move from the frames to
     #                      the static part, where the flow models them as scalars; 0 = none
-    record_weight: float = 0.0  # weight of the record components' mean squared velocity error in
+    record_weight: float = 1.0  # weight of the record components' mean squared velocity error in
     #                      the loss (the spectrogram's weighs 1); 0 = pooled with the fine part
     # network
     d_model: int = 32
