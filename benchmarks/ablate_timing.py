@@ -60,6 +60,9 @@ VARIANTS = {
     "pslot-r16-f48": {"timing": "pslot", "record_pcs": 16, "fine_pcs": 48},
     "pslot-r16-w1": {"timing": "pslot", "record_pcs": 16, "record_weight": 1.0},
     "pslot-r32-w1": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0},  # the default
+    "pslot-r32-w3": {"timing": "pslot", "record_pcs": 32, "record_weight": 3.0},
+    "pslot-r48-w1": {"timing": "pslot", "record_pcs": 48, "record_weight": 1.0},
+    "pslot-r64-w1": {"timing": "pslot", "record_pcs": 64, "record_weight": 1.0},
 }
 
 

@@ -613,7 +613,7 @@ def principal_axes(x: torch.Tensor, k: int, name: str) -> tuple[torch.Tensor, to
     data give the same basis."""
     if k > min(x.shape):
         raise FlowSamplerError(f"{name} = {k}: at most {min(x.shape)} for {x.shape[1]} values "
-                               f"of {x.shape[0]} training rows")
+                               f"of {x.shape[0]} training rows (lower generators.flow.{name})")
     _, s, vh = torch.linalg.svd(x.double(), full_matrices=False)
     axes = vh[:k].T
     sign = torch.sign(axes.gather(0, axes.abs().argmax(dim=0, keepdim=True)))
