@@ -423,10 +423,9 @@ def test_principal_latent_round_trips_whitens_and_keeps_the_scalars():
     mix = torch.randn(6, 6, generator=g)  # correlated channels
     coarse = torch.randn(40, 10, 6, generator=g) @ mix
     static = torch.randn(40, 3 + 8, generator=g) * torch.linspace(0.5, 3.0, 11)
-    b = fs.Batchable(coarse, static, torch.zeros(40, dtype=torch.long), torch.zeros(40, 2))
     stats = {"coarse_std": torch.ones(60), "static_std": torch.ones(11)}
     p = fs.FlowSamplerParams(coarse_pcs=6, fine_pcs=8, record_pcs=5)
-    full = stats | fs.fit_latent(b, p)
+    full = stats | fs.fit_latent(coarse, static, p)
     lc, ls = fs.to_latent(coarse, static, full, 3)
     assert fs.latent_sizes(full, 10, 3) == (6, 3 + 5 + 8) == (lc.shape[-1], ls.shape[1])
     torch.testing.assert_close(ls[:, :3], static[:, :3])
@@ -436,9 +435,9 @@ def test_principal_latent_round_trips_whitens_and_keeps_the_scalars():
     back = fs.from_latent(lc, ls, full, 3)
     torch.testing.assert_close(back[0], coarse, atol=1e-4, rtol=0)
     torch.testing.assert_close(back[1], static, atol=1e-4, rtol=0)
-    for key, axes in fs.fit_latent(b, p).items():
+    for key, axes in fs.fit_latent(coarse, static, p).items():
         torch.testing.assert_close(axes, full[key], atol=0, rtol=0)
-    two = stats | fs.fit_latent(b, fs.FlowSamplerParams(coarse_pcs=2))
+    two = stats | fs.fit_latent(coarse, static, fs.FlowSamplerParams(coarse_pcs=2, record_pcs=0))
     rebuilt = fs.from_latent(*fs.to_latent(coarse, static, two, 3), two, 3)[0]
     resid = (coarse - rebuilt).reshape(-1, 6)
     total = coarse.reshape(-1, 6).pow(2).sum()
@@ -490,6 +489,10 @@ def test_principal_latent_trains_samples_and_round_trips_its_state(prepared, tmp
     again = fs.FlowSampler.from_state(torch.load(tmp_path / "m" / "model.pt",
                                                  weights_only=True)["state"])
     np.testing.assert_array_equal(again.sample("A", m, r, seed=2), a)
+    state = sampler.state()
+    state["params"]["record_pcs"] = 5  # params that disagree with the stored axes
+    with pytest.raises(fs.FlowSamplerError, match="record_pcs = 5 but the statistics hold 3"):
+        fs.FlowSampler.from_state(state)
 
 
 def test_unknown_period_selection_is_refused():

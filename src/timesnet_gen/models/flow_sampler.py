@@ -621,12 +621,15 @@ def principal_axes(x: torch.Tensor, k: int, name: str) -> tuple[torch.Tensor, to
     return (axes * sign).float(), rms.float()
 
 
-def fit_latent(b: Batchable, p: FlowSamplerParams) -> dict[str, torch.Tensor]:
-    """The principal axes of the training residuals b that p asks for -> stats entries:
-    record_pcs over whole spectrograms, coarse_pcs over every frame's channels (of what the
-    record components leave), fine_pcs over the fine spectrum."""
+LATENT_KEYS = {"record_pcs": "record_axes", "coarse_pcs": "coarse_axes", "fine_pcs": "fine_axes"}
+
+
+def fit_latent(coarse: torch.Tensor, static: torch.Tensor, p: FlowSamplerParams
+               ) -> dict[str, torch.Tensor]:
+    """The principal axes of the training residuals coarse (n, T, C), static (n, S) that p asks
+    for -> stats entries: record_pcs over whole spectrograms, coarse_pcs over every frame's
+    channels (of what the record components leave), fine_pcs over the fine spectrum."""
     out = {}
-    coarse = b.coarse
     if p.record_pcs:
         out["record_axes"], out["record_rms"] = principal_axes(
             coarse.reshape(len(coarse), -1), p.record_pcs, "record_pcs")
@@ -636,8 +639,17 @@ def fit_latent(b: Batchable, p: FlowSamplerParams) -> dict[str, torch.Tensor]:
             coarse.reshape(-1, coarse.shape[-1]), p.coarse_pcs, "coarse_pcs")
     if p.fine_pcs:
         out["fine_axes"], out["fine_rms"] = principal_axes(
-            b.static[:, n_scalars(p):], p.fine_pcs, "fine_pcs")
+            static[:, n_scalars(p):], p.fine_pcs, "fine_pcs")
     return out
+
+
+def check_latent(p: FlowSamplerParams, stats: dict[str, torch.Tensor]) -> None:
+    """FlowSamplerError unless stats holds exactly the principal axes that p asks for."""
+    for name, key in LATENT_KEYS.items():
+        have = stats[key].shape[1] if key in stats else 0
+        if have != getattr(p, name):
+            raise FlowSamplerError(f"{name} = {getattr(p, name)} but the statistics hold {have} "
+                                   f"such components")
 
 
 def split_records(coarse: torch.Tensor, stats: dict[str, torch.Tensor]
@@ -937,6 +949,7 @@ def build_net(p: FlowSamplerParams, n_frames: int, stats: dict[str, torch.Tensor
         raise FlowSamplerError(f"solver {p.solver!r} not one of {SOLVERS}")
     if p.time_sampling not in TIME_SAMPLING:
         raise FlowSamplerError(f"time_sampling {p.time_sampling!r} not one of {TIME_SAMPLING}")
+    check_latent(p, stats)
     return VelocityNet(p, n_frames, *latent_sizes(stats, n_frames, n_scalars(p)), n_stations)
 
 
@@ -1030,9 +1043,8 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
         {s: i + 1 for i, s in enumerate(stations)}).to_numpy()
     data = {name: to_batchable(feats[name], station_of[name], scen[rows[name]], stats,
                                *fits[name]) for name in fits}
-    stats |= fit_latent(Batchable(*(torch.cat([getattr(data["pretrain"], f.name),
-                                               getattr(data["finetune"], f.name)])
-                                    for f in fields(Batchable))), params)
+    stats |= fit_latent(torch.cat([data["pretrain"].coarse, data["finetune"].coarse]),
+                        torch.cat([data["pretrain"].static, data["finetune"].static]), params)
     k = n_scalars(params)
     for b in data.values():
         b.coarse, b.static = to_latent(b.coarse, b.static, stats, k)
