@@ -63,6 +63,8 @@ VARIANTS = {
     "pslot-r32-w3": {"timing": "pslot", "record_pcs": 32, "record_weight": 3.0},
     "pslot-r48-w1": {"timing": "pslot", "record_pcs": 48, "record_weight": 1.0},
     "pslot-r64-w1": {"timing": "pslot", "record_pcs": 64, "record_weight": 1.0},
+    "pslot-r32-w1-rem": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
+                         "remainder_scale": True},
     "pslot-r32-w1-long": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
                           "pretrain_epochs": 600, "finetune_epochs": 400},
     "pslot-r32-w1-d64": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,

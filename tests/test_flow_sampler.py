@@ -483,6 +483,28 @@ def test_principal_latent_round_trips_whitens_and_keeps_the_scalars():
                                rtol=0)
 
 
+def test_remainder_scale_gives_every_cell_unit_rms_and_round_trips():
+    """What the record components leave is divided by its per-(frame, channel) training rms:
+    each cell of the latent has rms 1 on the fitting data (here the cells' scales differ 20x),
+    from_latent undoes it; remainder_scale False leaves the remainder as it is."""
+    g = torch.Generator().manual_seed(0)
+    scale = torch.linspace(0.1, 2.0, 10 * 6).reshape(10, 6)
+    coarse = torch.randn(200, 10, 6, generator=g) * scale
+    static = torch.randn(200, 3 + 4, generator=g)
+    stats = {"coarse_std": torch.ones(60), "static_std": torch.ones(7)}
+    on = stats | fs.fit_latent(coarse, static, fs.FlowSamplerParams(record_pcs=4,
+                                                                    remainder_scale=True))
+    lc, ls = fs.to_latent(coarse, static, on, 3)
+    torch.testing.assert_close(lc.pow(2).mean(0), torch.ones(10, 6), atol=1e-4, rtol=0)
+    back = fs.from_latent(lc, ls, on, 3)
+    torch.testing.assert_close(back[0], coarse, atol=1e-4, rtol=0)
+    off = stats | fs.fit_latent(coarse, static, fs.FlowSamplerParams(record_pcs=4,
+                                                                     remainder_scale=False))
+    assert "remainder_rms" not in off
+    rms_off = fs.to_latent(coarse, static, off, 3)[0].pow(2).mean(0).sqrt()
+    assert rms_off.max() / rms_off.min() > 10  # the cells keep their own scales
+
+
 @pytest.mark.parametrize("weight", [0.0, 3.0])
 def test_record_components_weigh_as_their_own_part_with_record_weight(weight):
     """The loss is the mean squared velocity error of the spectrogram, plus that of the fine
@@ -530,6 +552,14 @@ def test_principal_latent_trains_samples_and_round_trips_its_state(prepared, tmp
     state["params"]["record_pcs"] = 5  # params that disagree with the stored axes
     with pytest.raises(fs.FlowSamplerError, match="record_pcs = 5 but the statistics hold 3"):
         fs.FlowSampler.from_state(state)
+    state = sampler.state()
+    state["params"]["remainder_scale"] = True  # params that disagree with the stored stats
+    with pytest.raises(fs.FlowSamplerError, match="remainder_scale = True with record_pcs = 3, "
+                                                  "but the statistics lack the remainder rms"):
+        fs.FlowSampler.from_state(state)
+    old = sampler.state()  # a checkpoint written before remainder_scale: trained without it
+    del old["params"]["remainder_scale"]
+    assert fs.FlowSampler.from_state(old).params.remainder_scale is False
 
 
 def test_unknown_period_selection_is_refused():

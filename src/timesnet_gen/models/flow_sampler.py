@@ -106,6 +106,10 @@ class FlowSamplerParams:
     record_pcs: int = 32  # this many principal components of the whole standardised spectrogram
     #                      (record-level modes: P strength, duration) move from the frames to
     #                      the static part, where the flow models them as scalars; 0 = none
+    remainder_scale: bool = False  # True: what the record components leave of each (frame,
+    #                      channel) is divided by its training rms, so the flow sees unit variance
+    #                      in every cell (that rms runs 0.38-0.71 along the frames; the flow gave
+    #                      every frame the same 0.51, measured); experimental, not yet ablated
     record_weight: float = 1.0  # weight of the record components' mean squared velocity error in
     #                      the loss (the spectrogram's weighs 1); 0 = pooled with the fine part
     # network
@@ -644,6 +648,9 @@ def fit_latent(coarse: torch.Tensor, static: torch.Tensor, p: FlowSamplerParams
         out["record_axes"], out["record_rms"] = principal_axes(
             coarse.reshape(len(coarse), -1), p.record_pcs, "record_pcs")
         coarse = split_records(coarse, out)[0]
+        if p.remainder_scale:
+            out["remainder_rms"] = coarse.pow(2).mean(dim=0).sqrt().clamp_min(1e-6)
+            coarse = coarse / out["remainder_rms"]
     if p.coarse_pcs:
         out["coarse_axes"], out["coarse_rms"] = principal_axes(
             coarse.reshape(-1, coarse.shape[-1]), p.coarse_pcs, "coarse_pcs")
@@ -654,12 +661,18 @@ def fit_latent(coarse: torch.Tensor, static: torch.Tensor, p: FlowSamplerParams
 
 
 def check_latent(p: FlowSamplerParams, stats: dict[str, torch.Tensor]) -> None:
-    """FlowSamplerError unless stats holds exactly the principal axes that p asks for."""
+    """FlowSamplerError unless stats holds exactly the principal axes and the remainder rms
+    that p asks for."""
     for name, key in LATENT_KEYS.items():
         have = stats[key].shape[1] if key in stats else 0
         if have != getattr(p, name):
             raise FlowSamplerError(f"{name} = {getattr(p, name)} but the statistics hold {have} "
                                    f"such components")
+    wanted = bool(p.remainder_scale and p.record_pcs)
+    if wanted != ("remainder_rms" in stats):
+        raise FlowSamplerError(f"remainder_scale = {p.remainder_scale} with record_pcs = "
+                               f"{p.record_pcs}, but the statistics "
+                               f"{'lack' if wanted else 'hold'} the remainder rms")
 
 
 def split_records(coarse: torch.Tensor, stats: dict[str, torch.Tensor]
@@ -679,6 +692,8 @@ def to_latent(coarse: torch.Tensor, static: torch.Tensor, stats: dict[str, torch
     rec = static[:, :0]
     if "record_axes" in stats:
         coarse, rec = split_records(coarse, stats)
+    if "remainder_rms" in stats:
+        coarse = coarse / stats["remainder_rms"]
     if "coarse_axes" in stats:
         coarse = coarse @ stats["coarse_axes"] / stats["coarse_rms"]
     fine = static[:, k:]
@@ -694,6 +709,8 @@ def from_latent(coarse: torch.Tensor, static: torch.Tensor, stats: dict[str, tor
     rec, fine = static[:, k:k + n_rec], static[:, k + n_rec:]
     if "coarse_axes" in stats:
         coarse = (coarse * stats["coarse_rms"]) @ stats["coarse_axes"].T
+    if "remainder_rms" in stats:
+        coarse = coarse * stats["remainder_rms"]
     if n_rec:
         coarse = coarse + ((rec * stats["record_rms"]) @ stats["record_axes"].T
                            ).reshape(coarse.shape)
@@ -941,7 +958,8 @@ class FlowSampler:
     @classmethod
     def from_state(cls, state: dict) -> FlowSampler:
         try:
-            params = FlowSamplerParams.from_dict(state["params"])
+            # checkpoints written before remainder_scale existed were trained without it
+            params = FlowSamplerParams.from_dict({"remainder_scale": False} | state["params"])
             stats = {k: torch.as_tensor(v) for k, v in state["stats"].items()}
             net = build_net(params, int(state["n_frames"]), stats, len(state["stations"]))
             net.load_state_dict(state["weights"])
