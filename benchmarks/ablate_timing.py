@@ -39,7 +39,8 @@ from timesnet_gen.config import load_params
 from timesnet_gen.errors import one_line_errors
 from timesnet_gen.models import flow_sampler as fs
 
-PLAIN = {"record_pcs": 0, "record_weight": 0.0}  # under every variant: no record components
+# under every variant: no record components, no remainder scaling or autoregression
+PLAIN = {"record_pcs": 0, "record_weight": 0.0, "remainder_scale": False, "remainder_ar": False}
 VARIANTS = {
     "roll": {},
     "warp": {"timing": "warp", "align_s": 20.0},
@@ -59,12 +60,16 @@ VARIANTS = {
     "pslot-r64": {"timing": "pslot", "record_pcs": 64},
     "pslot-r16-f48": {"timing": "pslot", "record_pcs": 16, "fine_pcs": 48},
     "pslot-r16-w1": {"timing": "pslot", "record_pcs": 16, "record_weight": 1.0},
-    "pslot-r32-w1": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0},  # the default
+    "pslot-r32-w1": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0},
     "pslot-r32-w3": {"timing": "pslot", "record_pcs": 32, "record_weight": 3.0},
     "pslot-r48-w1": {"timing": "pslot", "record_pcs": 48, "record_weight": 1.0},
     "pslot-r64-w1": {"timing": "pslot", "record_pcs": 64, "record_weight": 1.0},
     "pslot-r32-w1-rem": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
-                         "remainder_scale": True},
+                         "remainder_scale": True},  # the default since 5 Dec 2026
+    "pslot-r32-w1-ar": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
+                        "remainder_ar": True},
+    "pslot-r32-w1-rem-ar": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
+                            "remainder_scale": True, "remainder_ar": True},
     "pslot-r32-w1-long": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
                           "pretrain_epochs": 600, "finetune_epochs": 400},
     "pslot-r32-w1-d64": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,

@@ -15,6 +15,12 @@ seed 100 j + k, j < --seeds) against the station's real training records:
               cell sd  spread of the residuals over records, frames and channels
               rec sd   spread over records of a record's mean residual over the segment
               rough    mean |change| of the ln band magnitude from one frame to the next
+  remainder what the record components leave of those residuals (`flow_sampler.split_records`;
+            only with record_pcs), real / generated, pooled over the stations:
+              lag-1 frames    correlation of a cell with the next frame's
+              lag-1 channels  correlation of a channel with the next one in the same frame
+              skewness        of the cells
+              frame rms       range over the frames of the cells' rms
 """
 
 from __future__ import annotations
@@ -52,6 +58,16 @@ def segment_stats(res: np.ndarray, coarse: np.ndarray, frames: dict[str, slice])
     return out
 
 
+def remainder_stats(res: np.ndarray, stats: dict[str, torch.Tensor]) -> dict:
+    """Statistics of what the record components leave of residuals (n, frames, channels)."""
+    r = fs.split_records(torch.as_tensor(res), stats)[0].double().numpy()
+    corr = lambda a, b: float((a * b).mean() / np.sqrt((a * a).mean() * (b * b).mean()))  # noqa: E731
+    rms = np.sqrt((r ** 2).mean(axis=(0, 2)))
+    return {"lag-1 frames": corr(r[:, 1:], r[:, :-1]), "lag-1 channels": corr(r[..., 1:], r[..., :-1]),
+            "skewness": float(((r - r.mean()) ** 3).mean() / r.std() ** 3),
+            "frame rms min": float(rms.min()), "frame rms max": float(rms.max())}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", type=Path)
@@ -70,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
               "S 0-5 s": slice(frame(p.align_s), frame(p.align_s + 5)),
               "coda 5-20 s": slice(frame(p.align_s + 5), frame(p.align_s + 20))}
     husid_real, husid_gen, rows = [], [], []
+    pooled: dict[str, list[np.ndarray]] = {"real": [], "generated": []}
     for k, station in enumerate(sampler.stations):
         real = waves[train.index[train["station"] == station].to_numpy()]
         scen = sampler.scenarios(station)
@@ -86,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         mean_c = fs.mean_prediction(sampler.stats, st, z)[0].numpy()
         std = sampler.stats["coarse_std"].numpy()
         res_r = ((feats["coarse"].reshape(len(real), -1) - mean_c) / std).reshape(res_g.shape)
+        pooled["real"].append(res_r)
+        pooled["generated"].append(res_g)
         for who, st in (("real", segment_stats(res_r, feats["coarse"], frames)),
                         ("generated", segment_stats(res_g, coarse_g, frames))):
             for seg, values in st.items():
@@ -99,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         ["energy", "cell sd", "rec sd", "rough"]].agg(["min", "max"])
     print("\nper segment, range over the stations (real / generated rows):")
     print(summary.to_string(float_format="%.2f"))
+    if "record_axes" in sampler.stats:
+        rem = pd.DataFrame({who: remainder_stats(np.concatenate(res).astype(np.float32),
+                                                 sampler.stats) for who, res in pooled.items()})
+        print("\nwhat the record components leave (pooled over the stations):")
+        print(rem.to_string(float_format="%.2f"))
     return 0
 
 

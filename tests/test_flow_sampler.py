@@ -505,6 +505,42 @@ def test_remainder_scale_gives_every_cell_unit_rms_and_round_trips():
     assert rms_off.max() / rms_off.min() > 10  # the cells keep their own scales
 
 
+def test_remainder_ar_whitens_a_known_autoregression_and_round_trips():
+    """Frames drawn from a known VAR(1) y_t = A y_(t-1) + L e_t: fit_ar recovers A and L,
+    to_latent turns the frames into innovations with identity covariance and no lag-1
+    correlation (the frames have 0.6), and from_latent colours them back exactly."""
+    g = torch.Generator().manual_seed(0)
+    c, t, n = 4, 30, 400
+    a = 0.6 * torch.eye(c) + 0.1 * torch.diag(torch.ones(c - 1), 1)
+    chol = torch.linalg.cholesky(torch.eye(c) * 0.5 + 0.2)
+    frames = [torch.randn(n, c, generator=g)]
+    for _ in range(1, t):
+        frames.append(frames[-1] @ a.T + torch.randn(n, c, generator=g) @ chol.T)
+    y = torch.stack(frames, dim=1)
+    static = torch.randn(n, 3, generator=g)
+    stats = {"coarse_std": torch.ones(t * c), "static_std": torch.ones(3)}
+    stats |= fs.fit_latent(y, static, fs.FlowSamplerParams(record_pcs=0, remainder_ar=True))
+    torch.testing.assert_close(stats["ar_coef"], a, atol=0.03, rtol=0)
+    torch.testing.assert_close(stats["ar_chol"], chol, atol=0.03, rtol=0)
+    lag1 = lambda x: float((x[:, 1:] * x[:, :-1]).mean() / x.pow(2).mean())  # noqa: E731
+    assert lag1(y) > 0.5
+    e, _ = fs.to_latent(y, static, stats, 3)
+    assert abs(lag1(e)) < 0.02
+    torch.testing.assert_close(torch.cov(e.reshape(-1, c).T), torch.eye(c), atol=0.05, rtol=0)
+    torch.testing.assert_close(fs.from_latent(e, static, stats, 3)[0], y, atol=1e-3, rtol=0)
+
+
+def test_remainder_ar_keeps_an_explosive_fit_bounded():
+    """A random walk along the frames (A = 1) is fitted with spectral radius AR_MAX_RADIUS, so
+    colouring 94 frames of noise cannot blow up."""
+    g = torch.Generator().manual_seed(1)
+    y = torch.randn(100, 94, 3, generator=g).cumsum(dim=1)
+    stats = fs.fit_ar(y)
+    radius = torch.linalg.eigvals(stats["ar_coef"]).abs().max()
+    assert float(radius) == pytest.approx(fs.AR_MAX_RADIUS, abs=1e-5)
+    assert torch.isfinite(fs.ar_colour(torch.randn(5, 94, 3, generator=g), stats)).all()
+
+
 @pytest.mark.parametrize("weight", [0.0, 3.0])
 def test_record_components_weigh_as_their_own_part_with_record_weight(weight):
     """The loss is the mean squared velocity error of the spectrogram, plus that of the fine
@@ -553,13 +589,21 @@ def test_principal_latent_trains_samples_and_round_trips_its_state(prepared, tmp
     with pytest.raises(fs.FlowSamplerError, match="record_pcs = 5 but the statistics hold 3"):
         fs.FlowSampler.from_state(state)
     state = sampler.state()
-    state["params"]["remainder_scale"] = True  # params that disagree with the stored stats
-    with pytest.raises(fs.FlowSamplerError, match="remainder_scale = True with record_pcs = 3, "
-                                                  "but the statistics lack the remainder rms"):
+    assert p.remainder_scale and "remainder_rms" in state["stats"]  # the default
+    state["params"]["remainder_scale"] = False  # params that disagree with the stored stats
+    with pytest.raises(fs.FlowSamplerError, match="remainder_scale = False with record_pcs = 3, "
+                                                  "but the statistics hold the remainder rms"):
         fs.FlowSampler.from_state(state)
     old = sampler.state()  # a checkpoint written before remainder_scale: trained without it
-    del old["params"]["remainder_scale"]
+    del old["params"]["remainder_scale"], old["stats"]["remainder_rms"]
+    del old["params"]["remainder_ar"]
     assert fs.FlowSampler.from_state(old).params.remainder_scale is False
+    assert fs.FlowSampler.from_state(old).params.remainder_ar is False
+    state = sampler.state()
+    state["params"]["remainder_ar"] = True
+    with pytest.raises(fs.FlowSamplerError, match="remainder_ar = True, but the statistics "
+                                                  "lack the autoregression"):
+        fs.FlowSampler.from_state(state)
 
 
 def test_unknown_period_selection_is_refused():
