@@ -40,7 +40,8 @@ from timesnet_gen.errors import one_line_errors
 from timesnet_gen.models import flow_sampler as fs
 
 # under every variant: no record components, no remainder scaling or autoregression
-PLAIN = {"record_pcs": 0, "record_weight": 0.0, "remainder_scale": False, "remainder_ar": False}
+PLAIN = {"record_pcs": 0, "record_weight": 0.0, "remainder_scale": False, "remainder_ar": False,
+         "remainder_gauss": False, "coarse_weight": 1.0}
 VARIANTS = {
     "roll": {},
     "warp": {"timing": "warp", "align_s": 20.0},
@@ -65,7 +66,14 @@ VARIANTS = {
     "pslot-r48-w1": {"timing": "pslot", "record_pcs": 48, "record_weight": 1.0},
     "pslot-r64-w1": {"timing": "pslot", "record_pcs": 64, "record_weight": 1.0},
     "pslot-r32-w1-rem": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
-                         "remainder_scale": True},  # the default since 5 Dec 2026
+                         "remainder_scale": True},
+    "pslot-r32-w1-rem-cw05": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
+                              "remainder_scale": True, "coarse_weight": 0.5},
+    "pslot-r32-w1-rem-gauss": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
+                               "remainder_scale": True, "remainder_gauss": True},
+    "pslot-r32-w1-rem-gauss-cw05": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
+                                    "remainder_scale": True, "remainder_gauss": True,
+                                    "coarse_weight": 0.5},  # the default since 5 Dec 2026
     "pslot-r32-w1-ar": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
                         "remainder_ar": True},
     "pslot-r32-w1-rem-ar": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,

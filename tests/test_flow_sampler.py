@@ -474,7 +474,8 @@ def test_principal_latent_round_trips_whitens_and_keeps_the_scalars():
     torch.testing.assert_close(back[1], static, atol=1e-4, rtol=0)
     for key, axes in fs.fit_latent(coarse, static, p).items():
         torch.testing.assert_close(axes, full[key], atol=0, rtol=0)
-    two = stats | fs.fit_latent(coarse, static, fs.FlowSamplerParams(coarse_pcs=2, record_pcs=0))
+    two = stats | fs.fit_latent(coarse, static, fs.FlowSamplerParams(
+        coarse_pcs=2, record_pcs=0, remainder_gauss=False))
     rebuilt = fs.from_latent(*fs.to_latent(coarse, static, two, 3), two, 3)[0]
     resid = (coarse - rebuilt).reshape(-1, 6)
     total = coarse.reshape(-1, 6).pow(2).sum()
@@ -492,14 +493,14 @@ def test_remainder_scale_gives_every_cell_unit_rms_and_round_trips():
     coarse = torch.randn(200, 10, 6, generator=g) * scale
     static = torch.randn(200, 3 + 4, generator=g)
     stats = {"coarse_std": torch.ones(60), "static_std": torch.ones(7)}
-    on = stats | fs.fit_latent(coarse, static, fs.FlowSamplerParams(record_pcs=4,
-                                                                    remainder_scale=True))
+    on = stats | fs.fit_latent(coarse, static, fs.FlowSamplerParams(
+        record_pcs=4, remainder_scale=True, remainder_gauss=False))
     lc, ls = fs.to_latent(coarse, static, on, 3)
     torch.testing.assert_close(lc.pow(2).mean(0), torch.ones(10, 6), atol=1e-4, rtol=0)
     back = fs.from_latent(lc, ls, on, 3)
     torch.testing.assert_close(back[0], coarse, atol=1e-4, rtol=0)
-    off = stats | fs.fit_latent(coarse, static, fs.FlowSamplerParams(record_pcs=4,
-                                                                     remainder_scale=False))
+    off = stats | fs.fit_latent(coarse, static, fs.FlowSamplerParams(
+        record_pcs=4, remainder_scale=False, remainder_gauss=False))
     assert "remainder_rms" not in off
     rms_off = fs.to_latent(coarse, static, off, 3)[0].pow(2).mean(0).sqrt()
     assert rms_off.max() / rms_off.min() > 10  # the cells keep their own scales
@@ -519,7 +520,8 @@ def test_remainder_ar_whitens_a_known_autoregression_and_round_trips():
     y = torch.stack(frames, dim=1)
     static = torch.randn(n, 3, generator=g)
     stats = {"coarse_std": torch.ones(t * c), "static_std": torch.ones(3)}
-    stats |= fs.fit_latent(y, static, fs.FlowSamplerParams(record_pcs=0, remainder_ar=True))
+    stats |= fs.fit_latent(y, static, fs.FlowSamplerParams(record_pcs=0, remainder_ar=True,
+                                                            remainder_gauss=False))
     torch.testing.assert_close(stats["ar_coef"], a, atol=0.03, rtol=0)
     torch.testing.assert_close(stats["ar_chol"], chol, atol=0.03, rtol=0)
     lag1 = lambda x: float((x[:, 1:] * x[:, :-1]).mean() / x.pow(2).mean())  # noqa: E731
@@ -528,6 +530,32 @@ def test_remainder_ar_whitens_a_known_autoregression_and_round_trips():
     assert abs(lag1(e)) < 0.02
     torch.testing.assert_close(torch.cov(e.reshape(-1, c).T), torch.eye(c), atol=0.05, rtol=0)
     torch.testing.assert_close(fs.from_latent(e, static, stats, 3)[0], y, atol=1e-3, rtol=0)
+
+
+def test_remainder_gauss_maps_a_skewed_marginal_onto_a_normal_and_back():
+    """Channels with skewed marginals of different scales (negative gamma, skewness -1.4):
+    to_latent gives every channel mean 0, std 1 and no skew; from_latent inverts it to float
+    precision; standard-normal latents decode to the channels' own skewness (the flow's Gaussian
+    output gets the real marginal), including values beyond the end knots (linear tails)."""
+    g = torch.Generator().manual_seed(2)
+    scale = torch.linspace(0.5, 2.0, 4)
+    y = -torch._standard_gamma(torch.full((500, 20, 4), 2.0), generator=g) * scale
+    static = torch.randn(500, 3, generator=g)
+    stats = {"coarse_std": torch.ones(80), "static_std": torch.ones(3)}
+    stats |= fs.fit_latent(y, static, fs.FlowSamplerParams(record_pcs=0, remainder_gauss=True))
+    skew = lambda x: ((x - x.mean(0)) ** 3).mean(0) / x.std(0) ** 3  # noqa: E731
+    z, _ = fs.to_latent(y, static, stats, 3)
+    flat = z.reshape(-1, 4)
+    torch.testing.assert_close(flat.mean(0), torch.zeros(4), atol=0.02, rtol=0)
+    torch.testing.assert_close(flat.std(0), torch.ones(4), atol=0.03, rtol=0)
+    assert skew(flat).abs().max() < 0.05 and skew(y.reshape(-1, 4)).max() < -1.2
+    torch.testing.assert_close(fs.from_latent(z, static, stats, 3)[0], y, atol=1e-4, rtol=0)
+    normal = torch.randn(500, 20, 4, generator=g)
+    back = fs.from_latent(normal, static, stats, 3)[0].reshape(-1, 4)
+    torch.testing.assert_close(skew(back), skew(y.reshape(-1, 4)), atol=0.2, rtol=0)
+    tails = torch.tensor([-6.0, -3.5, 0.0, 3.5, 6.0])[None, :, None].expand(1, 5, 4)
+    out = fs.gaussianise(tails, stats, inverse=True)[0]  # beyond the end knots at +-3
+    assert torch.isfinite(out).all() and (out.diff(dim=0) > 0).all()
 
 
 def test_remainder_ar_keeps_an_explosive_fit_bounded():
@@ -541,12 +569,14 @@ def test_remainder_ar_keeps_an_explosive_fit_bounded():
     assert torch.isfinite(fs.ar_colour(torch.randn(5, 94, 3, generator=g), stats)).all()
 
 
-@pytest.mark.parametrize("weight", [0.0, 3.0])
-def test_record_components_weigh_as_their_own_part_with_record_weight(weight):
-    """The loss is the mean squared velocity error of the spectrogram, plus that of the fine
-    part, plus each scalar's; the record components join the fine part, or with record_weight
-    > 0 form their own part with that weight (recomputed here from the same noise draws)."""
-    p = fs.FlowSamplerParams(timing="roll", record_pcs=2, record_weight=weight)
+@pytest.mark.parametrize("weight, coarse_weight", [(0.0, 1.0), (3.0, 0.5)])
+def test_record_components_weigh_as_their_own_part_with_record_weight(weight, coarse_weight):
+    """The loss is the mean squared velocity error of the spectrogram (times coarse_weight),
+    plus that of the fine part, plus each scalar's; the record components join the fine part,
+    or with record_weight > 0 form their own part with that weight (recomputed here from the
+    same noise draws)."""
+    p = fs.FlowSamplerParams(timing="roll", record_pcs=2, record_weight=weight,
+                             coarse_weight=coarse_weight)
     torch.manual_seed(0)
     net = fs.VelocityNet(p, n_frames=10, n_coarse=4, n_static=2 + 2 + 5, n_stations=1).eval()
     b = fs.Batchable(torch.randn(5, 10, 4), torch.randn(5, 9), torch.zeros(5, dtype=torch.long),
@@ -560,7 +590,8 @@ def test_record_components_weigh_as_their_own_part_with_record_weight(weight):
                  (1 - t[:, None]) * x0s + t[:, None] * b.static, t, b.station, b.scenario)
     err_c, err_s = (vc - (b.coarse - x0c)) ** 2, (vs - (b.static - x0s)) ** 2
     rest = (weight * err_s[:, 2:4].mean() + err_s[:, 4:].mean()) if weight else err_s[:, 2:].mean()
-    torch.testing.assert_close(loss, err_c.mean() + err_s[:, 0].mean() + err_s[:, 1].mean() + rest)
+    torch.testing.assert_close(loss, coarse_weight * err_c.mean() + err_s[:, 0].mean()
+                               + err_s[:, 1].mean() + rest)
 
 
 def test_too_many_principal_components_is_refused(prepared, tmp_path):
@@ -596,13 +627,20 @@ def test_principal_latent_trains_samples_and_round_trips_its_state(prepared, tmp
         fs.FlowSampler.from_state(state)
     old = sampler.state()  # a checkpoint written before remainder_scale: trained without it
     del old["params"]["remainder_scale"], old["stats"]["remainder_rms"]
-    del old["params"]["remainder_ar"]
+    del old["params"]["remainder_ar"], old["params"]["remainder_gauss"]
+    del old["stats"]["marginal_knots"]
+    del old["params"]["coarse_weight"]
     assert fs.FlowSampler.from_state(old).params.remainder_scale is False
     assert fs.FlowSampler.from_state(old).params.remainder_ar is False
     state = sampler.state()
     state["params"]["remainder_ar"] = True
     with pytest.raises(fs.FlowSamplerError, match="remainder_ar = True, but the statistics "
                                                   "lack the autoregression"):
+        fs.FlowSampler.from_state(state)
+    state = sampler.state()
+    state["params"]["remainder_gauss"] = False
+    with pytest.raises(fs.FlowSamplerError, match="remainder_gauss = False, but the statistics "
+                                                  "hold the marginal knots"):
         fs.FlowSampler.from_state(state)
 
 
