@@ -61,7 +61,7 @@ VARIANTS = {
     "pslot-r64": {"timing": "pslot", "record_pcs": 64},
     "pslot-r16-f48": {"timing": "pslot", "record_pcs": 16, "fine_pcs": 48},
     "pslot-r16-w1": {"timing": "pslot", "record_pcs": 16, "record_weight": 1.0},
-    "pslot-r32-w1": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0},
+    "pslot-r32-w1": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0},  # the default
     "pslot-r32-w3": {"timing": "pslot", "record_pcs": 32, "record_weight": 3.0},
     "pslot-r48-w1": {"timing": "pslot", "record_pcs": 48, "record_weight": 1.0},
     "pslot-r64-w1": {"timing": "pslot", "record_pcs": 64, "record_weight": 1.0},
@@ -73,7 +73,7 @@ VARIANTS = {
                                "remainder_scale": True, "remainder_gauss": True},
     "pslot-r32-w1-rem-gauss-cw05": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
                                     "remainder_scale": True, "remainder_gauss": True,
-                                    "coarse_weight": 0.5},  # the default since 5 Dec 2026
+                                    "coarse_weight": 0.5},
     "pslot-r32-w1-ar": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
                         "remainder_ar": True},
     "pslot-r32-w1-rem-ar": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,

@@ -601,10 +601,15 @@ def test_too_many_principal_components_is_refused(prepared, tmp_path):
     assert not (tmp_path / "m").exists()
     with pytest.raises(fs.FlowSamplerError, match="coarse_pcs = -1 \\(must be >= 0\\)"):
         tiny_params(coarse_pcs=-1)
+    with pytest.raises(fs.FlowSamplerError, match="coarse_weight = -0.5 \\(must be >= 0\\)"):
+        tiny_params(coarse_weight=-0.5)
+    with pytest.raises(fs.FlowSamplerError, match="coarse_weight = nan"):
+        tiny_params(coarse_weight=float("nan"))
 
 
 def test_principal_latent_trains_samples_and_round_trips_its_state(prepared, tmp_path):
-    p = tiny_params(coarse_pcs=4, fine_pcs=6, record_pcs=3)
+    p = tiny_params(coarse_pcs=4, fine_pcs=6, record_pcs=3, remainder_scale=True,
+                    remainder_gauss=True)
     sampler = fs.train_sampler(prepared, p, tmp_path / "m", raw_dir=tmp_path / "none",
                                log=lambda _: None)
     assert sampler.net.embed.in_features == 4 * p.patch
@@ -620,7 +625,7 @@ def test_principal_latent_trains_samples_and_round_trips_its_state(prepared, tmp
     with pytest.raises(fs.FlowSamplerError, match="record_pcs = 5 but the statistics hold 3"):
         fs.FlowSampler.from_state(state)
     state = sampler.state()
-    assert p.remainder_scale and "remainder_rms" in state["stats"]  # the default
+    assert "remainder_rms" in state["stats"] and "marginal_knots" in state["stats"]
     state["params"]["remainder_scale"] = False  # params that disagree with the stored stats
     with pytest.raises(fs.FlowSamplerError, match="remainder_scale = False with record_pcs = 3, "
                                                   "but the statistics hold the remainder rms"):

@@ -16,9 +16,11 @@ strong motion lasts) are taken out of the frames and join the static part as whi
 scalars. The flow models the frame-level remainder along the frames. Without them the flow
 left the record-to-record spread of such modes too small and put independent noise in
 every cell (benchmarks/diagnose_flow.py; README "Principal-component latent"). The remainder
-is divided by its per-cell training rms (`remainder_scale`) and mapped through each channel's
-fitted marginal onto a standard normal (`remainder_gauss`), so that the flow's output gets the
-remainder's per-frame spread and skewed marginals (README "The frame remainder").
+can be divided by its per-cell training rms (`remainder_scale`), mapped through each channel's
+fitted marginal onto a standard normal (`remainder_gauss`) or whitened by a fitted
+autoregression along the frames (`remainder_ar`), so that the flow's output gets the
+remainder's per-frame spread, skewed marginals or correlations; all three are off by default
+(README "The frame remainder").
 `coarse_pcs` and `fine_pcs` optionally keep only the leading components of a frame's
 channels and of the fine spectrum.
 
@@ -109,15 +111,15 @@ class FlowSamplerParams:
     record_pcs: int = 32  # this many principal components of the whole standardised spectrogram
     #                      (record-level modes: P strength, duration) move from the frames to
     #                      the static part, where the flow models them as scalars; 0 = none
-    remainder_scale: bool = True  # True: what the record components leave of each (frame,
+    remainder_scale: bool = False  # True: what the record components leave of each (frame,
     #                      channel) is divided by its training rms, so the flow sees unit variance
     #                      in every cell (that rms runs 0.38-0.71 along the frames; the flow gave
     #                      every frame the same 0.51, measured); README "The frame remainder"
-    remainder_gauss: bool = True  # True: the remainder (after remainder_scale) is mapped cell by
+    remainder_gauss: bool = False  # True: the remainder (after remainder_scale) is mapped cell by
     #                      cell through its channel's fitted marginal (`fit_marginal`) onto a
     #                      standard normal, so the flow's Gaussian output decodes to the
     #                      remainder's skewed marginals (real skewness -0.63; the flow gave 0.00,
-    #                      with it -0.59, measured)
+    #                      with it -0.59, measured); off: README "The frame remainder"
     remainder_ar: bool = False  # True: the remainder (after remainder_scale) is whitened by a
     #                      first-order vector autoregression along the frames fitted on the
     #                      training residuals (`fit_ar`), so the flow's white noise decodes to the
@@ -126,11 +128,11 @@ class FlowSamplerParams:
     #                      f0 (worst station 7-11 %), no AUC gain, so off
     record_weight: float = 1.0  # weight of the record components' mean squared velocity error in
     #                      the loss (the spectrogram's weighs 1); 0 = pooled with the fine part
-    coarse_weight: float = 0.5  # weight of the spectrogram's (frame part's) mean squared velocity
-    #                      error in the loss; 0.5 gives back to the fine spectrum (the site
-    #                      signature) the weight that the unit-variance remainder took from it
-    #                      (ablation: every station's median f0 within 5 % in 24 of 32 seeds,
-    #                      17 of 32 at weight 1 with remainder_scale)
+    coarse_weight: float = 1.0  # weight of the spectrogram's (frame part's) mean squared velocity
+    #                      error in the loss; 0.5 with remainder_scale gives back to the fine
+    #                      spectrum (the site signature) the weight that the unit-variance
+    #                      remainder took from it (ablation: every station's median f0 within
+    #                      5 % in 24 of 32 seeds, 17 of 32 at weight 1)
     # network
     d_model: int = 32
     d_ff: int = 32
