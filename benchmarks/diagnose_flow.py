@@ -6,7 +6,11 @@ real records": the Husid times and the residual statistics behind the timing dis
 Per target station, generated at every training scenario of the station (station k sampled with
 seed 100 j + k, j < --seeds) against the station's real training records:
   husid     median times (s) after the 5 % Arias time at which the three-component Husid curve
-            reaches 1, 25, 50, 75, 90 and 95 % (mean over the stations)
+            reaches 1, 25, 50, 75, 90 and 95 % (mean over the stations), of the real records, of
+            their round trip (encode, decode, no flow) and of the generated records
+  P gap     (timings other than roll) median P-to-onset time (s, the timing feature) of the real
+            records, of the flow's features before decoding, and of the generated records
+            encoded again (what the decoded P wave holds)
   segments  in the flow's feature space (the mean model's standardised residuals; segments in
             the canvas's time: before the P knot, the two halves of the P slot (roll: of the
             5 s before the onset), the first 5 s of S and the coda to 20 s after the onset),
@@ -85,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
               "P slot 2nd half": slice(frame(half), frame(p.align_s)),
               "S 0-5 s": slice(frame(p.align_s), frame(p.align_s + 5)),
               "coda 5-20 s": slice(frame(p.align_s + 5), frame(p.align_s + 20))}
-    husid_real, husid_gen, rows = [], [], []
+    husid_real, husid_trip, husid_gen, rows, gaps = [], [], [], [], []
+    k_s = fs.n_scalars(p)
     pooled: dict[str, list[np.ndarray]] = {"real": [], "generated": []}
     for k, station in enumerate(sampler.stations):
         real = waves[train.index[train["station"] == station].to_numpy()]
@@ -95,10 +100,19 @@ def main(argv: list[str] | None = None) -> int:
         husid_real.append(husid_times(real))
         husid_gen.append(husid_times(gen))
         feats = fs.encode(real, p)
+        static_r = torch.from_numpy(fs.static_of(feats))
+        husid_trip.append(husid_times(fs.decode(
+            static_r[:, :1], static_r[:, 1:k_s], torch.from_numpy(feats["coarse"]),
+            static_r[:, k_s:], p, torch.Generator().manual_seed(k))))
         z = fs.standardise_scenario(scen, sampler.stats)
         with torch.no_grad():
-            res_g, coarse_g, _ = (t.numpy() for t in sampler.features(
+            res_g, coarse_g, static_g = (t.numpy() for t in sampler.features(
                 sampler.station_index(station), z, torch.Generator().manual_seed(70 + k)))
+        if p.timing != "roll":  # timing feature 1: ln(onset - P knot)
+            gaps.append({"station": station, "real": np.median(np.exp(feats["onset"][:, 1])),
+                         "flow features": np.median(np.exp(static_g[:, 2])),
+                         "generated, encoded": np.median(np.exp(
+                             fs.encode(gen[:len(scen)], p)["onset"][:, 1]))})
         st = torch.full((len(z),), sampler.station_index(station), dtype=torch.long)
         mean_c = fs.mean_prediction(sampler.stats, st, z)[0].numpy()
         std = sampler.stats["coarse_std"].numpy()
@@ -111,8 +125,12 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"station": station, "source": who, "segment": seg, **values})
     print(f"{args.checkpoint} (timing {p.timing}): Husid times after the 5 % time (s), "
           f"fractions {HUSID_FRACTIONS}")
-    print("  real      ", np.round(np.mean(husid_real, axis=0), 2))
-    print("  generated ", np.round(np.mean(husid_gen, axis=0), 2))
+    print("  real       ", np.round(np.mean(husid_real, axis=0), 2))
+    print("  round trip ", np.round(np.mean(husid_trip, axis=0), 2))
+    print("  generated  ", np.round(np.mean(husid_gen, axis=0), 2))
+    if gaps:
+        print("\nmedian P-to-onset time (s) per station:")
+        print(pd.DataFrame(gaps).to_string(index=False, float_format="%.2f"))
     table = pd.DataFrame(rows)
     summary = table.groupby(["segment", "source"], sort=False)[
         ["energy", "cell sd", "rec sd", "rough"]].agg(["min", "max"])
