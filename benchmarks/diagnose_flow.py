@@ -65,9 +65,13 @@ def segment_stats(res: np.ndarray, coarse: np.ndarray, frames: dict[str, slice])
 def remainder_stats(res: np.ndarray, stats: dict[str, torch.Tensor]) -> dict:
     """Statistics of what the record components leave of residuals (n, frames, channels)."""
     r = fs.split_records(torch.as_tensor(res), stats)[0].double().numpy()
-    corr = lambda a, b: float((a * b).mean() / np.sqrt((a * a).mean() * (b * b).mean()))  # noqa: E731
+
+    def corr(a: np.ndarray, b: np.ndarray) -> float:
+        return float((a * b).mean() / np.sqrt((a * a).mean() * (b * b).mean()))
+
     rms = np.sqrt((r ** 2).mean(axis=(0, 2)))
-    return {"lag-1 frames": corr(r[:, 1:], r[:, :-1]), "lag-1 channels": corr(r[..., 1:], r[..., :-1]),
+    return {"lag-1 frames": corr(r[:, 1:], r[:, :-1]),
+            "lag-1 channels": corr(r[..., 1:], r[..., :-1]),
             "skewness": float(((r - r.mean()) ** 3).mean() / r.std() ** 3),
             "frame rms min": float(rms.min()), "frame rms max": float(rms.max())}
 
