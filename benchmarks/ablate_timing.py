@@ -17,9 +17,14 @@ scores them against all of the station's real records:
   auc      classifier AUC (realism protocol, all spectrogram features), mean over stations
   auc_0_10 the same on the first two 5 s windows only (the P and S onsets)
   f0_err   largest |median generated f0 / f0_true_hz - 1| over the stations (target <= 0.05)
+With --draws K the scoring is repeated for K independent draws (draw j: scenarios from
+default_rng(j), station k sampled with seed 1 + k + 1000 j; --draws 1 is the scoring above)
+and the scores are averaged over the draws (D5-95 geometrically); auc_draw_sd is the standard
+deviation of the AUC over the draws, the sampling noise of one draw.
 Finished runs are kept under --out/<variant>-s<seed>/ (model.pt, scores.json), so a rerun only
-trains what is missing (--rescore scores the kept models again); the table goes to
---out/ablation.tsv (written atomically) and stdout.
+trains what is missing and only scores again where the number of draws changed (--rescore
+scores the kept models again); the table goes to --out/ablation.tsv (written atomically) and
+stdout.
 """
 
 from __future__ import annotations
@@ -97,7 +102,9 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict:
 
     out = args.out / f"{variant}-s{seed}"
     if (out / "scores.json").exists() and not args.rescore:
-        return json.loads((out / "scores.json").read_text())
+        kept = json.loads((out / "scores.json").read_text())
+        if kept.get("draws", 1) == args.draws:
+            return kept
     if not (out / "model.pt").exists():
         raw = yaml.safe_load(open(args.params))["generators"]["flow"]
         p = fs.FlowSamplerParams.from_dict({**raw, **PLAIN, **VARIANTS[variant], "seed": seed})
@@ -107,22 +114,31 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict:
     waves, index = load_prepared(args.data)
     targets = index[index["role"] == "target"]
     truth = pd.read_csv(args.raw / "stations.csv", dtype={"station": str}).set_index("station")
-    rng = np.random.default_rng(0)
-    d_gen, d_real, auc, auc_onset, f0_err = [], [], [], [], []
-    for k, station in enumerate(sampler.stations):  # station k sampled with seed 1 + k
-        real = waves[targets.index[targets["station"] == station].to_numpy()]
-        scen = sampler.scenarios(station)
-        pick = scen[rng.integers(0, len(scen), args.n)]
-        gen = sampler.sample(station, pick[:, 0], pick[:, 1], 1 + k)
-        d_gen.append(np.nanmedian(np.sqrt(np.prod(significant_duration(gen, 100.0)[:, :2], 1))))
-        d_real.append(np.nanmedian(np.sqrt(np.prod(significant_duration(real, 100.0)[:, :2], 1))))
-        auc.append(classifier_groups(gen, real, rp)["all"])
-        auc_onset.append(classifier_groups(gen[..., :1000], real[..., :1000], rp)["all"])
-        f0_err.append(np.median(f0(*hvsr(gen))) / truth.at[station, "f0_true_hz"] - 1)
-    row = {"variant": variant, "seed": seed,
-           "d595": float(np.exp(np.mean(np.log(np.array(d_gen) / np.array(d_real))))),
-           "auc": float(np.mean(auc)), "auc_0_10": float(np.mean(auc_onset)),
-           "f0_err": float(np.max(np.abs(f0_err)))}
+    draws = []
+    for j in range(args.draws):
+        rng = np.random.default_rng(j)
+        d_gen, d_real, auc, auc_onset, f0_err = [], [], [], [], []
+        for k, station in enumerate(sampler.stations):  # station k: seed 1 + k + 1000 j
+            real = waves[targets.index[targets["station"] == station].to_numpy()]
+            scen = sampler.scenarios(station)
+            pick = scen[rng.integers(0, len(scen), args.n)]
+            gen = sampler.sample(station, pick[:, 0], pick[:, 1], 1 + k + 1000 * j)
+            d_gen.append(np.nanmedian(np.sqrt(np.prod(significant_duration(gen, 100.0)[:, :2],
+                                                      1))))
+            d_real.append(np.nanmedian(np.sqrt(np.prod(significant_duration(real, 100.0)[:, :2],
+                                                       1))))
+            auc.append(classifier_groups(gen, real, rp)["all"])
+            auc_onset.append(classifier_groups(gen[..., :1000], real[..., :1000], rp)["all"])
+            f0_err.append(np.median(f0(*hvsr(gen))) / truth.at[station, "f0_true_hz"] - 1)
+        draws.append({"ln_d595": np.mean(np.log(np.array(d_gen) / np.array(d_real))),
+                      "auc": np.mean(auc), "auc_0_10": np.mean(auc_onset),
+                      "f0_err": np.max(np.abs(f0_err))})
+    mean = pd.DataFrame(draws).mean()
+    row = {"variant": variant, "seed": seed, "draws": args.draws,
+           "d595": float(np.exp(mean["ln_d595"])), "auc": float(mean["auc"]),
+           "auc_0_10": float(mean["auc_0_10"]), "f0_err": float(mean["f0_err"]),
+           "auc_draw_sd": float(np.std([d["auc"] for d in draws], ddof=1)) if len(draws) > 1
+           else float("nan")}
     with staged_file(out / "scores.json") as tmp:
         tmp.write_text(json.dumps(row))
     return row
@@ -138,9 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=Path("/tmp/ablate_timing"), type=Path)
     ap.add_argument("--n", type=int, default=80, help="generated records per station")
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one core each)")
+    ap.add_argument("--draws", type=int, default=1,
+                    help="independent sampling draws scored per run (scores averaged)")
     ap.add_argument("--rescore", action="store_true",
                     help="score the kept models again (after a change of the scoring)")
     args = ap.parse_args(argv)
+    if args.draws < 1:
+        ap.error(f"--draws must be >= 1, got {args.draws}")
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [(v, s) for v in args.variants for s in args.seeds]
     with ProcessPoolExecutor(args.jobs) as pool:
