@@ -17,6 +17,9 @@ scores them against all of the station's real records:
   auc      classifier AUC (realism protocol, all spectrogram features), mean over stations
   auc_0_10 the same on the first two 5 s windows only (the P and S onsets)
   f0_err   largest |median generated f0 / f0_true_hz - 1| over the stations (target <= 0.05)
+--against holdout scores against the station's held-out records only, as the pipeline's realism
+metrics do (with --n 50 the pipeline's sample-flow numbers), instead of all of its real records
+(training records included).
 With --draws K the scoring is repeated for K independent draws (draw j: scenarios from
 default_rng(j), station k sampled with seed 1 + k + 1000 j; --draws 1 is the scoring above)
 and the scores are averaged over the draws (D5-95 geometrically); auc_draw_sd is the standard
@@ -103,7 +106,7 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict:
     out = args.out / f"{variant}-s{seed}"
     if (out / "scores.json").exists() and not args.rescore:
         kept = json.loads((out / "scores.json").read_text())
-        if kept.get("draws", 1) == args.draws:
+        if (kept.get("draws", 1), kept.get("against", "all")) == (args.draws, args.against):
             return kept
     if not (out / "model.pt").exists():
         raw = yaml.safe_load(open(args.params))["generators"]["flow"]
@@ -113,6 +116,8 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict:
     rp = load_params(args.params).evaluate.realism
     waves, index = load_prepared(args.data)
     targets = index[index["role"] == "target"]
+    if args.against == "holdout":
+        targets = targets[targets["split"] == "holdout"]
     truth = pd.read_csv(args.raw / "stations.csv", dtype={"station": str}).set_index("station")
     draws = []
     for j in range(args.draws):
@@ -134,7 +139,7 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict:
                       "auc": np.mean(auc), "auc_0_10": np.mean(auc_onset),
                       "f0_err": np.max(np.abs(f0_err))})
     mean = pd.DataFrame(draws).mean()
-    row = {"variant": variant, "seed": seed, "draws": args.draws,
+    row = {"variant": variant, "seed": seed, "draws": args.draws, "against": args.against,
            "d595": float(np.exp(mean["ln_d595"])), "auc": float(mean["auc"]),
            "auc_0_10": float(mean["auc_0_10"]), "f0_err": float(mean["f0_err"]),
            "auc_draw_sd": float(np.std([d["auc"] for d in draws], ddof=1)) if len(draws) > 1
@@ -154,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=Path("/tmp/ablate_timing"), type=Path)
     ap.add_argument("--n", type=int, default=80, help="generated records per station")
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one core each)")
+    ap.add_argument("--against", choices=("all", "holdout"), default="all",
+                    help="real records scored against: all of a station's, or its held-out ones")
     ap.add_argument("--draws", type=int, default=1,
                     help="independent sampling draws scored per run (scores averaged)")
     ap.add_argument("--rescore", action="store_true",
