@@ -698,12 +698,11 @@ def check_latent(p: FlowSamplerParams, stats: dict[str, torch.Tensor]) -> None:
         if have != getattr(p, name):
             raise FlowSamplerError(f"{name} = {getattr(p, name)} but the statistics hold {have} "
                                    f"such components")
-    if p.remainder_gauss != ("marginal_knots" in stats):
-        raise FlowSamplerError(f"remainder_gauss = {p.remainder_gauss}, but the statistics "
-                               f"{'lack' if p.remainder_gauss else 'hold'} the marginal knots")
-    if p.remainder_ar != ("ar_coef" in stats):
-        raise FlowSamplerError(f"remainder_ar = {p.remainder_ar}, but the statistics "
-                               f"{'lack' if p.remainder_ar else 'hold'} the autoregression")
+    for name, key, what in (("remainder_gauss", "marginal_knots", "the marginal knots"),
+                            ("remainder_ar", "ar_coef", "the autoregression")):
+        if getattr(p, name) != (key in stats):
+            raise FlowSamplerError(f"{name} = {getattr(p, name)}, but the statistics "
+                                   f"{'lack' if getattr(p, name) else 'hold'} {what}")
     wanted = bool(p.remainder_scale and p.record_pcs)
     if wanted != ("remainder_rms" in stats):
         raise FlowSamplerError(f"remainder_scale = {p.remainder_scale} with record_pcs = "
@@ -1079,7 +1078,7 @@ class FlowSampler:
     @classmethod
     def from_state(cls, state: dict) -> FlowSampler:
         try:
-            # checkpoints written before remainder_scale/_ar existed were trained without them
+            # checkpoints written before these options existed were trained without them
             params = FlowSamplerParams.from_dict({"remainder_scale": False, "remainder_ar": False,
                                                   "remainder_gauss": False, "coarse_weight": 1.0}
                                                  | state["params"])
