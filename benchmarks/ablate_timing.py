@@ -16,6 +16,9 @@ scores them against all of the station's real records:
            band 0.88-1.06)
   auc      classifier AUC (realism protocol, all spectrogram features), mean over stations
   auc_0_10 the same on the first two 5 s windows only (the P and S onsets)
+  auc_shape, auc_vh  the same on the envelope less its largest window, and on the vertical
+           envelope less the horizontal one (bench_sampler.classifier_groups; README "The frame
+           gain": where the plain flow's records gave themselves away)
   f0_err   largest |median generated f0 / f0_true_hz - 1| over the stations (target <= 0.05)
 --against holdout scores against the station's held-out records only, as the pipeline's realism
 metrics do (with --n 50 the pipeline's sample-flow numbers), instead of all of its real records
@@ -25,8 +28,8 @@ default_rng(j), station k sampled with seed 1 + k + 1000 j; --draws 1 is the sco
 and the scores are averaged over the draws (D5-95 geometrically); auc_draw_sd is the standard
 deviation of the AUC over the draws, the sampling noise of one draw.
 Finished runs are kept under --out/<variant>-s<seed>/ (model.pt, scores.json), so a rerun only
-trains what is missing and only scores again where the number of draws changed (--rescore
-scores the kept models again); the table goes to --out/ablation.tsv (written atomically) and
+trains what is missing and only scores again where the number of draws or the reference
+changed or the scores lack the cue columns (--rescore scores the kept models again); the table goes to --out/ablation.tsv (written atomically) and
 stdout.
 """
 
@@ -47,9 +50,9 @@ from timesnet_gen.config import load_params
 from timesnet_gen.errors import one_line_errors
 from timesnet_gen.models import flow_sampler as fs
 
-# under every variant: no record components, no remainder scaling or autoregression
+# under every variant: no record components, no remainder scaling, autoregression or gain
 PLAIN = {"record_pcs": 0, "record_weight": 0.0, "remainder_scale": False, "remainder_ar": False,
-         "remainder_gauss": False, "coarse_weight": 1.0}
+         "remainder_gauss": False, "coarse_weight": 1.0, "remainder_calibrate": False}
 VARIANTS = {
     "roll": {},
     "warp": {"timing": "warp", "align_s": 20.0},
@@ -69,7 +72,7 @@ VARIANTS = {
     "pslot-r64": {"timing": "pslot", "record_pcs": 64},
     "pslot-r16-f48": {"timing": "pslot", "record_pcs": 16, "fine_pcs": 48},
     "pslot-r16-w1": {"timing": "pslot", "record_pcs": 16, "record_weight": 1.0},
-    "pslot-r32-w1": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0},  # the default
+    "pslot-r32-w1": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0},
     "pslot-r32-w3": {"timing": "pslot", "record_pcs": 32, "record_weight": 3.0},
     "pslot-r48-w1": {"timing": "pslot", "record_pcs": 48, "record_weight": 1.0},
     "pslot-r64-w1": {"timing": "pslot", "record_pcs": 64, "record_weight": 1.0},
@@ -82,6 +85,8 @@ VARIANTS = {
     "pslot-r32-w1-rem-gauss-cw05": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
                                     "remainder_scale": True, "remainder_gauss": True,
                                     "coarse_weight": 0.5},
+    "pslot-r32-w1-cal": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
+                         "remainder_calibrate": True},  # the default since 6 Dec 2026
     "pslot-r32-w1-ar": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
                         "remainder_ar": True},
     "pslot-r32-w1-rem-ar": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
@@ -106,7 +111,8 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict:
     out = args.out / f"{variant}-s{seed}"
     if (out / "scores.json").exists() and not args.rescore:
         kept = json.loads((out / "scores.json").read_text())
-        if (kept.get("draws", 1), kept.get("against", "all")) == (args.draws, args.against):
+        if ((kept.get("draws", 1), kept.get("against", "all")) == (args.draws, args.against)
+                and "auc_shape" in kept):  # scored before the cue columns: score again
             return kept
     if not (out / "model.pt").exists():
         raw = yaml.safe_load(open(args.params))["generators"]["flow"]
@@ -122,7 +128,7 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict:
     draws = []
     for j in range(args.draws):
         rng = np.random.default_rng(j)
-        d_gen, d_real, auc, auc_onset, f0_err = [], [], [], [], []
+        d_gen, d_real, auc, auc_onset, auc_shape, auc_vh, f0_err = [], [], [], [], [], [], []
         for k, station in enumerate(sampler.stations):  # station k: seed 1 + k + 1000 j
             real = waves[targets.index[targets["station"] == station].to_numpy()]
             scen = sampler.scenarios(station)
@@ -132,16 +138,21 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict:
                                                       1))))
             d_real.append(np.nanmedian(np.sqrt(np.prod(significant_duration(real, 100.0)[:, :2],
                                                        1))))
-            auc.append(classifier_groups(gen, real, rp)["all"])
+            groups = classifier_groups(gen, real, rp)
+            auc.append(groups["all"])
+            auc_shape.append(groups["envelope shape"])
+            auc_vh.append(groups["V/H envelope"])
             auc_onset.append(classifier_groups(gen[..., :1000], real[..., :1000], rp)["all"])
             f0_err.append(np.median(f0(*hvsr(gen))) / truth.at[station, "f0_true_hz"] - 1)
         draws.append({"ln_d595": np.mean(np.log(np.array(d_gen) / np.array(d_real))),
                       "auc": np.mean(auc), "auc_0_10": np.mean(auc_onset),
+                      "auc_shape": np.mean(auc_shape), "auc_vh": np.mean(auc_vh),
                       "f0_err": np.max(np.abs(f0_err))})
     mean = pd.DataFrame(draws).mean()
     row = {"variant": variant, "seed": seed, "draws": args.draws, "against": args.against,
            "d595": float(np.exp(mean["ln_d595"])), "auc": float(mean["auc"]),
-           "auc_0_10": float(mean["auc_0_10"]), "f0_err": float(mean["f0_err"]),
+           "auc_0_10": float(mean["auc_0_10"]), "auc_shape": float(mean["auc_shape"]),
+           "auc_vh": float(mean["auc_vh"]), "f0_err": float(mean["f0_err"]),
            "auc_draw_sd": float(np.std([d["auc"] for d in draws], ddof=1)) if len(draws) > 1
            else float("nan")}
     with staged_file(out / "scores.json") as tmp:
@@ -176,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     with staged_file(args.out / "ablation.tsv") as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.3f")
     print(table.to_string(index=False, float_format="%.3f"))
-    summary = table.groupby("variant", sort=False)[["d595", "auc", "auc_0_10", "f0_err"]]
+    summary = table.groupby("variant", sort=False)[["d595", "auc", "auc_0_10", "auc_shape",
+                                                    "auc_vh", "f0_err"]]
     print("\nmean over seeds\n" + summary.mean().to_string(float_format="%.3f"))
     print("\nrange (max - min) over seeds\n"
           + (summary.max() - summary.min()).to_string(float_format="%.3f"))

@@ -19,8 +19,10 @@ and 10x10 specificity beside a perfect generator (50 own training records drawn 
 replacement, mean of 20 draws), nearest-station accuracy, and the scenario fidelity on the
 holdout (20 records per holdout record's station, M, R; ln PGA / PSA residuals, slopes), and
 the two-sample classifier AUC (the realism protocol's) on groups of its log-spectrogram features
-(all; envelope = band-averaged power per window; spectrum = window-averaged power per band; one
-component; the first four 5 s windows; the rest): which part of a record gives it away.
+(all; envelope = band-averaged power per window; spectrum = window-averaged power per band;
+envelope shape = the envelope less its largest window; V/H envelope = the vertical envelope less
+the horizontal one; one component; the first four 5 s windows; the rest): which part of a
+record gives it away.
 """
 
 from __future__ import annotations
@@ -140,8 +142,15 @@ def classifier_groups(gen: np.ndarray, real: np.ndarray, rp) -> dict[str, float]
     def cube(x):
         return spectrogram_features(x, 100.0, rp).reshape(len(x), 3, -1, rp.spec_n_bands)
 
+    def envelope(c):  # (n, 3, windows): band-averaged power per component and window
+        return log_mean(c, 3)
+
     groups = {
-        "all": lambda c: c, "envelope": lambda c: log_mean(c, 3), "spectrum": lambda c: log_mean(c, 2),
+        "all": lambda c: c, "envelope": envelope, "spectrum": lambda c: log_mean(c, 2),
+        # the sharpest cues of Dec 2026 (README "The frame gain"): the envelope over its own
+        # largest window, and the vertical envelope over the horizontal one
+        "envelope shape": lambda c: envelope(c) - envelope(c).max(axis=(1, 2), keepdims=True),
+        "V/H envelope": lambda c: envelope(c)[:, 2] - log_mean(envelope(c)[:, :2], 1),
         "E": lambda c: c[:, 0], "N": lambda c: c[:, 1], "U": lambda c: c[:, 2],
         "windows 0-3 (0-20 s)": lambda c: c[:, :, :4], "windows 4+": lambda c: c[:, :, 4:],
     }

@@ -558,6 +558,67 @@ def test_remainder_gauss_maps_a_skewed_marginal_onto_a_normal_and_back():
     assert torch.isfinite(out).all() and (out.diff(dim=0) > 0).all()
 
 
+class _StillFlow(torch.nn.Module):
+    """A velocity of zero: integrate returns its starting noise (unit rms in every cell)."""
+
+    def forward(self, xc, xs, t, station, scenario):
+        return torch.zeros_like(xc), torch.zeros_like(xs)
+
+
+def test_calibrate_frames_gives_each_cell_the_training_rms():
+    """The gain is the training records' rms over the flow's, cell by cell: with a flow whose
+    samples are its unit-rms starting noise, the gain recovers the records' per-cell scales
+    (0.2-2.0, 10x apart) to the sampling error of 3000 draws."""
+    g = torch.Generator().manual_seed(1)
+    n, t, c = 3000, 6, 5
+    scale = torch.linspace(0.2, 2.0, t * c).reshape(t, c)
+    real = fs.Batchable(coarse=torch.randn(n, t, c, generator=g) * scale,
+                        static=torch.randn(n, 4, generator=g),
+                        station=torch.ones(n, dtype=torch.long), scenario=torch.zeros(n, 2))
+    gain = fs.calibrate_frames(_StillFlow(), real, tiny_params(batch_generate=500))
+    assert gain.shape == (t, c)
+    torch.testing.assert_close(gain, scale, rtol=0.06, atol=0)
+    assert not torch.allclose(gain, torch.ones(t, c), rtol=0.5)
+
+
+def test_remainder_calibrate_leaves_the_flow_and_scales_its_frames(trained, prepared, tmp_path):
+    """The gain (on by default) is fitted after training: the network's weights are those of the
+    same run without it; sampling multiplies the flow's frame coordinates by it; a checkpoint
+    whose params and stats disagree is refused; an older checkpoint loads with the option off."""
+    sampler, out = trained
+    plain = fs.train_sampler(prepared, tiny_params(remainder_calibrate=False), tmp_path / "m",
+                             raw_dir=tmp_path / "none", log=lambda _: None)
+    for key, value in plain.net.state_dict().items():
+        torch.testing.assert_close(sampler.net.state_dict()[key], value, rtol=0, atol=0)
+    gain = sampler.stats["frame_gain"]
+    assert gain.shape == (plain.n_frames, plain.stats["coarse_std"].numel() // plain.n_frames)
+    assert torch.isfinite(gain).all() and (gain >= 0).all() and gain.max() > 0
+    assert "frame_gain" not in plain.stats
+    scenario = fs.standardise_scenario(np.array([[5.0, 30.0], [5.5, 60.0]]), sampler.stats)
+
+    def frames(stats):
+        s = fs.FlowSampler(sampler.params, sampler.net, stats, sampler.stations,
+                           sampler._scenarios, sampler.n_frames, sampler.n_samples)
+        return s.features(1, scenario, torch.Generator().manual_seed(3))[0]
+
+    zero, base, doubled = (frames(sampler.stats | {"frame_gain": k * torch.ones_like(gain)})
+                           for k in (0.0, 1.0, 2.0))
+    # the gain scales the frame remainder; the record components (record_pcs) are left
+    torch.testing.assert_close(doubled - base, base - zero, atol=1e-5, rtol=0)
+    assert (base - zero).abs().max() > 0.1
+    state = sampler.state()
+    del state["stats"]["frame_gain"]
+    with pytest.raises(fs.FlowSamplerError, match="remainder_calibrate = True, but the "
+                                                  "statistics lack the frame gain"):
+        fs.FlowSampler.from_state(state)
+    old = sampler.state()  # written before the option existed: trained without it
+    del old["params"]["remainder_calibrate"], old["stats"]["frame_gain"]
+    assert fs.FlowSampler.from_state(old).params.remainder_calibrate is False
+    m, r = np.array([5.0]), np.array([40.0])
+    again = fs.FlowSampler.from_state(torch.load(out / "model.pt", weights_only=True)["state"])
+    np.testing.assert_array_equal(again.sample("A", m, r, seed=4), sampler.sample("A", m, r, 4))
+
+
 def test_remainder_ar_keeps_an_explosive_fit_bounded():
     """A random walk along the frames (A = 1) is fitted with spectral radius AR_MAX_RADIUS, so
     colouring 94 frames of noise cannot blow up."""

@@ -20,7 +20,9 @@ can be divided by its per-cell training rms (`remainder_scale`), mapped through 
 fitted marginal onto a standard normal (`remainder_gauss`) or whitened by a fitted
 autoregression along the frames (`remainder_ar`), so that the flow's output gets the
 remainder's per-frame spread, skewed marginals or correlations; all three are off by default
-(README "The frame remainder").
+(README "The frame remainder"). What is on (`remainder_calibrate`) corrects the spread after
+training instead: `calibrate_frames` fits a per-cell gain, the training records' rms over the
+flow's own, that sampling applies to the flow's frame output (README "The frame gain").
 `coarse_pcs` and `fine_pcs` optionally keep only the leading components of a frame's
 channels and of the fine spectrum.
 
@@ -126,6 +128,11 @@ class FlowSamplerParams:
     #                      remainder's frame-to-frame and channel correlations (real lag-1
     #                      correlation 0.46; the flow alone gave 0.00, measured); ablated: worse
     #                      f0 (worst station 7-11 %), no AUC gain, so off
+    remainder_calibrate: bool = True  # after training, the flow's frame coordinates are
+    #                      multiplied cell by cell by a gain fitted on the target stations'
+    #                      training scenarios (`calibrate_frames`: the training records' rms over
+    #                      the flow's rms there), so each (frame, channel) gets the training
+    #                      spread that the flow left flat (README "The frame gain")
     record_weight: float = 1.0  # weight of the record components' mean squared velocity error in
     #                      the loss (the spectrogram's weighs 1); 0 = pooled with the fine part
     coarse_weight: float = 1.0  # weight of the spectrogram's (frame part's) mean squared velocity
@@ -690,16 +697,20 @@ def fit_latent(coarse: torch.Tensor, static: torch.Tensor, p: FlowSamplerParams
     return out
 
 
-def check_latent(p: FlowSamplerParams, stats: dict[str, torch.Tensor]) -> None:
+def check_latent(p: FlowSamplerParams, stats: dict[str, torch.Tensor],
+                 calibrated: bool = True) -> None:
     """FlowSamplerError unless stats holds exactly the principal axes and the remainder rms
-    that p asks for."""
+    that p asks for; calibrated False: before training (no frame gain yet)."""
     for name, key in LATENT_KEYS.items():
         have = stats[key].shape[1] if key in stats else 0
         if have != getattr(p, name):
             raise FlowSamplerError(f"{name} = {getattr(p, name)} but the statistics hold {have} "
                                    f"such components")
     for name, key, what in (("remainder_gauss", "marginal_knots", "the marginal knots"),
-                            ("remainder_ar", "ar_coef", "the autoregression")):
+                            ("remainder_ar", "ar_coef", "the autoregression"),
+                            ("remainder_calibrate", "frame_gain", "the frame gain")):
+        if key == "frame_gain" and not calibrated:
+            continue
         if getattr(p, name) != (key in stats):
             raise FlowSamplerError(f"{name} = {getattr(p, name)}, but the statistics "
                                    f"{'lack' if getattr(p, name) else 'hold'} {what}")
@@ -981,6 +992,30 @@ def integrate(net: VelocityNet, station: torch.Tensor, scenario: torch.Tensor, n
     return xc, xs
 
 
+CALIBRATION_SEED = 7919  # added to p.seed for the flow's samples that `calibrate_frames` reads
+
+
+def calibrate_frames(net: VelocityNet, real: Batchable, p: FlowSamplerParams) -> torch.Tensor:
+    """(T, C) gain of the flow's frame coordinates: the rms over the records `real` (the flow's
+    coordinates of the target stations' training records) divided by the rms of the flow's own
+    samples at the same stations and scenarios (one each, in chunks of p.batch_generate as
+    sampling draws them, seeded by p.seed). The flow leaves that rms nearly the same in every
+    frame (0.70-0.72 on the CPU profile), where the training records' runs 0.58-0.85 along the
+    frames (measured, benchmarks/diagnose_flow.py); the gain gives each cell its training
+    spread."""
+    setup_torch(p)
+    n, t, c = real.coarse.shape
+    generator = torch.Generator().manual_seed(p.seed + CALIBRATION_SEED)
+    square = torch.zeros(t, c, dtype=torch.float64)
+    for start in range(0, n, p.batch_generate):
+        part = slice(start, start + p.batch_generate)
+        xc, _ = integrate(net, real.station[part], real.scenario[part], t, c,
+                          real.static.shape[1], p, generator)
+        square += xc.double().pow(2).sum(dim=0)
+    flow_rms = (square / n).sqrt().clamp_min(1e-6)
+    return (real.coarse.double().pow(2).mean(dim=0).sqrt() / flow_rms).float()
+
+
 SOLVERS = ("euler", "heun")
 TIME_SAMPLING = ("uniform", "logit-normal")
 
@@ -1061,6 +1096,8 @@ class FlowSampler:
         k = n_scalars(self.params)
         xc, xs = integrate(self.net, station_t, scenario, self.n_frames,
                            *latent_sizes(self.stats, self.n_frames, k), self.params, generator)
+        if "frame_gain" in self.stats:
+            xc = xc * self.stats["frame_gain"]
         xc, xs = from_latent(xc, xs, self.stats, k)
         mean_c, mean_s = mean_prediction(self.stats, station_t, scenario)
         coarse = (xc.reshape(len(scenario), -1) * self.stats["coarse_std"] + mean_c)
@@ -1080,7 +1117,8 @@ class FlowSampler:
         try:
             # checkpoints written before these options existed were trained without them
             params = FlowSamplerParams.from_dict({"remainder_scale": False, "remainder_ar": False,
-                                                  "remainder_gauss": False, "coarse_weight": 1.0}
+                                                  "remainder_gauss": False, "coarse_weight": 1.0,
+                                                  "remainder_calibrate": False}
                                                  | state["params"])
             stats = {k: torch.as_tensor(v) for k, v in state["stats"].items()}
             net = build_net(params, int(state["n_frames"]), stats, len(state["stations"]))
@@ -1094,12 +1132,12 @@ class FlowSampler:
 
 
 def build_net(p: FlowSamplerParams, n_frames: int, stats: dict[str, torch.Tensor],
-              n_stations: int) -> VelocityNet:
+              n_stations: int, calibrated: bool = True) -> VelocityNet:
     if p.solver not in SOLVERS:
         raise FlowSamplerError(f"solver {p.solver!r} not one of {SOLVERS}")
     if p.time_sampling not in TIME_SAMPLING:
         raise FlowSamplerError(f"time_sampling {p.time_sampling!r} not one of {TIME_SAMPLING}")
-    check_latent(p, stats)
+    check_latent(p, stats, calibrated)
     return VelocityNet(p, n_frames, *latent_sizes(stats, n_frames, n_scalars(p)), n_stations)
 
 
@@ -1204,7 +1242,7 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
 
     torch.manual_seed(params.seed)
     n_frames = data["pretrain"].coarse.shape[1]
-    net = build_net(params, n_frames, stats, len(stations)).to(device)
+    net = build_net(params, n_frames, stats, len(stations), calibrated=False).to(device)
     if params.period_selection == "fixed":
         log(f"fixed TimesBlock frequencies {net.fix_frequencies(data['pretrain'].coarse)} "
             f"(of {-(-n_frames // params.patch)} tokens)")
@@ -1215,6 +1253,9 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
     history += fit(net, data["finetune"], None, params.finetune_epochs, params.finetune_lr,
                    params, "finetune", log)
     net.cpu()  # the checkpoint and sampling are on the CPU
+    if params.remainder_calibrate:
+        stats["frame_gain"] = calibrate_frames(net, data["finetune"].to(torch.device("cpu")),
+                                               params)
     fine_rows = index.iloc[rows["finetune"]]
     scenarios = {s: scen[rows["finetune"]][(fine_rows["station"] == s).to_numpy()]
                  for s in stations}
