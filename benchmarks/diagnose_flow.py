@@ -19,6 +19,13 @@ seed 100 j + k, j < --seeds) against the station's real training records:
               cell sd  spread of the residuals over records, frames and channels
               rec sd   spread over records of a record's mean residual over the segment
               rough    mean |change| of the ln band magnitude from one frame to the next
+  picks     the realism protocol's P and S picks (realism_phases.pick_p_s): the share of records
+            with an S-P pick (%) and their median S-P time (s), mean over the stations, for the
+            real records, their round trip, the round trip with the record components kept and
+            the remainder dropped or replaced by white noise at its per-cell training rms (only
+            with record_pcs), the generated spectrogram decoded with the real records' level,
+            timing and fine spectrum, and the generated records: which part of the generated
+            features loses the P wave (README "Where the records still differ: the P wave")
   remainder what the record components leave of those residuals (`flow_sampler.split_records`;
             only with record_pcs), real / generated, pooled over the stations:
               lag-1 frames    correlation of a cell with the next frame's
@@ -36,7 +43,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from timesnet_gen.config import load_params
 from timesnet_gen.errors import one_line_errors
+from timesnet_gen.evaluation.realism_phases import horizontal_envelope, pick_p_s
 from timesnet_gen.models import flow_sampler as fs
 from timesnet_gen.prepare import load_prepared
 from timesnet_gen.sample import load_sampler
@@ -62,6 +71,16 @@ def segment_stats(res: np.ndarray, coarse: np.ndarray, frames: dict[str, slice])
     return out
 
 
+def pick_stats(x: np.ndarray, rp) -> dict[str, float]:
+    """Share of records (%) with an S-P pick and their median S-P time (s), as the realism
+    metrics pick them (rp: RealismParams)."""
+    env_times, env = horizontal_envelope(x, 100.0, rp.envelope_window_s, rp.envelope_step_s)
+    p, s = pick_p_s(x, 100.0, env_times, env, rp.s_min_delay_s, rp.pick_snr, rp.pick_window_s)
+    sp = s - p
+    return {"S-P found %": 100.0 * float(np.isfinite(sp).mean()),
+            "S-P median s": float(np.nanmedian(sp)) if np.isfinite(sp).any() else np.nan}
+
+
 def remainder_stats(res: np.ndarray, stats: dict[str, torch.Tensor]) -> dict:
     """Statistics of what the record components leave of residuals (n, frames, channels)."""
     r = fs.split_records(torch.as_tensor(res), stats)[0].double().numpy()
@@ -81,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("--seeds", type=int, default=3, help="sampling seeds for the Husid times")
     ap.add_argument("--data", default=Path("data/prepared"), type=Path)
+    ap.add_argument("--params", default="params.yaml", help="for the realism pick settings")
     args = ap.parse_args(argv)
+    rp = load_params(args.params).evaluate.realism
     sampler = load_sampler(args.checkpoint)
     p = sampler.params
     waves, index = load_prepared(args.data)
@@ -93,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
               "P slot 2nd half": slice(frame(half), frame(p.align_s)),
               "S 0-5 s": slice(frame(p.align_s), frame(p.align_s + 5)),
               "coda 5-20 s": slice(frame(p.align_s + 5), frame(p.align_s + 20))}
-    husid_real, husid_trip, husid_gen, rows, gaps = [], [], [], [], []
+    husid_real, husid_trip, husid_gen, rows, gaps, picks = [], [], [], [], [], []
     k_s = fs.n_scalars(p)
     pooled: dict[str, list[np.ndarray]] = {"real": [], "generated": []}
     for k, station in enumerate(sampler.stations):
@@ -105,9 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         husid_gen.append(husid_times(gen))
         feats = fs.encode(real, p)
         static_r = torch.from_numpy(fs.static_of(feats))
-        husid_trip.append(husid_times(fs.decode(
-            static_r[:, :1], static_r[:, 1:k_s], torch.from_numpy(feats["coarse"]),
-            static_r[:, k_s:], p, torch.Generator().manual_seed(k))))
+
+        def decode_real_static(coarse: np.ndarray) -> np.ndarray:  # real level, timing, fine
+            return fs.decode(static_r[:, :1], static_r[:, 1:k_s], torch.as_tensor(coarse),
+                             static_r[:, k_s:], p, torch.Generator().manual_seed(k))
+
+        trip = decode_real_static(feats["coarse"])
+        husid_trip.append(husid_times(trip))
         z = fs.standardise_scenario(scen, sampler.stats)
         with torch.no_grad():
             res_g, coarse_g, static_g = (t.numpy() for t in sampler.features(
@@ -123,6 +148,19 @@ def main(argv: list[str] | None = None) -> int:
         res_r = ((feats["coarse"].reshape(len(real), -1) - mean_c) / std).reshape(res_g.shape)
         pooled["real"].append(res_r)
         pooled["generated"].append(res_g)
+        decoded = {"real": real, "round trip": trip}
+        if "record_axes" in sampler.stats:
+            rem = fs.split_records(torch.as_tensor(res_r), sampler.stats)[0].numpy()
+            rms = np.sqrt((rem ** 2).mean(axis=0))
+            white = np.random.default_rng(k).standard_normal(rem.shape) * rms
+            for name, r in (("record components, no remainder", res_r - rem),
+                            ("record components, white remainder", res_r - rem + white)):
+                decoded[name] = decode_real_static(
+                    (r.reshape(len(real), -1) * std + mean_c).reshape(r.shape).astype(np.float32))
+        decoded["generated spectrogram, real rest"] = decode_real_static(coarse_g)
+        decoded["generated"] = gen[:len(scen)]
+        for name, x in decoded.items():
+            picks.append({"station": station, "records": name, **pick_stats(x, rp)})
         for who, st in (("real", segment_stats(res_r, feats["coarse"], frames)),
                         ("generated", segment_stats(res_g, coarse_g, frames))):
             for seg, values in st.items():
@@ -140,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         ["energy", "cell sd", "rec sd", "rough"]].agg(["min", "max"])
     print("\nper segment, range over the stations (real / generated rows):")
     print(summary.to_string(float_format="%.2f"))
+    print("\nS-P picks (realism protocol), mean over the stations:")
+    print(pd.DataFrame(picks).groupby("records", sort=False)[["S-P found %", "S-P median s"]]
+          .mean().to_string(float_format="%.2f"))
     if "record_axes" in sampler.stats:
         rem = pd.DataFrame({who: remainder_stats(np.concatenate(res).astype(np.float32),
                                                  sampler.stats) for who, res in pooled.items()})
