@@ -29,8 +29,8 @@ and the scores are averaged over the draws (D5-95 geometrically); auc_draw_sd is
 deviation of the AUC over the draws, the sampling noise of one draw.
 Finished runs are kept under --out/<variant>-s<seed>/ (model.pt, scores.json), so a rerun only
 trains what is missing and only scores again where the number of draws or the reference
-changed or the scores lack the cue columns (--rescore scores the kept models again); the table goes to --out/ablation.tsv (written atomically) and
-stdout.
+changed or the scores lack the cue columns (--rescore scores the kept models again); the table
+goes to --out/ablation.tsv (written atomically) and stdout.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ from timesnet_gen.models import flow_sampler as fs
 
 # under every variant: no record components, no remainder scaling, autoregression or gain
 PLAIN = {"record_pcs": 0, "record_weight": 0.0, "remainder_scale": False, "remainder_ar": False,
-         "remainder_gauss": False, "coarse_weight": 1.0, "remainder_calibrate": False}
+         "remainder_gauss": False, "coarse_weight": 1.0, "remainder_calibrate": False,
+         "record_prior": False}
 VARIANTS = {
     "roll": {},
     "warp": {"timing": "warp", "align_s": 20.0},
@@ -87,6 +88,8 @@ VARIANTS = {
                                     "coarse_weight": 0.5},
     "pslot-r32-w1-cal": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
                          "remainder_calibrate": True},  # the default since 6 Dec 2026
+    "pslot-r32-w1-cal-prior": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
+                               "remainder_calibrate": True, "record_prior": True},
     "pslot-r32-w1-ar": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
                         "remainder_ar": True},
     "pslot-r32-w1-rem-ar": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,

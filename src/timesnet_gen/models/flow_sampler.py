@@ -23,6 +23,10 @@ remainder's per-frame spread, skewed marginals or correlations; all three are of
 (README "The frame remainder"). What is on (`remainder_calibrate`) corrects the spread after
 training instead: `calibrate_frames` fits a per-cell gain, the training records' rms over the
 flow's own, that sampling applies to the flow's frame output (README "The frame gain").
+`record_prior` (off by default) draws the record components by a small conditional flow of
+their own (`RecordPrior`: an MLP over the whitened components given the station and the
+scenario, fitted after training), whose joint draw keeps more of each record's sharp P onset
+than the TimesBlock flow's, at a cost in f0 and novelty (README "The record prior").
 `coarse_pcs` and `fine_pcs` optionally keep only the leading components of a frame's
 channels and of the fine spectrum.
 
@@ -133,6 +137,15 @@ class FlowSamplerParams:
     #                      training scenarios (`calibrate_frames`: the training records' rms over
     #                      the flow's rms there), so each (frame, channel) gets the training
     #                      spread that the flow left flat (README "The frame gain")
+    record_prior: bool = False  # True: the record components are drawn by a conditional flow of
+    #                      their own (`RecordPrior`: an MLP over the whitened components, given
+    #                      the station and the scenario), fitted after training on the target
+    #                      stations' training records, instead of by the TimesBlock flow, whose
+    #                      joint draw of them loses each record's sharp P onset (README "Where
+    #                      the records still differ: the P wave"); needs record_pcs > 0
+    prior_hidden: int = 256  # record_prior: width of the MLP's three hidden layers
+    prior_steps: int = 4000  # record_prior: optimiser steps (batches of 64 records)
+    prior_ode_steps: int = 50  # record_prior: Heun steps when sampling
     record_weight: float = 1.0  # weight of the record components' mean squared velocity error in
     #                      the loss (the spectrogram's weighs 1); 0 = pooled with the fine part
     coarse_weight: float = 1.0  # weight of the spectrogram's (frame part's) mean squared velocity
@@ -186,12 +199,16 @@ class FlowSamplerParams:
                if isinstance(getattr(self, f.name), float)
                and not math.isfinite(getattr(self, f.name))]
         bad += [f"{name} = {getattr(self, name)} (must be > 0)"
-                for name in ("lr", "finetune_lr", "batch_size", "n_steps", "n_fine", "n_bands")
+                for name in ("lr", "finetune_lr", "batch_size", "n_steps", "n_fine", "n_bands",
+                             "prior_hidden", "prior_steps", "prior_ode_steps")
                 if getattr(self, name) <= 0]  # NaN is named above
         bad += [f"{name} = {getattr(self, name)} (must be >= 0)"
                 for name in ("envelope_rounds", "griffin_lim_iters", "coarse_pcs", "fine_pcs",
                              "record_pcs", "record_weight", "coarse_weight", "long_period_hz")
                 if getattr(self, name) < 0]
+        if self.record_prior and not self.record_pcs > 0:
+            bad.append(f"record_prior = True needs record_pcs > 0 (got {self.record_pcs}; "
+                       f"set record_prior: false)")
         if not 0.0 <= self.dropout < 1.0:  # NaN fails here too
             bad.append(f"dropout = {self.dropout} (must be in [0, 1))")
         if self.period_selection not in PERIOD_SELECTIONS:
@@ -992,6 +1009,71 @@ def integrate(net: VelocityNet, station: torch.Tensor, scenario: torch.Tensor, n
     return xc, xs
 
 
+PRIOR_SEED = 4099  # added to p.seed for the record prior's initial weights and batches
+PRIOR_BATCH = 64
+PRIOR_TIME_DIM = 16
+
+
+class RecordPrior(nn.Module):
+    """Velocity of a conditional rectified flow over the whitened record components (n, D):
+    an MLP (three hidden layers, SiLU) of the components, the sinusoidal flow time, the
+    station (one-hot over the target stations 1..S) and the standardised scenario."""
+
+    def __init__(self, n_components: int, n_stations: int, hidden: int) -> None:
+        super().__init__()
+        self.n_stations = n_stations
+        self.mlp = nn.Sequential(
+            nn.Linear(n_components + PRIOR_TIME_DIM + n_stations + 2, hidden), nn.SiLU(),
+            nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+            nn.Linear(hidden, n_components))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, station: torch.Tensor,
+                scenario: torch.Tensor) -> torch.Tensor:
+        onehot = F.one_hot(station - 1, self.n_stations).to(x.dtype)
+        return self.mlp(torch.cat([x, time_embedding(t, PRIOR_TIME_DIM), onehot, scenario], 1))
+
+
+def fit_record_prior(components: torch.Tensor, station: torch.Tensor, scenario: torch.Tensor,
+                     p: FlowSamplerParams, n_stations: int) -> RecordPrior:
+    """The record prior fitted (seeded, on the CPU) to whitened components (n, D) of records at
+    target stations 1..S and standardised scenarios (n, 2): p.prior_steps AdamW steps (lr
+    1e-3, cosine) on the rectified-flow loss, flow times as p.time_sampling draws them."""
+    torch.manual_seed(p.seed + PRIOR_SEED)
+    prior = RecordPrior(components.shape[1], n_stations, p.prior_hidden)
+    generator = torch.Generator().manual_seed(p.seed + PRIOR_SEED)
+    opt = torch.optim.AdamW(prior.parameters(), lr=1e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.prior_steps)
+    for _ in range(p.prior_steps):
+        idx = torch.randint(0, len(components), (PRIOR_BATCH,), generator=generator)
+        x1 = components[idx]
+        x0 = torch.randn(x1.shape, generator=generator)
+        t = flow_times(PRIOR_BATCH, p.time_sampling, generator)
+        xt = (1 - t[:, None]) * x0 + t[:, None] * x1
+        loss = ((prior(xt, t, station[idx], scenario[idx]) - (x1 - x0)) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    if not math.isfinite(float(loss.detach())):
+        raise FlowSamplerError("the record prior diverged; lower prior_steps or check the data")
+    return prior.eval()
+
+
+@torch.no_grad()
+def draw_record_prior(prior: RecordPrior, station: torch.Tensor, scenario: torch.Tensor,
+                      steps: int, generator: torch.Generator, n_components: int) -> torch.Tensor:
+    """Whitened record components (n, D) from the prior: Heun from seeded noise, `steps` steps."""
+    x = torch.randn((len(station), n_components), generator=generator)
+    dt = 1.0 / steps
+    for k in range(steps):
+        t = torch.full((len(station),), k * dt)
+        v = prior(x, t, station, scenario)
+        if k < steps - 1:
+            v = 0.5 * (v + prior(x + dt * v, t + dt, station, scenario))
+        x = x + dt * v
+    return x
+
+
 CALIBRATION_SEED = 7919  # added to p.seed for the flow's samples that `calibrate_frames` reads
 
 
@@ -1043,8 +1125,9 @@ class FlowSampler:
 
     def __init__(self, params: FlowSamplerParams, net: VelocityNet, stats: dict[str, torch.Tensor],
                  stations: list[str], scenarios: dict[str, np.ndarray], n_frames: int,
-                 n_samples: int = N_SAMPLES) -> None:
+                 n_samples: int = N_SAMPLES, prior: RecordPrior | None = None) -> None:
         self.params, self.net, self.stats = params, net.eval(), stats
+        self.prior = prior
         self.stations, self._scenarios = list(stations), scenarios
         self.n_frames, self.n_samples = n_frames, n_samples
 
@@ -1098,6 +1181,11 @@ class FlowSampler:
                            *latent_sizes(self.stats, self.n_frames, k), self.params, generator)
         if "frame_gain" in self.stats:
             xc = xc * self.stats["frame_gain"]
+        if self.prior is not None:  # the record components from their own flow
+            n_rec = self.stats["record_axes"].shape[1]
+            xs = torch.cat([xs[:, :k], draw_record_prior(
+                self.prior, station_t, scenario, self.params.prior_ode_steps, generator, n_rec),
+                xs[:, k + n_rec:]], dim=1)
         xc, xs = from_latent(xc, xs, self.stats, k)
         mean_c, mean_s = mean_prediction(self.stats, station_t, scenario)
         coarse = (xc.reshape(len(scenario), -1) * self.stats["coarse_std"] + mean_c)
@@ -1110,7 +1198,7 @@ class FlowSampler:
                           for k, v in self._scenarios.items()},
             "stats": dict(self.stats), "weights": self.net.state_dict(),
             "n_frames": int(self.n_frames), "n_samples": int(self.n_samples),
-        }
+        } | ({"prior_weights": self.prior.state_dict()} if self.prior is not None else {})
 
     @classmethod
     def from_state(cls, state: dict) -> FlowSampler:
@@ -1118,15 +1206,26 @@ class FlowSampler:
             # checkpoints written before these options existed were trained without them
             params = FlowSamplerParams.from_dict({"remainder_scale": False, "remainder_ar": False,
                                                   "remainder_gauss": False, "coarse_weight": 1.0,
-                                                  "remainder_calibrate": False}
+                                                  "remainder_calibrate": False,
+                                                  "record_prior": False}
                                                  | state["params"])
             stats = {k: torch.as_tensor(v) for k, v in state["stats"].items()}
             net = build_net(params, int(state["n_frames"]), stats, len(state["stations"]))
             net.load_state_dict(state["weights"])
             scenarios = {k: np.asarray(v, dtype=np.float64)
                          for k, v in state["scenarios"].items()}
+            prior = None
+            if params.record_prior != ("prior_weights" in state):
+                raise FlowSamplerError(
+                    f"record_prior = {params.record_prior}, but the checkpoint "
+                    f"{'lacks' if params.record_prior else 'holds'} the record prior's weights")
+            if params.record_prior:
+                prior = RecordPrior(stats["record_axes"].shape[1], len(state["stations"]),
+                                    params.prior_hidden)
+                prior.load_state_dict(state["prior_weights"])
+                prior.eval()
             return cls(params, net, stats, list(state["stations"]), scenarios,
-                       int(state["n_frames"]), int(state["n_samples"]))
+                       int(state["n_frames"]), int(state["n_samples"]), prior)
         except (KeyError, TypeError, RuntimeError, ValueError) as exc:
             raise FlowSamplerError(f"not a valid {KIND} sampler state ({exc})") from None
 
@@ -1256,10 +1355,17 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
     if params.remainder_calibrate:
         stats["frame_gain"] = calibrate_frames(net, data["finetune"].to(torch.device("cpu")),
                                                params)
+    prior = None
+    if params.record_prior:
+        fine = data["finetune"].to(torch.device("cpu"))
+        n_rec = stats["record_axes"].shape[1]
+        prior = fit_record_prior(fine.static[:, k:k + n_rec], fine.station, fine.scenario, params,
+                                 len(stations))
     fine_rows = index.iloc[rows["finetune"]]
     scenarios = {s: scen[rows["finetune"]][(fine_rows["station"] == s).to_numpy()]
                  for s in stations}
-    sampler = FlowSampler(params, net, stats, stations, scenarios, n_frames, waveforms.shape[-1])
+    sampler = FlowSampler(params, net, stats, stations, scenarios, n_frames, waveforms.shape[-1],
+                          prior)
     with staged_dir(out_dir, [prepared_dir, raw_dir]) as tmp:
         torch.save({"kind": KIND, "format": FORMAT, "state": sampler.state()}, tmp / "model.pt")
         losses = pd.DataFrame(history).drop(columns="seconds")
