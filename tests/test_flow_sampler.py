@@ -22,6 +22,14 @@ def tiny_params(**overrides) -> fs.FlowSamplerParams:
     return fs.FlowSamplerParams(**base)
 
 
+def assert_state_refused(sampler: fs.FlowSampler, edit, match: str) -> None:
+    """A copy of the sampler's state changed by edit(state) is refused with `match`."""
+    state = sampler.state()
+    edit(state)
+    with pytest.raises(fs.FlowSamplerError, match=match):
+        fs.FlowSampler.from_state(state)
+
+
 def synthetic_records(rng: np.random.Generator, f0: float, magnitude: np.ndarray,
                       distance_km: np.ndarray) -> np.ndarray:
     """Enveloped noise with a resonance at f0 (Hz), amplitude growing with M, falling with R."""
@@ -607,11 +615,8 @@ def test_remainder_calibrate_leaves_the_flow_and_scales_its_frames(trained, prep
     # the gain scales the frame remainder; the record components (record_pcs) are left
     torch.testing.assert_close(doubled - base, base - zero, atol=1e-5, rtol=0)
     assert (base - zero).abs().max() > 0.1
-    state = sampler.state()
-    del state["stats"]["frame_gain"]
-    with pytest.raises(fs.FlowSamplerError, match="remainder_calibrate = True, but the "
-                                                  "statistics lack the frame gain"):
-        fs.FlowSampler.from_state(state)
+    assert_state_refused(sampler, lambda st: st["stats"].pop("frame_gain"),
+                         "remainder_calibrate = True, but the statistics lack the frame gain")
     old = sampler.state()  # written before the option existed: trained without it
     del old["params"]["remainder_calibrate"], old["stats"]["frame_gain"]
     assert fs.FlowSampler.from_state(old).params.remainder_calibrate is False
@@ -662,16 +667,10 @@ def test_record_prior_trains_samples_and_round_trips_its_state(prepared, tmp_pat
     without = fs.FlowSampler(sampler.params, sampler.net, sampler.stats, sampler.stations,
                              sampler._scenarios, sampler.n_frames, sampler.n_samples)
     assert not np.allclose(without.sample("A", m, r, seed=2), a)
-    state = sampler.state()
-    del state["prior_weights"]
-    with pytest.raises(fs.FlowSamplerError, match="record_prior = True, but the checkpoint "
-                                                  "lacks the record prior's weights"):
-        fs.FlowSampler.from_state(state)
-    state = sampler.state()
-    state["params"]["record_prior"] = False
-    with pytest.raises(fs.FlowSamplerError, match="record_prior = False, but the checkpoint "
-                                                  "holds the record prior's weights"):
-        fs.FlowSampler.from_state(state)
+    assert_state_refused(sampler, lambda st: st.pop("prior_weights"),
+                         "record_prior = True, but the checkpoint lacks the record prior's")
+    assert_state_refused(sampler, lambda st: st["params"].update(record_prior=False),
+                         "record_prior = False, but the checkpoint holds the record prior's")
     old = sampler.state()  # written before the option existed
     del old["params"]["record_prior"], old["prior_weights"]
     assert fs.FlowSampler.from_state(old).prior is None
@@ -760,16 +759,10 @@ def test_principal_latent_trains_samples_and_round_trips_its_state(prepared, tmp
     del old["params"]["coarse_weight"]
     assert fs.FlowSampler.from_state(old).params.remainder_scale is False
     assert fs.FlowSampler.from_state(old).params.remainder_ar is False
-    state = sampler.state()
-    state["params"]["remainder_ar"] = True
-    with pytest.raises(fs.FlowSamplerError, match="remainder_ar = True, but the statistics "
-                                                  "lack the autoregression"):
-        fs.FlowSampler.from_state(state)
-    state = sampler.state()
-    state["params"]["remainder_gauss"] = False
-    with pytest.raises(fs.FlowSamplerError, match="remainder_gauss = False, but the statistics "
-                                                  "hold the marginal knots"):
-        fs.FlowSampler.from_state(state)
+    assert_state_refused(sampler, lambda st: st["params"].update(remainder_ar=True),
+                         "remainder_ar = True, but the statistics lack the autoregression")
+    assert_state_refused(sampler, lambda st: st["params"].update(remainder_gauss=False),
+                         "remainder_gauss = False, but the statistics hold the marginal knots")
 
 
 def test_unknown_period_selection_is_refused():
