@@ -90,6 +90,9 @@ VARIANTS = {
                          "remainder_calibrate": True},  # the default since 6 Dec 2026
     "pslot-r32-w1-cal-prior": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
                                "remainder_calibrate": True, "record_prior": True},
+    "pslot-r32-w1-cal-prior1500": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
+                                   "remainder_calibrate": True, "record_prior": True,
+                                   "prior_steps": 1500},
     "pslot-r32-w1-ar": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
                         "remainder_ar": True},
     "pslot-r32-w1-rem-ar": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
