@@ -54,6 +54,8 @@ from timesnet_gen.models import flow_sampler as fs
 PLAIN = {"record_pcs": 0, "record_weight": 0.0, "remainder_scale": False, "remainder_ar": False,
          "remainder_gauss": False, "coarse_weight": 1.0, "remainder_calibrate": False,
          "record_prior": False}
+# the default latent (32 record components, their own loss part), under the rows built on it
+R32 = {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0}
 VARIANTS = {
     "roll": {},
     "warp": {"timing": "warp", "align_s": 20.0},
@@ -73,34 +75,23 @@ VARIANTS = {
     "pslot-r64": {"timing": "pslot", "record_pcs": 64},
     "pslot-r16-f48": {"timing": "pslot", "record_pcs": 16, "fine_pcs": 48},
     "pslot-r16-w1": {"timing": "pslot", "record_pcs": 16, "record_weight": 1.0},
-    "pslot-r32-w1": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0},
+    "pslot-r32-w1": R32,
     "pslot-r32-w3": {"timing": "pslot", "record_pcs": 32, "record_weight": 3.0},
     "pslot-r48-w1": {"timing": "pslot", "record_pcs": 48, "record_weight": 1.0},
     "pslot-r64-w1": {"timing": "pslot", "record_pcs": 64, "record_weight": 1.0},
-    "pslot-r32-w1-rem": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
-                         "remainder_scale": True},
-    "pslot-r32-w1-rem-cw05": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
-                              "remainder_scale": True, "coarse_weight": 0.5},
-    "pslot-r32-w1-rem-gauss": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
-                               "remainder_scale": True, "remainder_gauss": True},
-    "pslot-r32-w1-rem-gauss-cw05": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
-                                    "remainder_scale": True, "remainder_gauss": True,
+    "pslot-r32-w1-rem": {**R32, "remainder_scale": True},
+    "pslot-r32-w1-rem-cw05": {**R32, "remainder_scale": True, "coarse_weight": 0.5},
+    "pslot-r32-w1-rem-gauss": {**R32, "remainder_scale": True, "remainder_gauss": True},
+    "pslot-r32-w1-rem-gauss-cw05": {**R32, "remainder_scale": True, "remainder_gauss": True,
                                     "coarse_weight": 0.5},
-    "pslot-r32-w1-cal": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
-                         "remainder_calibrate": True},  # the default since 6 Dec 2026
-    "pslot-r32-w1-cal-prior": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
-                               "remainder_calibrate": True, "record_prior": True},
-    "pslot-r32-w1-cal-prior1500": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
-                                   "remainder_calibrate": True, "record_prior": True,
+    "pslot-r32-w1-cal": {**R32, "remainder_calibrate": True},  # the default since 6 Dec 2026
+    "pslot-r32-w1-cal-prior": {**R32, "remainder_calibrate": True, "record_prior": True},
+    "pslot-r32-w1-cal-prior1500": {**R32, "remainder_calibrate": True, "record_prior": True,
                                    "prior_steps": 1500},
-    "pslot-r32-w1-ar": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
-                        "remainder_ar": True},
-    "pslot-r32-w1-rem-ar": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
-                            "remainder_scale": True, "remainder_ar": True},
-    "pslot-r32-w1-long": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
-                          "pretrain_epochs": 600, "finetune_epochs": 400},
-    "pslot-r32-w1-d64": {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0,
-                         "d_model": 64, "d_ff": 64},
+    "pslot-r32-w1-ar": {**R32, "remainder_ar": True},
+    "pslot-r32-w1-rem-ar": {**R32, "remainder_scale": True, "remainder_ar": True},
+    "pslot-r32-w1-long": {**R32, "pretrain_epochs": 600, "finetune_epochs": 400},
+    "pslot-r32-w1-d64": {**R32, "d_model": 64, "d_ff": 64},
 }
 
 

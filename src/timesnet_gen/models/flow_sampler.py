@@ -991,22 +991,30 @@ def setup_torch(p: FlowSamplerParams) -> None:
 
 
 @torch.no_grad()
+def solve_flow(velocity: Callable[..., tuple[torch.Tensor, ...]], x: tuple[torch.Tensor, ...],
+               steps: int, heun: bool) -> tuple[torch.Tensor, ...]:
+    """Solve dx/dt = velocity(x, t) for the tensors x (leading axis: records) from t = 0 to 1
+    with `steps` Euler or Heun steps (Heun's correction on every step but the last)."""
+    dt = 1.0 / steps
+    for k in range(steps):
+        t = torch.full((len(x[0]),), k * dt)
+        v = velocity(x, t)
+        if heun and k < steps - 1:
+            v2 = velocity(tuple(a + dt * b for a, b in zip(x, v)), t + dt)
+            v = tuple(0.5 * (a + b) for a, b in zip(v, v2))
+        x = tuple(a + dt * b for a, b in zip(x, v))
+    return x
+
+
 def integrate(net: VelocityNet, station: torch.Tensor, scenario: torch.Tensor, n_frames: int,
               n_coarse: int, n_static: int, p: FlowSamplerParams,
               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Solve dx/dt = v from t = 0 (seeded noise) to 1 with p.n_steps Euler or Heun steps."""
+    """The flow's coordinates (frames, static) from seeded noise: p.n_steps of p.solver."""
     n = len(station)
     xc = torch.randn((n, n_frames, n_coarse), generator=generator)
     xs = torch.randn((n, n_static), generator=generator)
-    dt = 1.0 / p.n_steps
-    for k in range(p.n_steps):
-        t = torch.full((n,), k * dt)
-        vc, vs = net(xc, xs, t, station, scenario)
-        if p.solver == "heun" and k < p.n_steps - 1:
-            vc2, vs2 = net(xc + dt * vc, xs + dt * vs, t + dt, station, scenario)
-            vc, vs = 0.5 * (vc + vc2), 0.5 * (vs + vs2)
-        xc, xs = xc + dt * vc, xs + dt * vs
-    return xc, xs
+    return solve_flow(lambda x, t: net(*x, t, station, scenario), (xc, xs), p.n_steps,
+                      p.solver == "heun")
 
 
 PRIOR_SEED = 4099  # added to p.seed for the record prior's initial weights and batches
@@ -1038,8 +1046,9 @@ def fit_record_prior(components: torch.Tensor, station: torch.Tensor, scenario: 
     """The record prior fitted (seeded, on the CPU) to whitened components (n, D) of records at
     target stations 1..S and standardised scenarios (n, 2): p.prior_steps AdamW steps (lr
     1e-3, cosine) on the rectified-flow loss, flow times as p.time_sampling draws them."""
-    torch.manual_seed(p.seed + PRIOR_SEED)
-    prior = RecordPrior(components.shape[1], n_stations, p.prior_hidden)
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, the caller's RNG left alone
+        torch.manual_seed(p.seed + PRIOR_SEED)
+        prior = RecordPrior(components.shape[1], n_stations, p.prior_hidden)
     generator = torch.Generator().manual_seed(p.seed + PRIOR_SEED)
     opt = torch.optim.AdamW(prior.parameters(), lr=1e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.prior_steps)
@@ -1059,19 +1068,11 @@ def fit_record_prior(components: torch.Tensor, station: torch.Tensor, scenario: 
     return prior.eval()
 
 
-@torch.no_grad()
 def draw_record_prior(prior: RecordPrior, station: torch.Tensor, scenario: torch.Tensor,
                       steps: int, generator: torch.Generator, n_components: int) -> torch.Tensor:
     """Whitened record components (n, D) from the prior: Heun from seeded noise, `steps` steps."""
     x = torch.randn((len(station), n_components), generator=generator)
-    dt = 1.0 / steps
-    for k in range(steps):
-        t = torch.full((len(station),), k * dt)
-        v = prior(x, t, station, scenario)
-        if k < steps - 1:
-            v = 0.5 * (v + prior(x + dt * v, t + dt, station, scenario))
-        x = x + dt * v
-    return x
+    return solve_flow(lambda x, t: (prior(x[0], t, station, scenario),), (x,), steps, True)[0]
 
 
 CALIBRATION_SEED = 7919  # added to p.seed for the flow's samples that `calibrate_frames` reads
@@ -1352,12 +1353,11 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
     history += fit(net, data["finetune"], None, params.finetune_epochs, params.finetune_lr,
                    params, "finetune", log)
     net.cpu()  # the checkpoint and sampling are on the CPU
+    fine = data["finetune"].to(torch.device("cpu"))  # the fits after training
     if params.remainder_calibrate:
-        stats["frame_gain"] = calibrate_frames(net, data["finetune"].to(torch.device("cpu")),
-                                               params)
+        stats["frame_gain"] = calibrate_frames(net, fine, params)
     prior = None
     if params.record_prior:
-        fine = data["finetune"].to(torch.device("cpu"))
         n_rec = stats["record_axes"].shape[1]
         prior = fit_record_prior(fine.static[:, k:k + n_rec], fine.station, fine.scenario, params,
                                  len(stations))
