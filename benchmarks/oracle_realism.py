@@ -1,0 +1,215 @@
+"""Is the classifier-AUC band reachable, and where does a sampler miss it? (README "Is the AUC band reachable? The oracle")
+
+    PYTHONPATH=src python benchmarks/oracle_realism.py models/flow/model.pt [--n 1000] [--parts]
+
+On the simulated corpus the distribution of the records is known: it is the simulator
+(corpus/synth.py). The oracle draws fresh records from it at every target station (events and
+site jitter from a generator seeded apart from the corpus's own, so none is a corpus record),
+and the checkpoint generates --n records at the same (M, R). Per station, and as the mean over
+the stations (the pipeline's pooling), the script prints the realism classifier's AUC
+(evaluation/realism_compare.classifier_auc, the pipeline's features and settings):
+  holdout  against the station's held-out records, as the pipeline scores a sampler: draws of
+           50 records (mean over the --n / 50 disjoint draws), for the oracle, the perfect
+           generator (50 of the station's training records drawn with replacement, one draw per
+           oracle draw), the checkpoint and, for the flow sampler, the oracle records' round
+           trip through its encode and decode (what the representation and decoder cost);
+  oracle   300 generated records against 300 other oracle records: a sample large enough to see
+           differences that the 9-16 held-out records cannot.
+Feature-space moves (diagnostics, no records behind them) tell whether the sampler's mean or
+the rest of its distribution carries its held-out AUC: its features with their mean moved to the
+oracle's (in every direction, or only along the oracle features' 20 leading principal axes), and
+the oracle's features with their mean moved to the sampler's.
+Two references for a generator that learns from the station's n training records and copies
+none: the oracle's records shifted by the error of a mean of n (and of 4 n) other oracle records
+(one fresh shift per draw; every record of a learned generator shares its training sample's
+mean error), and the perfect generator shifted by a bootstrap estimate of that error (the mean of
+a resample of the training records less their mean; computable on real records too).
+--parts (flow sampler only) repeats the held-out column for oracle records whose decoded features
+are partly the flow's at the same scenario (the coarse frames before the P slot, in it, after
+the onset; the timing scalars; the fine spectrum): which part carries the difference.
+Needs the simulated corpus (data/raw/stations.csv with the simulator's site columns) and the
+params it was made with (data.synth of --params).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from timesnet_gen.config import load_params
+from timesnet_gen.corpus import synth
+from timesnet_gen.errors import UserError, one_line_errors
+from timesnet_gen.evaluation.realism_compare import classifier_auc
+from timesnet_gen.evaluation.realism_features import spectrogram_features
+from timesnet_gen.models import flow_sampler as fs
+from timesnet_gen.prepare import load_prepared
+from timesnet_gen.records import SAMPLING_RATE
+from timesnet_gen.sample import load_sampler
+
+DRAW = 50  # records per scored draw, as the pipeline's sample stages write per station
+LARGE = 300  # records per side of the large-sample AUC
+LEADING = 20  # principal axes of `move_leading`
+ORACLE_SEED = 99  # the oracle's generator: default_rng([ORACLE_SEED, station position])
+SITE_COLUMNS = ("f0_sh_hz", "f0_sigma_ln", "impedance", "damping", "outlier_fraction")
+
+
+def oracle_records(station: pd.Series, n: int, synth_params, seed: list[int]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """n fresh simulator records at the station -> (records (n, 3, T) float32 cm/s^2,
+    scenarios (n, 2) [magnitude, distance_km])."""
+    rng = np.random.default_rng(seed)
+    records, scenarios = [], []
+    for _ in range(n):
+        event = synth.draw_event(rng, synth_params)
+        site = synth.record_site(rng, station)
+        records.append(synth.simulate_record(rng, event, site, synth_params)[0])
+        scenarios.append((event["magnitude"], event["distance_km"]))
+    return np.stack(records).astype(np.float32), np.array(scenarios)
+
+
+def move_leading(x: np.ndarray, oracle: np.ndarray, k: int = LEADING) -> np.ndarray:
+    """x (n, F) with its mean moved to the oracle's along the k leading principal axes of the
+    oracle's standardised features only."""
+    std = oracle.std(axis=0).clip(1e-12)
+    _, _, vt = np.linalg.svd((oracle - oracle.mean(0)) / std, full_matrices=False)
+    axes = vt[:k].T  # (F, k)
+    offset = (x.mean(0) - oracle.mean(0)) / std
+    return x - (axes @ (axes.T @ offset)) * std
+
+
+def reference_draws(oracle: np.ndarray, train: np.ndarray, n_draws: int,
+                    rng: np.random.Generator) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """(features (DRAW, F), record groups) per draw of the references that involve no sampler:
+    the perfect generator, it plus a bootstrap estimate of the training mean's error, and the
+    oracle's draw j plus the error of a mean of n_train (4 n_train) other oracle records."""
+    n = len(train)
+    out: dict[str, list] = {"perfect generator": [], "perfect + bootstrap mean error": [],
+                            "oracle + mean error of n_train": [],
+                            "oracle + mean error of 4 n_train": []}
+    mean = oracle.mean(axis=0)
+    for j in range(n_draws):
+        pick = rng.integers(0, n, DRAW)
+        out["perfect generator"].append((train[pick], pick))
+        error = train[rng.integers(0, n, n)].mean(axis=0) - train.mean(axis=0)
+        out["perfect + bootstrap mean error"].append((train[pick] + error, pick))
+        own = np.arange(j * DRAW, (j + 1) * DRAW)
+        others = np.setdiff1d(np.arange(len(oracle)), own)
+        for m, name in ((n, "oracle + mean error of n_train"),
+                        (4 * n, "oracle + mean error of 4 n_train")):
+            error = oracle[rng.choice(others, min(m, len(others)), replace=False)].mean(0) - mean
+            out[name].append((oracle[own] + error, own))
+    return out
+
+
+def decoder_inputs(sampler: fs.FlowSampler, oracle: np.ndarray, scenarios: np.ndarray,
+                   station: str, attribute: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Decoder inputs (coarse, static) of the oracle records ('round trip'); with attribute,
+    also with one part at a time replaced by the flow's features at the same station and
+    scenarios."""
+    p, k = sampler.params, fs.n_scalars(sampler.params)
+    feats = fs.encode(oracle, p)
+    coarse, static = torch.from_numpy(feats["coarse"]), torch.from_numpy(fs.static_of(feats))
+    out = {"round trip": (coarse, static)}
+    if not attribute:
+        return out
+    _, gen_c, gen_s = sampler.features(sampler.station_index(station),
+                                       fs.standardise_scenario(scenarios, sampler.stats),
+                                       torch.Generator().manual_seed(ORACLE_SEED))
+    frame_s = (np.arange(coarse.shape[1]) * p.hop + p.n_fft / 2) / SAMPLING_RATE  # aligned time
+    for name, mask in (("before the P slot", frame_s < p.p_align_s),
+                       ("in the P slot", (frame_s >= p.p_align_s) & (frame_s < p.align_s)),
+                       ("after the onset", frame_s >= p.align_s)):
+        c = coarse.clone()
+        c[:, mask] = gen_c[:, mask]
+        out[f"flow frames {name}"] = (c, static)
+    for name, part in (("level and timing", slice(0, k)), ("fine spectrum", slice(k, None))):
+        s = static.clone()
+        s[:, part] = gen_s[:, part]
+        out[f"flow {name}"] = (coarse, s)
+    return out
+
+
+def decode_features(sampler: fs.FlowSampler, coarse: torch.Tensor, static: torch.Tensor,
+                    rp) -> np.ndarray:
+    p, k = sampler.params, fs.n_scalars(sampler.params)
+    x = fs.decode(static[:, :1], static[:, 1:k], coarse, static[:, k:], p,
+                  torch.Generator().manual_seed(ORACLE_SEED))
+    return spectrogram_features(x, SAMPLING_RATE, rp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--n", type=int, default=1000, help="records per station and source")
+    ap.add_argument("--parts", action="store_true", help="flow: attribute the held-out AUC")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--data", default=Path("data/prepared"), type=Path)
+    ap.add_argument("--raw", default=Path("data/raw"), type=Path)
+    args = ap.parse_args(argv)
+    if args.n < 2 * LARGE or args.n % DRAW:
+        raise UserError(f"--n must be a multiple of {DRAW} and at least {2 * LARGE}, got {args.n}")
+    params = load_params(args.params)
+    rp = params.evaluate.realism
+    if not (args.raw / "stations.csv").is_file():
+        raise UserError(f"{args.raw / 'stations.csv'}: no such file (--raw: the corpus folder)")
+    stations = pd.read_csv(args.raw / "stations.csv", dtype={"station": str})
+    missing = [c for c in SITE_COLUMNS if c not in stations.columns]
+    if missing:
+        raise UserError(f"{args.raw / 'stations.csv'} lacks the simulator's site columns "
+                        f"{missing}: the oracle needs the simulated corpus")
+    stations = stations.set_index("station")
+    sampler = load_sampler(args.checkpoint)
+    is_flow = isinstance(sampler, fs.FlowSampler)
+    if args.parts and not is_flow:
+        raise UserError(f"--parts needs a {fs.KIND} checkpoint, got {sampler.kind}")
+    waves, index = load_prepared(args.data)
+    target = index[index["role"] == "target"]
+    n_draws = args.n // DRAW
+    rows = []
+    for k, station in enumerate(sampler.stations):
+        oracle, scen = oracle_records(stations.loc[station], args.n, params.data.synth,
+                                      [ORACLE_SEED, k])
+        of = spectrogram_features(oracle, SAMPLING_RATE, rp)
+        rows_of = target["station"] == station
+        ho = spectrogram_features(waves[target.index[rows_of & (target["split"] == "holdout")]],
+                                  SAMPLING_RATE, rp)
+        tr = spectrogram_features(waves[target.index[rows_of & (target["split"] == "train")]],
+                                  SAMPLING_RATE, rp)
+        gen = spectrogram_features(sampler.sample(station, scen[:, 0], scen[:, 1], 1 + k),
+                                   SAMPLING_RATE, rp)
+        sources = {"oracle": of, "sampler": gen,
+                   "sampler, mean moved to the oracle's": gen - gen.mean(0) + of.mean(0),
+                   f"the same, {LEADING} leading directions only": move_leading(gen, of),
+                   "oracle, mean moved to the sampler's": of - of.mean(0) + gen.mean(0)}
+        if is_flow:
+            sources |= {name: decode_features(sampler, c, s, rp) for name, (c, s)
+                        in decoder_inputs(sampler, oracle, scen, station, args.parts).items()}
+        rng = np.random.default_rng(k)
+        row = {"station": station}
+        for name, draw in reference_draws(of, tr, n_draws, rng).items():
+            row[name] = np.mean([classifier_auc(x, ho, rp.classifier_folds, rp.classifier_l2, j,
+                                                groups) for j, (x, groups) in enumerate(draw)])
+        for name, x in sources.items():
+            row[name] = np.mean([classifier_auc(x[j * DRAW:(j + 1) * DRAW], ho,
+                                                rp.classifier_folds, rp.classifier_l2, j)
+                                 for j in range(n_draws)])
+        row["sampler vs oracle (300)"] = classifier_auc(
+            gen[:LARGE], of[LARGE:2 * LARGE], rp.classifier_folds, rp.classifier_l2, 0)
+        row["oracle vs oracle (300)"] = classifier_auc(
+            of[:LARGE], of[LARGE:2 * LARGE], rp.classifier_folds, rp.classifier_l2, 0)
+        rows.append(row)
+        print(f"{station} done", flush=True)
+    table = pd.DataFrame(rows).set_index("station")
+    table.loc["mean"] = table.mean()
+    print(f"classifier AUC of {args.checkpoint} ({sampler.kind}); held-out columns: mean of "
+          f"{n_draws} draws of {DRAW} against the station's held-out records")
+    print(table.T.to_string(float_format="%.3f"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(one_line_errors(main, "oracle_realism"))
