@@ -1,4 +1,5 @@
-"""Is the classifier-AUC band reachable, and where does a sampler miss it? (README "Is the AUC band reachable? The oracle")
+"""Is the classifier-AUC band reachable, and where does a sampler miss it? (README: "Is the AUC
+band reachable? The oracle")
 
     PYTHONPATH=src python benchmarks/oracle_realism.py models/flow/model.pt [--n 1000] [--parts]
 
@@ -27,6 +28,9 @@ a resample of the training records less their mean; computable on real records t
 --parts (flow sampler only) repeats the held-out column for oracle records whose decoded features
 are partly the flow's at the same scenario (the coarse frames before the P slot, in it, after
 the onset; the timing scalars; the fine spectrum): which part carries the difference.
+Below the AUC table, the f0 target read the same way: the median-f0 error against the station's
+true f0 of all --n records and of each draw of 50, for the oracle and the checkpoint, and in how
+many draws every station is within 5 %.
 Needs the simulated corpus (data/raw/stations.csv with the simulator's site columns) and the
 params it was made with (data.synth of --params).
 """
@@ -43,6 +47,7 @@ import torch
 from timesnet_gen.config import load_params
 from timesnet_gen.corpus import synth
 from timesnet_gen.errors import UserError, one_line_errors
+from timesnet_gen.evaluation.hvsr import f0, hvsr
 from timesnet_gen.evaluation.realism_compare import classifier_auc
 from timesnet_gen.evaluation.realism_features import spectrogram_features
 from timesnet_gen.models import flow_sampler as fs
@@ -50,6 +55,7 @@ from timesnet_gen.prepare import load_prepared
 from timesnet_gen.records import SAMPLING_RATE
 from timesnet_gen.sample import load_sampler
 
+F0_TOLERANCE = 5.0  # %, the f0 target's
 DRAW = 50  # records per scored draw, as the pipeline's sample stages write per station
 LARGE = 300  # records per side of the large-sample AUC
 LEADING = 20  # principal axes of `move_leading`
@@ -79,6 +85,17 @@ def move_leading(x: np.ndarray, oracle: np.ndarray, k: int = LEADING) -> np.ndar
     axes = vt[:k].T  # (F, k)
     offset = (x.mean(0) - oracle.mean(0)) / std
     return x - (axes @ (axes.T @ offset)) * std
+
+
+def f0_errors(records: np.ndarray, source: str, truth_hz: float) -> dict:
+    """Median-f0 error (%) of all records and of each draw of DRAW, as the f0 target reads it."""
+    f = f0(*hvsr(records))
+    draws = 100.0 * (np.median(f.reshape(-1, DRAW), axis=1) / truth_hz - 1.0)
+    return {f"{source}, all": 100.0 * (np.median(f) / truth_hz - 1.0),
+            f"{source}, draws of {DRAW}": draws.mean(),
+            f"{source}, draws beyond {F0_TOLERANCE:g} %": float(np.sum(np.abs(draws)
+                                                                    > F0_TOLERANCE)),
+            f"{source} draws": draws}
 
 
 def reference_draws(oracle: np.ndarray, train: np.ndarray, n_draws: int,
@@ -169,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     waves, index = load_prepared(args.data)
     target = index[index["role"] == "target"]
     n_draws = args.n // DRAW
-    rows = []
+    truth = stations["f0_true_hz"]
+    rows, f0_rows = [], []
     for k, station in enumerate(sampler.stations):
         oracle, scen = oracle_records(stations.loc[station], args.n, params.data.synth,
                                       [ORACLE_SEED, k])
@@ -179,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                                   SAMPLING_RATE, rp)
         tr = spectrogram_features(waves[target.index[rows_of & (target["split"] == "train")]],
                                   SAMPLING_RATE, rp)
-        gen = spectrogram_features(sampler.sample(station, scen[:, 0], scen[:, 1], 1 + k),
-                                   SAMPLING_RATE, rp)
+        generated = sampler.sample(station, scen[:, 0], scen[:, 1], 1 + k)
+        gen = spectrogram_features(generated, SAMPLING_RATE, rp)
         sources = {"oracle": of, "sampler": gen,
                    "sampler, mean moved to the oracle's": gen - gen.mean(0) + of.mean(0),
                    f"the same, {LEADING} leading directions only": move_leading(gen, of),
@@ -197,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             row[name] = np.mean([classifier_auc(x[j * DRAW:(j + 1) * DRAW], ho,
                                                 rp.classifier_folds, rp.classifier_l2, j)
                                  for j in range(n_draws)])
+        f0_rows.append({"station": station, **f0_errors(oracle, "oracle", truth.loc[station]),
+                        **f0_errors(generated, "sampler", truth.loc[station])})
         row["sampler vs oracle (300)"] = classifier_auc(
             gen[:LARGE], of[LARGE:2 * LARGE], rp.classifier_folds, rp.classifier_l2, 0)
         row["oracle vs oracle (300)"] = classifier_auc(
@@ -208,6 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"classifier AUC of {args.checkpoint} ({sampler.kind}); held-out columns: mean of "
           f"{n_draws} draws of {DRAW} against the station's held-out records")
     print(table.T.to_string(float_format="%.3f"))
+    f0_table = pd.DataFrame(f0_rows).set_index("station")
+    print(f"\nmedian-f0 error (%) against the true f0: of all {args.n} records, and the draws of "
+          f"{DRAW} (mean, and how many of {n_draws} beyond 5 %)")
+    print(f0_table.drop(columns=[c for c in f0_table if c.endswith("draws")]).T.to_string(
+        float_format="%.1f"))
+    for source in ("oracle", "sampler"):
+        within = np.all(np.abs(np.stack(f0_table[f"{source} draws"].to_list())) <= F0_TOLERANCE,
+                        axis=0)
+        print(f"{source}: every station within {F0_TOLERANCE:g} % in {int(within.sum())} of "
+              f"{n_draws} draws")
     return 0
 
 
