@@ -28,7 +28,10 @@ mean error), and the perfect generator shifted by a bootstrap estimate of that e
 a resample of the training records less their mean; computable on real records too).
 --parts (flow sampler only) repeats the held-out column for oracle records whose decoded features
 are partly the flow's at the same scenario (the coarse frames before the P slot, in it, after
-the onset; the timing scalars; the fine spectrum): which part carries the difference.
+the onset; the timing scalars; the fine spectrum): which part carries the difference; and it
+prints the S-P picks of those records, of the oracle's and of the checkpoint's (the share with an
+S-P pick, the median S-P, the median P pick less the onset, the median P-to-onset gap between the
+flow's timing knots), to locate where the picks are lost.
 Below the AUC table, the f0 target read the same way: the median-f0 error against the station's
 true f0 of all --n records and of each draw of 50, for the oracle and the checkpoint, and in how
 many draws every station is within 5 %.
@@ -51,6 +54,7 @@ from timesnet_gen.errors import UserError, one_line_errors
 from timesnet_gen.evaluation.hvsr import f0, hvsr
 from timesnet_gen.evaluation.realism_compare import classifier_auc
 from timesnet_gen.evaluation.realism_features import spectrogram_features
+from timesnet_gen.evaluation.realism_phases import horizontal_envelope, pick_p_s
 from timesnet_gen.models import flow_sampler as fs
 from timesnet_gen.prepare import load_prepared
 from timesnet_gen.records import SAMPLING_RATE
@@ -151,12 +155,27 @@ def decoder_inputs(sampler: fs.FlowSampler, oracle: np.ndarray, scenarios: np.nd
     return out
 
 
-def decode_features(sampler: fs.FlowSampler, coarse: torch.Tensor, static: torch.Tensor,
-                    rp) -> np.ndarray:
+def decode_records(sampler: fs.FlowSampler, coarse: torch.Tensor, static: torch.Tensor
+                   ) -> np.ndarray:
     p, k = sampler.params, fs.n_scalars(sampler.params)
-    x = fs.decode(static[:, :1], static[:, 1:k], coarse, static[:, k:], p,
-                  torch.Generator().manual_seed(ORACLE_SEED))
-    return spectrogram_features(x, SAMPLING_RATE, rp)
+    return fs.decode(static[:, :1], static[:, 1:k], coarse, static[:, k:], p,
+                     torch.Generator().manual_seed(ORACLE_SEED))
+
+
+def pick_stats(records: np.ndarray, p: fs.FlowSamplerParams, rp) -> dict[str, float]:
+    """S-P picks as the realism metrics make them: the share found, the median S-P (s), the
+    median P pick less the onset (s), and the median P-to-onset gap (s) between the times of
+    p.p_fraction and p.align_fraction of the Arias intensity (the flow's timing knots)."""
+    times, env = horizontal_envelope(records, SAMPLING_RATE, rp.envelope_window_s,
+                                     rp.envelope_step_s)
+    p_pick, s_pick = pick_p_s(records, SAMPLING_RATE, times, env, rp.s_min_delay_s,
+                              rp.pick_snr, rp.pick_window_s)
+    onset = fs.onset_time(records, p.align_fraction)
+    return {"S-P found": float(np.mean(np.isfinite(s_pick - p_pick))),
+            "median S-P (s)": float(np.nanmedian(s_pick - p_pick)),
+            "median P pick - onset (s)": float(np.nanmedian(p_pick - onset)),
+            "median P-to-onset gap (s)": float(np.median(
+                onset - fs.onset_time(records, p.p_fraction)))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     target = index[index["role"] == "target"]
     n_draws = args.n // DRAW
     truth = stations["f0_true_hz"]
-    rows, f0_rows = [], []
+    rows, f0_rows, pick_rows = [], [], []
     for k, station in enumerate(sampler.stations):
         oracle, scen = oracle_records(stations.loc[station], args.n, params.data.synth,
                                       [ORACLE_SEED, k])
@@ -205,8 +224,17 @@ def main(argv: list[str] | None = None) -> int:
                    f"the same, {LEADING} leading directions only": move_leading(gen, of),
                    "oracle, mean moved to the sampler's": of - of.mean(0) + gen.mean(0)}
         if is_flow:
-            sources |= {name: decode_features(sampler, c, s, rp) for name, (c, s)
-                        in decoder_inputs(sampler, oracle, scen, station, args.parts).items()}
+            for name, (c, s) in decoder_inputs(sampler, oracle, scen, station,
+                                               args.parts).items():
+                decoded = decode_records(sampler, c, s)
+                sources[name] = spectrogram_features(decoded, SAMPLING_RATE, rp)
+                if args.parts:
+                    pick_rows.append({"station": station, "records": name,
+                                      **pick_stats(decoded, sampler.params, rp)})
+            if args.parts:
+                pick_rows += [{"station": station, "records": name,
+                               **pick_stats(x, sampler.params, rp)}
+                              for name, x in (("oracle", oracle), ("sampler", generated))]
         rng = np.random.default_rng(k)
         row = {"station": station}
         for name, draw in reference_draws(of, tr, n_draws, rng).items():
@@ -234,6 +262,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{DRAW} (mean, and how many of {n_draws} beyond 5 %)")
     print(f0_table.drop(columns=[c for c in f0_table if c.endswith("draws")]).T.to_string(
         float_format="%.1f"))
+    if pick_rows:
+        picks = pd.DataFrame(pick_rows)
+        order = list(dict.fromkeys(picks["records"]))
+        for metric in picks.columns.drop(["station", "records"]):
+            table = picks.pivot(index="records", columns="station", values=metric).loc[order]
+            table["mean"] = table.mean(axis=1)
+            print(f"\n{metric}, {args.n} records per station")
+            print(table.to_string(float_format="%.2f"))
     for source in ("oracle", "sampler"):
         within = np.all(np.abs(np.stack(f0_table[f"{source} draws"].to_list())) <= F0_TOLERANCE,
                         axis=0)
