@@ -71,11 +71,17 @@ def segment_stats(res: np.ndarray, coarse: np.ndarray, frames: dict[str, slice])
     return out
 
 
+def realism_picks(x: np.ndarray, rp) -> tuple[np.ndarray, np.ndarray]:
+    """P and S picks (s, NaN where not found) of records (n, 3, T) at 100 Hz, as the realism
+    metrics pick them (rp: RealismParams)."""
+    env_times, env = horizontal_envelope(x, 100.0, rp.envelope_window_s, rp.envelope_step_s)
+    return pick_p_s(x, 100.0, env_times, env, rp.s_min_delay_s, rp.pick_snr, rp.pick_window_s)
+
+
 def pick_stats(x: np.ndarray, rp) -> dict[str, float]:
     """Share of records (%) with an S-P pick and their median S-P time (s), as the realism
     metrics pick them (rp: RealismParams)."""
-    env_times, env = horizontal_envelope(x, 100.0, rp.envelope_window_s, rp.envelope_step_s)
-    p, s = pick_p_s(x, 100.0, env_times, env, rp.s_min_delay_s, rp.pick_snr, rp.pick_window_s)
+    p, s = realism_picks(x, rp)
     sp = s - p
     return {"S-P found %": 100.0 * float(np.isfinite(sp).mean()),
             "S-P median s": float(np.nanmedian(sp)) if np.isfinite(sp).any() else np.nan}

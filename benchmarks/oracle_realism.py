@@ -42,6 +42,7 @@ params it was made with (data.synth of --params).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +55,14 @@ from timesnet_gen.errors import UserError, one_line_errors
 from timesnet_gen.evaluation.hvsr import f0, hvsr
 from timesnet_gen.evaluation.realism_compare import classifier_auc
 from timesnet_gen.evaluation.realism_features import spectrogram_features
-from timesnet_gen.evaluation.realism_phases import horizontal_envelope, pick_p_s
 from timesnet_gen.models import flow_sampler as fs
 from timesnet_gen.prepare import load_prepared
 from timesnet_gen.records import SAMPLING_RATE
 from timesnet_gen.sample import load_sampler
+
+sys.path.insert(0, str(Path(__file__).parent))
+from diagnose_flow import realism_picks  # noqa: E402  (a sibling script)
+from f0_spread import error_pct  # noqa: E402
 
 F0_TOLERANCE = 5.0  # %, the f0 target's
 DRAW = 50  # records per scored draw, as the pipeline's sample stages write per station
@@ -95,8 +99,8 @@ def move_leading(x: np.ndarray, oracle: np.ndarray, k: int = LEADING) -> np.ndar
 def f0_errors(records: np.ndarray, source: str, truth_hz: float) -> dict:
     """Median-f0 error (%) of all records and of each draw of DRAW, as the f0 target reads it."""
     f = f0(*hvsr(records))
-    draws = 100.0 * (np.median(f.reshape(-1, DRAW), axis=1) / truth_hz - 1.0)
-    return {f"{source}, all": 100.0 * (np.median(f) / truth_hz - 1.0),
+    draws = np.array([error_pct(d, truth_hz) for d in f.reshape(-1, DRAW)])
+    return {f"{source}, all": error_pct(f, truth_hz),
             f"{source}, draws of {DRAW}": draws.mean(),
             f"{source}, draws beyond {F0_TOLERANCE:g} %": float(np.sum(np.abs(draws)
                                                                     > F0_TOLERANCE)),
@@ -164,16 +168,17 @@ def decode_records(sampler: fs.FlowSampler, coarse: torch.Tensor, static: torch.
 
 def pick_stats(records: np.ndarray, p: fs.FlowSamplerParams, rp) -> dict[str, float]:
     """S-P picks as the realism metrics make them: the share found, the median S-P (s), the
-    median P pick less the onset (s), and the median P-to-onset gap (s) between the times of
-    p.p_fraction and p.align_fraction of the Arias intensity (the flow's timing knots)."""
-    times, env = horizontal_envelope(records, SAMPLING_RATE, rp.envelope_window_s,
-                                     rp.envelope_step_s)
-    p_pick, s_pick = pick_p_s(records, SAMPLING_RATE, times, env, rp.s_min_delay_s,
-                              rp.pick_snr, rp.pick_window_s)
+    median P pick less the onset (s; records with a P pick), and the median P-to-onset gap (s)
+    between the times of p.p_fraction and p.align_fraction of the Arias intensity (the flow's
+    timing knots)."""
+    p_pick, s_pick = realism_picks(records, rp)
     onset = fs.onset_time(records, p.align_fraction)
-    return {"S-P found": float(np.mean(np.isfinite(s_pick - p_pick))),
-            "median S-P (s)": float(np.nanmedian(s_pick - p_pick)),
-            "median P pick - onset (s)": float(np.nanmedian(p_pick - onset)),
+    found, p_found = np.isfinite(s_pick - p_pick), np.isfinite(p_pick)
+    return {"S-P found": float(found.mean()),
+            "median S-P (s)": float(np.median((s_pick - p_pick)[found])) if found.any()
+            else np.nan,
+            "median P pick - onset (s)": float(np.median((p_pick - onset)[p_found]))
+            if p_found.any() else np.nan,
             "median P-to-onset gap (s)": float(np.median(
                 onset - fs.onset_time(records, p.p_fraction)))}
 
