@@ -198,13 +198,20 @@ def main(argv: list[str] | None = None) -> int:
     rp = params.evaluate.realism
     if not (args.raw / "stations.csv").is_file():
         raise UserError(f"{args.raw / 'stations.csv'}: no such file (--raw: the corpus folder)")
-    stations = pd.read_csv(args.raw / "stations.csv", dtype={"station": str})
-    missing = [c for c in SITE_COLUMNS if c not in stations.columns]
+    try:
+        stations = pd.read_csv(args.raw / "stations.csv", dtype={"station": str})
+    except (ValueError, pd.errors.ParserError) as exc:  # UnicodeDecodeError is a ValueError
+        raise UserError(f"{args.raw / 'stations.csv'}: not a readable table "
+                        f"({type(exc).__name__})") from None
+    missing = [c for c in ("station", "f0_true_hz", *SITE_COLUMNS) if c not in stations.columns]
     if missing:
-        raise UserError(f"{args.raw / 'stations.csv'} lacks the simulator's site columns "
-                        f"{missing}: the oracle needs the simulated corpus")
+        raise UserError(f"{args.raw / 'stations.csv'} lacks the columns {missing} of the "
+                        "simulator's station table: the oracle needs the simulated corpus")
     stations = stations.set_index("station")
     sampler = load_sampler(args.checkpoint)
+    unknown = [s for s in sampler.stations if s not in stations.index]
+    if unknown:
+        raise UserError(f"{args.raw / 'stations.csv'} lacks the checkpoint's station(s) {unknown}")
     is_flow = isinstance(sampler, fs.FlowSampler)
     if args.parts and not is_flow:
         raise UserError(f"--parts needs a {fs.KIND} checkpoint, got {sampler.kind}")
