@@ -53,7 +53,8 @@ from timesnet_gen.models import flow_sampler as fs
 # under every variant: no record components, no remainder scaling, autoregression or gain
 PLAIN = {"record_pcs": 0, "record_weight": 0.0, "remainder_scale": False, "remainder_ar": False,
          "remainder_gauss": False, "coarse_weight": 1.0, "remainder_calibrate": False,
-         "record_prior": False}
+         "record_prior": False, "p_knot": "arias",
+         "mean_quadratic": False}
 # the default latent (32 record components, their own loss part), under the rows built on it
 R32 = {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0}
 VARIANTS = {
@@ -88,6 +89,10 @@ VARIANTS = {
     "pslot-r32-w1-cal-prior": {**R32, "remainder_calibrate": True, "record_prior": True},
     "pslot-r32-w1-cal-prior1500": {**R32, "remainder_calibrate": True, "record_prior": True,
                                    "prior_steps": 1500},
+    "pslot-r32-w1-cal-aic": {**R32, "remainder_calibrate": True, "p_knot": "aic"},
+    "pslot-r32-w1-cal-quad": {**R32, "remainder_calibrate": True, "mean_quadratic": True},
+    "pslot-r32-w1-cal-aic-quad": {**R32, "remainder_calibrate": True, "p_knot": "aic",
+                                  "mean_quadratic": True},
     "pslot-r32-w1-cal-d64": {**R32, "remainder_calibrate": True, "d_model": 64, "d_ff": 64},
     "pslot-r32-w1-cal-long": {**R32, "remainder_calibrate": True, "pretrain_epochs": 600,
                               "finetune_epochs": 400},

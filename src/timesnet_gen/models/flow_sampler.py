@@ -68,6 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from timesnet_gen.errors import UserError, from_known_keys
+from timesnet_gen.evaluation.realism_phases import aic_curve
 from timesnet_gen.evaluation.smoothing import get_operator
 from timesnet_gen.models.cvae import griffin_lim, istft, stft
 from timesnet_gen.models.timesnet import (PERIOD_SELECTIONS, TimesBlock, TimesNetConfig,
@@ -108,6 +109,9 @@ class FlowSamplerParams:
     #                       stretch: warp plus the end knot to end_align_s | pslot: roll,
     #                       then the P knot warped to p_align_s (TIMINGS)
     p_fraction: float = 0.01  # warp, stretch, pslot: P knot = time of this fraction of Arias
+    p_knot: str = "arias"  # arias: the P knot is the p_fraction time | aic: the onset that
+    #                      Maeda's AIC finds on the vertical before the p_fraction time +
+    #                      P_PICK_AFTER_S (`p_knot_time`), nearer the P arrival (P_KNOTS)
     p_align_s: float = 8.0  # warp, stretch, pslot: s, the P knot's place in warped time (< align_s)
     end_fraction: float = 0.95  # stretch: end knot = time of this fraction of Arias intensity
     end_align_s: float = 40.0  # stretch: s, where the end knot sits in warped time (> align_s)
@@ -174,6 +178,8 @@ class FlowSamplerParams:
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     mean_model: bool = True  # site + scenario linear mean under the flow (fit_stats)
+    mean_quadratic: bool = False  # the mean's scenario terms add M'^2, lnR'^2 and M' lnR'
+    #                      (held at the training range's edge outside it; `scenario_terms`)
     ema: float = 0.995  # weight EMA used for sampling (0 = none)
     time_sampling: str = "logit-normal"  # uniform | logit-normal (flow time t of training)
     seed: int = 0
@@ -214,6 +220,8 @@ class FlowSamplerParams:
         if self.period_selection not in PERIOD_SELECTIONS:
             bad.append(f"period_selection = {self.period_selection!r} (not one of "
                        f"{PERIOD_SELECTIONS})")
+        if self.p_knot not in P_KNOTS:
+            bad.append(f"p_knot = {self.p_knot!r} (not one of {P_KNOTS})")
         if self.timing not in TIMINGS:
             bad.append(f"timing = {self.timing!r} (not one of {TIMINGS})")
         if self.timing != "roll" and not 0 < self.p_align_s < self.align_s:
@@ -297,6 +305,8 @@ def align_shift(onset_s: np.ndarray, p: FlowSamplerParams, fs: float = SAMPLING_
 
 
 TIMINGS = ("roll", "warp", "stretch", "pslot")
+P_KNOTS = ("arias", "aic")
+P_PICK_AFTER_S = 1.0  # p_knot aic: the AIC window ends this long after the p_fraction time
 MIN_GAP_S = 0.3  # warp, stretch, pslot: consecutive knots at least this far apart in real time (s)
 
 
@@ -313,12 +323,29 @@ def warped_knots(p: FlowSamplerParams) -> np.ndarray:
     return np.array(knots)
 
 
+def p_knot_time(xn: np.ndarray, p: FlowSamplerParams, fs: float = SAMPLING_RATE) -> np.ndarray:
+    """Real time (s) of the P knot of records (n, 3, T): the p_fraction time of the Arias
+    intensity (p_knot arias), or (aic) the sample minimising Maeda's AIC of the vertical (the
+    realism metrics' picker, `aic_curve`) between the record's start and P_PICK_AFTER_S after
+    that time. The Arias time lags the P arrival by a varying amount (on the simulated corpus
+    the AIC onset precedes it by a median 0.7-1.2 s, interquartile range 1.3-2.0 s), which
+    smears the P onset over 2-3 frames of the slot."""
+    arias = onset_time(xn, p.p_fraction, fs)
+    if p.p_knot == "arias":
+        return arias
+    vertical = np.asarray(xn[:, 2], dtype=np.float64)
+    vertical = vertical - vertical.mean(axis=-1, keepdims=True)
+    end = np.clip(np.rint((arias + P_PICK_AFTER_S) * fs).astype(np.int64), 8,
+                  vertical.shape[-1])
+    aic = aic_curve(vertical, np.zeros(len(vertical), dtype=np.int64), end)
+    return np.argmin(aic, axis=1) / fs
+
+
 def real_knots(xn: np.ndarray, p: FlowSamplerParams) -> np.ndarray:
     """Real time (s) of the P knot, the onset and (stretch) the end knot of records (n, 3, T)
     -> (n, K), each at least MIN_GAP_S after the one before."""
-    fractions = [p.p_fraction, p.align_fraction] + (
-        [p.end_fraction] if p.timing == "stretch" else [])
-    knots = np.stack([onset_time(xn, f) for f in fractions], axis=1)
+    fractions = [p.align_fraction] + ([p.end_fraction] if p.timing == "stretch" else [])
+    knots = np.stack([p_knot_time(xn, p)] + [onset_time(xn, f) for f in fractions], axis=1)
     for k in range(1, knots.shape[1]):
         knots[:, k] = np.maximum(knots[:, k], knots[:, k - 1] + MIN_GAP_S)
     return knots
@@ -401,7 +428,7 @@ def encode(waveforms: np.ndarray, p: FlowSamplerParams) -> dict[str, np.ndarray]
         onset = onset_time(xn, p.align_fraction)
         timing = onset[:, None]
         if p.timing == "pslot":
-            knots = rolled_knots(onset - onset_time(xn, p.p_fraction), p)
+            knots = rolled_knots(onset - p_knot_time(xn, p), p)
             timing = np.column_stack([onset, np.log(p.align_s - knots[:, 0])])
         xn = roll(xn, align_shift(onset, p)).astype(np.float32)
     band = band_magnitude(stft(torch.from_numpy(xn), p.n_fft, p.hop), p)  # (n, 3, B, t)
@@ -611,29 +638,47 @@ def static_of(feats: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([feats["level"], feats["onset"], feats["fine"]], axis=1)
 
 
+def scenario_terms(z: torch.Tensor, stats: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The mean model's scenario terms of standardised scenarios z (n, 2) [M', lnR']: z itself,
+    or where stats holds the training range (cond_lo, cond_hi; `mean_quadratic`) also M'^2,
+    lnR'^2 and M' lnR' of z clipped to that range (n, 5), so that the mean is held linear
+    outside the range the records support rather than extrapolated as a parabola."""
+    if "cond_lo" not in stats:
+        return z
+    c = torch.maximum(torch.minimum(z, stats["cond_hi"]), stats["cond_lo"])
+    return torch.cat([z, c * c, c[:, :1] * c[:, 1:]], dim=1)
+
+
 def fit_stats(feats: dict[str, np.ndarray], codes: np.ndarray, scenario: np.ndarray,
-              targets: list[str], mean_model: bool) -> dict[str, torch.Tensor]:
+              targets: list[str], mean_model: bool, quadratic: bool = False
+              ) -> dict[str, torch.Tensor]:
     """Feature statistics of the training records of both phases (holdout excluded).
 
     The mean model: per feature (the static part, and every frame and channel of the aligned
     coarse spectrogram), a least-squares fit  y = a_station + b_M * M' + b_R * lnR'  (M', lnR' standardised) over
     every training station, the GMPE-style site and scenario term; the flow learns the
     residuals (standardised by their std). Kept: the targets' intercepts and the slopes.
-    `mean_model=False`: one global mean, no slopes (the ablation).
+    `mean_model=False`: one global mean, no slopes (the ablation). quadratic: the scenario
+    terms of `scenario_terms` (magnitude saturation and magnitude-dependent distance scaling,
+    as ground-motion models have them) instead of M' and lnR' alone.
     """
     cond = scenario_features(scenario)
     cond_mean, cond_std = cond.mean(axis=0), cond.std(axis=0).clip(1e-3)
     z = (cond - cond_mean) / cond_std
+    out = {"cond_mean": cond_mean, "cond_std": cond_std}
+    if quadratic and mean_model:
+        out |= {"cond_lo": z.min(axis=0), "cond_hi": z.max(axis=0)}
+        z = scenario_terms(torch.from_numpy(z), {k: torch.from_numpy(v) for k, v in out.items()}
+                           ).numpy()
     stations = sorted(set(codes))
     onehot = (codes[:, None] == np.array(stations)[None]).astype(np.float64)
     design = np.concatenate([onehot, z], axis=1) if mean_model else np.ones((len(codes), 1))
-    out = {"cond_mean": cond_mean, "cond_std": cond_std}
     n = len(codes)
     for name, y in (("coarse", feats["coarse"].reshape(n, -1)), ("static", static_of(feats))):
         coef = np.linalg.lstsq(design, y.astype(np.float64), rcond=None)[0]
         if mean_model:
             icpt = coef[[stations.index(s) for s in targets]]
-            slope = coef[-2:]
+            slope = coef[-z.shape[1]:]
         else:
             icpt, slope = np.repeat(coef, len(targets), axis=0), np.zeros((2, y.shape[1]))
         out[f"{name}_icpt"], out[f"{name}_slope"] = icpt, slope
@@ -649,7 +694,8 @@ def mean_prediction(stats: dict[str, torch.Tensor], station: torch.Tensor,
                     scenario: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean model at target stations (1..S) and standardised scenarios: (coarse (n, C),
     static (n, S))."""
-    return tuple(stats[f"{k}_icpt"][station - 1] + scenario @ stats[f"{k}_slope"]
+    terms = scenario_terms(scenario, stats)
+    return tuple(stats[f"{k}_icpt"][station - 1] + terms @ stats[f"{k}_slope"]
                  for k in ("coarse", "static"))
 
 
@@ -1274,8 +1320,8 @@ def val_fit(index: pd.DataFrame, rows: dict[str, np.ndarray], stats: dict[str, t
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean-model fit of the validation records: their station's training intercept (the
     training fit minus its scenario term, averaged) plus their own scenario term."""
-    z_train = standardise_scenario(scen[rows["pretrain"]], stats)
-    z_val = standardise_scenario(scen[rows["val"]], stats)
+    z_train = scenario_terms(standardise_scenario(scen[rows["pretrain"]], stats), stats)
+    z_val = scenario_terms(standardise_scenario(scen[rows["val"]], stats), stats)
     codes_train = index["station"].to_numpy()[rows["pretrain"]]
     codes_val = index["station"].to_numpy()[rows["val"]]
     out = []
@@ -1320,7 +1366,7 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
     train = np.concatenate([rows["pretrain"], rows["finetune"]])
     both = {k: np.concatenate([feats["pretrain"][k], feats["finetune"][k]]) for k in feats["val"]}
     stats = fit_stats(both, index["station"].to_numpy()[train], scen[train], stations,
-                      params.mean_model)
+                      params.mean_model, params.mean_quadratic)
     fit_c, fit_s = stats.pop("_coarse_fit"), stats.pop("_static_fit")
     n_pre = len(rows["pretrain"])
     fits = {"pretrain": (fit_c[:n_pre], fit_s[:n_pre]), "finetune": (fit_c[n_pre:], fit_s[n_pre:])}
