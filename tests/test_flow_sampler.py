@@ -185,6 +185,53 @@ def p_and_s_records(rng: np.random.Generator, t_p: np.ndarray, t_s: np.ndarray) 
     return out
 
 
+def test_aic_p_knot_sits_at_the_p_arrival_where_the_arias_knot_lags_it():
+    """p_knot "aic": the P knot is the vertical's AIC onset, within 0.1 s of the true P arrival
+    of a weak P phase over quiet noise; the 1 % Arias time lags it by more than 0.5 s; pslot's
+    timing feature is ln(onset - that knot)."""
+    rng = np.random.default_rng(3)
+    t_p, t_s = np.array([4.0, 9.0, 12.0]), np.array([10.0, 18.0, 24.0])
+    x = p_and_s_records(rng, t_p, t_s) + 1e-3 * rng.standard_normal((3, 3, T)).astype(np.float32)
+    xn = x / np.abs(x).max(axis=(1, 2))[:, None, None]
+    aic = fs.p_knot_time(xn, fs.FlowSamplerParams(p_knot="aic"))
+    arias = fs.p_knot_time(xn, fs.FlowSamplerParams(p_knot="arias"))
+    np.testing.assert_allclose(aic, t_p, atol=0.1)
+    assert (arias - t_p > 0.5).all()
+    np.testing.assert_array_equal(arias, fs.onset_time(xn, 0.01))
+    feats = fs.encode(x, fs.FlowSamplerParams(p_knot="aic"))
+    np.testing.assert_allclose(np.exp(feats["onset"][:, 1]),
+                               fs.onset_time(xn, 0.05) - aic, rtol=1e-5)
+
+
+def test_quadratic_mean_recovers_the_scenario_terms_and_is_held_linear_outside_the_range():
+    """mean_quadratic: features that are an exact station term plus a quadratic in (M', lnR')
+    are fitted exactly (the flow's residuals are zero); beyond the training range the mean
+    continues with the linear slopes only (the quadratic terms held at the edge)."""
+    rng = np.random.default_rng(5)
+    n = 40
+    codes = np.array(["A", "B"] * (n // 2))
+    scenario = np.column_stack([rng.uniform(3.5, 5.5, n), rng.uniform(10, 120, n)])
+    cond = fs.scenario_features(scenario)
+    z = (cond - cond.mean(axis=0)) / cond.std(axis=0)
+    y = ((codes == "B") * 0.7 + 0.5 * z[:, 0] - 0.3 * z[:, 1] + 0.2 * z[:, 0] ** 2
+         - 0.1 * z[:, 0] * z[:, 1])[:, None]
+    feats = {"level": y, "onset": np.hstack([y, 2 * y]), "coarse": np.repeat(y, 6, axis=1)
+             .reshape(n, 3, 2), "fine": -y}
+    stats = fs.fit_stats(feats, codes, scenario, ["A", "B"], True, quadratic=True)
+    station = torch.as_tensor(np.where(codes == "A", 1, 2))
+    zt = fs.standardise_scenario(scenario, stats)
+    coarse, static = fs.mean_prediction(stats, station, zt)
+    np.testing.assert_allclose(static[:, 0], y[:, 0], atol=1e-4)
+    np.testing.assert_allclose(coarse, np.repeat(y, 6, axis=1), atol=1e-4)
+    linear = fs.fit_stats(feats, codes, scenario, ["A", "B"], True)
+    assert linear["static_std"][0] > 0.01 and "cond_lo" not in linear
+    edge = stats["cond_hi"][None].clone()
+    beyond = edge + torch.tensor([[1.0, 0.0]])
+    at_edge, past = (fs.mean_prediction(stats, torch.tensor([1]), e)[1][0, 0]
+                     for e in (edge, beyond))
+    np.testing.assert_allclose(past - at_edge, 0.5, atol=1e-4)  # the linear M' slope only
+
+
 def test_warp_frame_times_put_the_knots_in_place_and_invert():
     """Warped time: P knot at p_align_s, onset at align_s, slope 1 after it; the inverse map
     is the same piecewise-linear function the other way round."""
@@ -278,6 +325,7 @@ def test_pslot_rolls_the_onset_and_warps_only_the_frames_before_it():
     (dict(timing="stretch", end_fraction=1.0), r"end_fraction = 1.0 \(stretch: must be in"),
     (dict(timing="stretch", p_align_s=0.0), r"p_align_s = 0.0 \(stretch: must be in"),
     (dict(timing="pslot", p_align_s=16.0), r"p_align_s = 16.0 \(pslot: must be in \(0, align_s"),
+    (dict(p_knot="pick"), r"p_knot = 'pick' \(not one of \('arias', 'aic'\)\)"),
 ])
 def test_bad_timing_params_are_refused(overrides, match):
     with pytest.raises(fs.FlowSamplerError, match=match):
@@ -434,6 +482,22 @@ def test_warped_timings_train_sample_and_round_trip_their_state(prepared, tmp_pa
                          log=lambda _: None)
         assert (tmp_path / "m" / "losses.tsv").read_bytes() == \
             (tmp_path / "m2" / "losses.tsv").read_bytes()
+
+
+def test_aic_knot_and_quadratic_mean_train_sample_and_round_trip_their_state(prepared,
+                                                                            tmp_path):
+    """p_knot "aic" with mean_quadratic end to end: five scenario terms in the stats, finite
+    seeded records of the checkpoint's peak, a state that reloads to the same records."""
+    p = tiny_params(p_knot="aic", mean_quadratic=True)
+    sampler = fs.train_sampler(prepared, p, tmp_path / "m", raw_dir=tmp_path / "none",
+                               log=lambda _: None)
+    assert sampler.stats["coarse_slope"].shape[0] == 5
+    m, r = np.array([5.0, 7.5]), np.array([20.0, 40.0])
+    a = sampler.sample("A", m, r, seed=1)
+    assert a.shape == (2, 3, T) and np.isfinite(a).all()
+    again = fs.FlowSampler.from_state(torch.load(tmp_path / "m" / "model.pt",
+                                                 weights_only=True)["state"])
+    np.testing.assert_array_equal(again.sample("A", m, r, seed=1), a)
 
 
 def test_fixed_periods_train_from_the_data_and_do_not_depend_on_the_batch(prepared, tmp_path):
