@@ -85,11 +85,11 @@ VARIANTS = {
     "pslot-r32-w1-rem-gauss": {**R32, "remainder_scale": True, "remainder_gauss": True},
     "pslot-r32-w1-rem-gauss-cw05": {**R32, "remainder_scale": True, "remainder_gauss": True,
                                     "coarse_weight": 0.5},
-    "pslot-r32-w1-cal": {**R32, "remainder_calibrate": True},  # the default since 6 Dec 2026
+    "pslot-r32-w1-cal": {**R32, "remainder_calibrate": True},  # the default 6 Dec 2026 (morning)
     "pslot-r32-w1-cal-prior": {**R32, "remainder_calibrate": True, "record_prior": True},
     "pslot-r32-w1-cal-prior1500": {**R32, "remainder_calibrate": True, "record_prior": True,
                                    "prior_steps": 1500},
-    "pslot-r32-w1-cal-aic": {**R32, "remainder_calibrate": True, "p_knot": "aic"},
+    "pslot-r32-w1-cal-aic": {**R32, "remainder_calibrate": True, "p_knot": "aic"},  # the default
     "pslot-r32-w1-cal-quad": {**R32, "remainder_calibrate": True, "mean_quadratic": True},
     "pslot-r32-w1-cal-aic-quad": {**R32, "remainder_calibrate": True, "p_knot": "aic",
                                   "mean_quadratic": True},
