@@ -30,6 +30,17 @@ def assert_state_refused(sampler: fs.FlowSampler, edit, match: str) -> None:
         fs.FlowSampler.from_state(state)
 
 
+def sample_and_reload(sampler: fs.FlowSampler, path, station: str, m: np.ndarray,
+                      r: np.ndarray, seed: int) -> np.ndarray:
+    """The sampler's seeded records at (m, r): finite and not all zero, and the checkpoint at
+    path reloads to a sampler that draws the same records."""
+    a = sampler.sample(station, m, r, seed=seed)
+    assert a.shape == (len(m), 3, T) and np.isfinite(a).all() and np.abs(a).max() > 0
+    again = fs.FlowSampler.from_state(torch.load(path, weights_only=True)["state"])
+    np.testing.assert_array_equal(again.sample(station, m, r, seed=seed), a)
+    return a
+
+
 def synthetic_records(rng: np.random.Generator, f0: float, magnitude: np.ndarray,
                       distance_km: np.ndarray) -> np.ndarray:
     """Enveloped noise with a resonance at f0 (Hz), amplitude growing with M, falling with R."""
@@ -472,11 +483,7 @@ def test_warped_timings_train_sample_and_round_trip_their_state(prepared, tmp_pa
     assert sampler.net.n_scalars == 1 + n_timing
     assert sampler.stats["static_std"].numel() == 1 + n_timing + 3 * p.n_fine
     m, r = np.array([5.0, 5.5, 4.5]), np.array([20.0, 40.0, 80.0])
-    a = sampler.sample("B", m, r, seed=3)
-    assert a.shape == (3, 3, T) and np.isfinite(a).all() and np.abs(a).max() > 0
-    again = fs.FlowSampler.from_state(torch.load(tmp_path / "m" / "model.pt",
-                                                 weights_only=True)["state"])
-    np.testing.assert_array_equal(again.sample("B", m, r, seed=3), a)
+    sample_and_reload(sampler, tmp_path / "m" / "model.pt", "B", m, r, seed=3)
     if timing == "stretch":
         fs.train_sampler(prepared, p, tmp_path / "m2", raw_dir=tmp_path / "none",
                          log=lambda _: None)
@@ -493,11 +500,7 @@ def test_aic_knot_and_quadratic_mean_train_sample_and_round_trip_their_state(pre
                                log=lambda _: None)
     assert sampler.stats["coarse_slope"].shape[0] == 5
     m, r = np.array([5.0, 7.5]), np.array([20.0, 40.0])
-    a = sampler.sample("A", m, r, seed=1)
-    assert a.shape == (2, 3, T) and np.isfinite(a).all()
-    again = fs.FlowSampler.from_state(torch.load(tmp_path / "m" / "model.pt",
-                                                 weights_only=True)["state"])
-    np.testing.assert_array_equal(again.sample("A", m, r, seed=1), a)
+    sample_and_reload(sampler, tmp_path / "m" / "model.pt", "A", m, r, seed=1)
 
 
 def test_fixed_periods_train_from_the_data_and_do_not_depend_on_the_batch(prepared, tmp_path):
@@ -723,11 +726,7 @@ def test_record_prior_trains_samples_and_round_trips_its_state(prepared, tmp_pat
                                log=lambda _: None)
     assert isinstance(sampler.prior, fs.RecordPrior)
     m, r = np.array([5.0, 5.5]), np.array([20.0, 60.0])
-    a = sampler.sample("A", m, r, seed=2)
-    assert a.shape == (2, 3, T) and np.isfinite(a).all()
-    again = fs.FlowSampler.from_state(torch.load(tmp_path / "m" / "model.pt",
-                                                 weights_only=True)["state"])
-    np.testing.assert_array_equal(again.sample("A", m, r, seed=2), a)
+    a = sample_and_reload(sampler, tmp_path / "m" / "model.pt", "A", m, r, seed=2)
     without = fs.FlowSampler(sampler.params, sampler.net, sampler.stats, sampler.stations,
                              sampler._scenarios, sampler.n_frames, sampler.n_samples)
     assert not np.allclose(without.sample("A", m, r, seed=2), a)
@@ -801,11 +800,7 @@ def test_principal_latent_trains_samples_and_round_trips_its_state(prepared, tmp
     assert sampler.net.embed.in_features == 4 * p.patch
     assert sampler.net.skip.out_features == 4 + 3 + 3 + 6
     m, r = np.array([5.0, 5.5]), np.array([20.0, 60.0])
-    a = sampler.sample("A", m, r, seed=2)
-    assert a.shape == (2, 3, T) and np.isfinite(a).all() and np.abs(a).max() > 0
-    again = fs.FlowSampler.from_state(torch.load(tmp_path / "m" / "model.pt",
-                                                 weights_only=True)["state"])
-    np.testing.assert_array_equal(again.sample("A", m, r, seed=2), a)
+    sample_and_reload(sampler, tmp_path / "m" / "model.pt", "A", m, r, seed=2)
     state = sampler.state()
     state["params"]["record_pcs"] = 5  # params that disagree with the stored axes
     with pytest.raises(fs.FlowSamplerError, match="record_pcs = 5 but the statistics hold 3"):
