@@ -277,12 +277,13 @@ def test_resample_frames_interpolates_linearly_and_holds_the_ends():
 @pytest.mark.parametrize("timing, fractions", [("warp", (0.01, 0.05)),
                                                ("stretch", (0.01, 0.05, 0.95))])
 def test_warped_encode_decode_keeps_the_knot_times(timing, fractions):
-    """Timings "warp" / "stretch": the features are ln onset, ln(onset - P knot) (and ln(end
-    knot - onset)); a round trip puts the 1 %, 5 % (and 95 %) Arias times of the record back
-    within a frame and a half (about 1 s) of the original ones, and keeps the peak."""
+    """Timings "warp" / "stretch" with the 1 % Arias P knot: the features are ln onset,
+    ln(onset - P knot) (and ln(end knot - onset)); a round trip puts the 1 %, 5 % (and 95 %)
+    Arias times of the record back within a frame and a half (about 1 s) of the original ones,
+    and keeps the peak."""
     rng = np.random.default_rng(7)
     p = fs.FlowSamplerParams(timing=timing, align_s=20.0, p_align_s=8.0, end_align_s=35.0,
-                             griffin_lim_iters=2)
+                             griffin_lim_iters=2, p_knot="arias")
     x = p_and_s_records(rng, np.array([4.0, 10.0]), np.array([9.0, 26.0]))
     feats = fs.encode(x, p)
     xn = x / np.abs(x).max(axis=(1, 2))[:, None, None]
@@ -300,14 +301,14 @@ def test_warped_encode_decode_keeps_the_knot_times(timing, fractions):
 
 
 def test_pslot_rolls_the_onset_and_warps_only_the_frames_before_it():
-    """Timing "pslot": the features are the onset (s) and ln(onset - P knot); the frames from
-    the onset on are roll's frames exactly (no interpolation there), the frames before it are
-    resampled so that the P knot sits at p_align_s; a round trip keeps the 1 % and 5 % Arias
-    times within a frame and a half and the peak."""
+    """Timing "pslot" (1 % Arias P knot): the features are the onset (s) and ln(onset - P
+    knot); the frames from the onset on are roll's frames exactly (no interpolation there), the
+    frames before it are resampled so that the P knot sits at p_align_s; a round trip keeps the
+    1 % and 5 % Arias times within a frame and a half and the peak."""
     rng = np.random.default_rng(8)
     hop_s = 64 / FS
     p = fs.FlowSamplerParams(timing="pslot", align_s=25 * hop_s, p_align_s=10 * hop_s,
-                             griffin_lim_iters=2)
+                             griffin_lim_iters=2, p_knot="arias")
     x = p_and_s_records(rng, np.array([4.0, 10.0]), np.array([9.0, 26.0]))
     feats = fs.encode(x, p)
     xn = x / np.abs(x).max(axis=(1, 2))[:, None, None]
@@ -494,13 +495,17 @@ def test_warped_timings_train_sample_and_round_trip_their_state(prepared, tmp_pa
 def test_aic_knot_and_quadratic_mean_train_sample_and_round_trip_their_state(prepared,
                                                                             tmp_path):
     """p_knot "aic" with mean_quadratic end to end: five scenario terms in the stats, finite
-    seeded records of the checkpoint's peak, a state that reloads to the same records."""
+    seeded records of the checkpoint's peak, a state that reloads to the same records; a
+    checkpoint without p_knot (older) loads with the 1 % Arias knot it was trained with."""
     p = tiny_params(p_knot="aic", mean_quadratic=True)
     sampler = fs.train_sampler(prepared, p, tmp_path / "m", raw_dir=tmp_path / "none",
                                log=lambda _: None)
     assert sampler.stats["coarse_slope"].shape[0] == 5
     m, r = np.array([5.0, 7.5]), np.array([20.0, 40.0])
     sample_and_reload(sampler, tmp_path / "m" / "model.pt", "A", m, r, seed=1)
+    old = sampler.state()  # written before p_knot existed: trained with the 1 % Arias knot
+    del old["params"]["p_knot"]
+    assert fs.FlowSampler.from_state(old).params.p_knot == "arias"
 
 
 def test_fixed_periods_train_from_the_data_and_do_not_depend_on_the_batch(prepared, tmp_path):

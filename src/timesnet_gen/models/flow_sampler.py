@@ -109,7 +109,7 @@ class FlowSamplerParams:
     #                       stretch: warp plus the end knot to end_align_s | pslot: roll,
     #                       then the P knot warped to p_align_s (TIMINGS)
     p_fraction: float = 0.01  # warp, stretch, pslot: P knot = time of this fraction of Arias
-    p_knot: str = "arias"  # arias: the P knot is the p_fraction time | aic: the onset that
+    p_knot: str = "aic"  # arias: the P knot is the p_fraction time | aic: the onset that
     #                      Maeda's AIC finds on the vertical before the p_fraction time +
     #                      P_PICK_AFTER_S (`p_knot_time`), nearer the P arrival (P_KNOTS)
     p_align_s: float = 8.0  # warp, stretch, pslot: s, the P knot's place in warped time (< align_s)
@@ -1254,7 +1254,8 @@ class FlowSampler:
             params = FlowSamplerParams.from_dict({"remainder_scale": False, "remainder_ar": False,
                                                   "remainder_gauss": False, "coarse_weight": 1.0,
                                                   "remainder_calibrate": False,
-                                                  "record_prior": False}
+                                                  "record_prior": False, "p_knot": "arias",
+                                                  "mean_quadratic": False}
                                                  | state["params"])
             stats = {k: torch.as_tensor(v) for k, v in state["stats"].items()}
             net = build_net(params, int(state["n_frames"]), stats, len(state["stations"]))
