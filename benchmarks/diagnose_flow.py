@@ -26,6 +26,13 @@ seed 100 j + k, j < --seeds) against the station's real training records:
             with record_pcs), the generated spectrogram decoded with the real records' level,
             timing and fine spectrum, and the generated records: which part of the generated
             features loses the P wave (README "Where the records still differ: the P wave")
+  P step    (timings other than roll) on the vertical's band power (dB, summed over the
+            bands) in the canvas's time: the median over records of the P step (1.5 s after the
+            P knot less 1 s before it), of the S peak (the strongest frame of the 15 s after the
+            onset less their median) and the correlation over records of the levels before and
+            after the P knot; of the real records' features, their round trip and the generated
+            records (both encoded again) and the flow's features before decoding: whether the
+            flow or the decoder weakens the P onset (README "The P knot")
   remainder what the record components leave of those residuals (`flow_sampler.split_records`;
             only with record_pcs), real / generated, pooled over the stations:
               lag-1 frames    correlation of a cell with the next frame's
@@ -69,6 +76,21 @@ def segment_stats(res: np.ndarray, coarse: np.ndarray, frames: dict[str, slice])
                      "rec sd": float(res[:, sl].mean(axis=(1, 2)).std()),
                      "rough": float(np.abs(np.diff(coarse[:, sl], axis=1)).mean())}
     return out
+
+
+def vertical_steps(coarse: np.ndarray, p) -> dict[str, float]:
+    """P step and S peak (dB, medians over records) and the correlation of the levels before
+    and after the P knot, from the vertical's band power of features (n, frames, 3 B) in the
+    canvas's time (p: FlowSamplerParams, a timing other than roll)."""
+    n, t, cb = coarse.shape
+    db = 10 * np.log10(np.exp(2.0 * coarse.reshape(n, t, 3, cb // 3)[:, :, 2].astype(
+        np.float64)).sum(axis=-1))
+    frame = lambda s: int(round(s * 100.0 / p.hop))  # noqa: E731  (canvas seconds -> frame)
+    before, after = db[:, frame(p.p_align_s - 1.0)], db[:, frame(p.p_align_s + 1.5)]
+    s_part = db[:, frame(p.align_s):frame(p.align_s + 15.0)]
+    return {"P step dB": float(np.median(after - before)),
+            "S peak dB": float(np.median(s_part.max(axis=1) - np.median(s_part, axis=1))),
+            "corr before/after P": float(np.corrcoef(before, after)[0, 1])}
 
 
 def realism_picks(x: np.ndarray, rp) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
               "P slot 2nd half": slice(frame(half), frame(p.align_s)),
               "S 0-5 s": slice(frame(p.align_s), frame(p.align_s + 5)),
               "coda 5-20 s": slice(frame(p.align_s + 5), frame(p.align_s + 20))}
-    husid_real, husid_trip, husid_gen, rows, gaps, picks = [], [], [], [], [], []
+    husid_real, husid_trip, husid_gen, rows, gaps, picks, steps = [], [], [], [], [], [], []
     k_s = fs.n_scalars(p)
     pooled: dict[str, list[np.ndarray]] = {"real": [], "generated": []}
     for k, station in enumerate(sampler.stations):
@@ -144,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
             res_g, coarse_g, static_g = (t.numpy() for t in sampler.features(
                 sampler.station_index(station), z, torch.Generator().manual_seed(70 + k)))
         if p.timing != "roll":  # timing feature 1: ln(onset - P knot)
+            for name, c in (("real", feats["coarse"]),
+                            ("round trip", fs.encode(trip, p)["coarse"]),
+                            ("flow features", coarse_g),
+                            ("generated", fs.encode(gen[:len(scen)], p)["coarse"])):
+                steps.append({"station": station, "records": name, **vertical_steps(c, p)})
             gaps.append({"station": station, "real": np.median(np.exp(feats["onset"][:, 1])),
                          "flow features": np.median(np.exp(static_g[:, 2])),
                          "generated, encoded": np.median(np.exp(
@@ -179,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     if gaps:
         print("\nmedian P-to-onset time (s) per station:")
         print(pd.DataFrame(gaps).to_string(index=False, float_format="%.2f"))
+    if steps:
+        print("\nvertical P step and S peak (dB), mean over the stations:")
+        print(pd.DataFrame(steps).groupby("records", sort=False).mean(numeric_only=True)
+              .to_string(float_format="%.2f"))
     table = pd.DataFrame(rows)
     summary = table.groupby(["segment", "source"], sort=False)[
         ["energy", "cell sd", "rec sd", "rough"]].agg(["min", "max"])

@@ -1,0 +1,36 @@
+"""The measures of the benchmark scripts that the README quotes (benchmarks/ is not a package:
+its folder goes on sys.path here)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from diagnose_flow import vertical_steps  # noqa: E402
+
+from timesnet_gen.models import flow_sampler as fs  # noqa: E402
+
+
+def test_vertical_steps_reads_the_p_step_the_s_peak_and_their_coupling():
+    """Features whose vertical bands jump by a factor 10 in magnitude at the P knot (a 20 dB
+    power step) and hold one frame 10 x above the rest after the onset (a 20 dB S peak); the
+    horizontals, which vary wildly, are not read; the levels after the P knot move with the
+    levels before it record by record (correlation 1), then against them (-1)."""
+    p = fs.FlowSamplerParams()
+    frame = lambda s: int(round(s * 100.0 / p.hop))  # noqa: E731
+    n, t, b = 6, 94, 20
+    rng = np.random.default_rng(0)
+    coarse = rng.normal(0.0, 3.0, (n, t, 3, b))  # horizontals: noise
+    base = np.linspace(-2.0, 2.0, n)[:, None]  # a per-record level
+    coarse[:, :, 2] = base[:, :, None]
+    coarse[:, frame(p.p_align_s):, 2] += np.log(10.0)
+    coarse[:, frame(p.align_s) + 3, 2] += np.log(10.0)
+    out = vertical_steps(coarse.reshape(n, t, 3 * b), p)
+    np.testing.assert_allclose([out["P step dB"], out["S peak dB"]], [20.0, 20.0], atol=1e-9)
+    np.testing.assert_allclose(out["corr before/after P"], 1.0, atol=1e-9)
+    coarse[:, frame(p.p_align_s):, 2] -= 2 * base[:, :, None]  # after = -before + const
+    out = vertical_steps(coarse.reshape(n, t, 3 * b), p)
+    np.testing.assert_allclose(out["corr before/after P"], -1.0, atol=1e-9)
+    np.testing.assert_allclose(out["S peak dB"], 20.0, atol=1e-9)
