@@ -100,13 +100,17 @@ def realism_picks(x: np.ndarray, rp) -> tuple[np.ndarray, np.ndarray]:
     return pick_p_s(x, 100.0, env_times, env, rp.s_min_delay_s, rp.pick_snr, rp.pick_window_s)
 
 
+def sp_summary(sp: np.ndarray) -> dict[str, float]:
+    """Share (%) of S-P times (s, NaN where not picked) that were picked, and their median."""
+    return {"S-P found %": 100.0 * float(np.isfinite(sp).mean()),
+            "S-P median s": float(np.nanmedian(sp)) if np.isfinite(sp).any() else np.nan}
+
+
 def pick_stats(x: np.ndarray, rp) -> dict[str, float]:
     """Share of records (%) with an S-P pick and their median S-P time (s), as the realism
     metrics pick them (rp: RealismParams)."""
     p, s = realism_picks(x, rp)
-    sp = s - p
-    return {"S-P found %": 100.0 * float(np.isfinite(sp).mean()),
-            "S-P median s": float(np.nanmedian(sp)) if np.isfinite(sp).any() else np.nan}
+    return sp_summary(s - p)
 
 
 def remainder_stats(res: np.ndarray, stats: dict[str, torch.Tensor]) -> dict:

@@ -9,6 +9,9 @@ from the station's training rows (as `sample --station all` draws them), for sam
 0..seeds-1. Beside them the same statistic of the perfect generator (50 of the station's real
 training records drawn with replacement; --draws draws) and of all of its training records: the
 spread a generator with the real records' own distribution cannot avoid.
+Last, per checkpoint, the S-P picks of all of those records as the realism metrics pick them
+(`diagnose_flow.realism_picks`): the share with an S-P pick and their median S-P time, pooled
+over the stations and seeds (the realism metrics want all records picked, at the real median).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from diagnose_flow import realism_picks, sp_summary
+
+from timesnet_gen.config import load_params
 from timesnet_gen.errors import one_line_errors
 from timesnet_gen.evaluation.hvsr import f0, hvsr
 from timesnet_gen.prepare import load_prepared
@@ -44,13 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--draws", type=int, default=20, help="perfect-generator draws")
     ap.add_argument("--data", default=Path("data/prepared"), type=Path)
     ap.add_argument("--raw", default=Path("data/raw"), type=Path)
+    ap.add_argument("--params", default="params.yaml", help="for the realism pick settings")
     args = ap.parse_args(argv)
+    rp = load_params(args.params).evaluate.realism
     waves, index = load_prepared(args.data)
     truth = pd.read_csv(args.raw / "stations.csv", dtype={"station": str}).set_index("station")
     train = index[(index["role"] == "target") & (index["split"] == "train")]
-    rows = []
+    rows, picks = [], []
     for path in args.checkpoints:
         sampler = load_sampler(path)
+        sp = []
         for station in sampler.stations:
             scen = sampler.scenarios(station)
             errors = []
@@ -58,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
                 pick = scen[np.random.default_rng(seed).integers(0, len(scen), N_RECORDS)]
                 gen = sampler.sample(station, pick[:, 0], pick[:, 1], seed)
                 errors.append(error_pct(f0(*hvsr(gen)), truth.at[station, "f0_true_hz"]))
+                p_pick, s_pick = realism_picks(gen, rp)
+                sp.append(s_pick - p_pick)
             rows.append({"source": str(path), "station": station, **spread_row(errors)})
+        sp = np.concatenate(sp)
+        picks.append({"source": str(path), "records": len(sp), **sp_summary(sp)})
     for station in sorted(train["station"].unique()):
         f = f0(*hvsr(waves[train.index[train["station"] == station].to_numpy()]))
         t = truth.at[station, "f0_true_hz"]
@@ -74,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         ok = np.all(np.abs(np.stack(group["errors"].to_list())) <= 5.0, axis=0)
         print(f"{source}: every station within 5 % in {int(ok.sum())} of {len(ok)} "
               f"{'draws' if source == 'perfect generator' else 'seeds'}")
+    print("\nS-P picks of the same records (realism protocol):")
+    print(pd.DataFrame(picks).to_string(index=False, float_format="%.2f"))
     return 0
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from diagnose_flow import vertical_steps  # noqa: E402
+from diagnose_flow import sp_summary, vertical_steps  # noqa: E402
 
 from timesnet_gen.models import flow_sampler as fs  # noqa: E402
 
@@ -34,3 +34,10 @@ def test_vertical_steps_reads_the_p_step_the_s_peak_and_their_coupling():
     out = vertical_steps(coarse.reshape(n, t, 3 * b), p)
     np.testing.assert_allclose(out["corr before/after P"], -1.0, atol=1e-9)
     np.testing.assert_allclose(out["S peak dB"], 20.0, atol=1e-9)
+
+
+def test_sp_summary_counts_the_picked_records_and_takes_the_median_of_their_s_p_times():
+    assert sp_summary(np.array([1.0, np.nan, 3.0, 5.0])) == {"S-P found %": 75.0,
+                                                            "S-P median s": 3.0}
+    none = sp_summary(np.full(3, np.nan))
+    assert none["S-P found %"] == 0.0 and np.isnan(none["S-P median s"])
