@@ -78,6 +78,11 @@ def segment_stats(res: np.ndarray, coarse: np.ndarray, frames: dict[str, slice])
     return out
 
 
+def canvas_frame(seconds: float, p) -> int:
+    """The frame of the aligned canvas at `seconds` (p: FlowSamplerParams; 100 Hz records)."""
+    return int(round(seconds * 100.0 / p.hop))
+
+
 def vertical_steps(coarse: np.ndarray, p) -> dict[str, float]:
     """P step and S peak (dB, medians over records) and the correlation of the levels before
     and after the P knot, from the vertical's band power of features (n, frames, 3 B) in the
@@ -85,7 +90,7 @@ def vertical_steps(coarse: np.ndarray, p) -> dict[str, float]:
     n, t, cb = coarse.shape
     db = 10 * np.log10(np.exp(2.0 * coarse.reshape(n, t, 3, cb // 3)[:, :, 2].astype(
         np.float64)).sum(axis=-1))
-    frame = lambda s: int(round(s * 100.0 / p.hop))  # noqa: E731  (canvas seconds -> frame)
+    frame = lambda s: canvas_frame(s, p)  # noqa: E731
     before, after = db[:, frame(p.p_align_s - 1.0)], db[:, frame(p.p_align_s + 1.5)]
     s_part = db[:, frame(p.align_s):frame(p.align_s + 15.0)]
     return {"P step dB": float(np.median(after - before)),
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sampler.params
     waves, index = load_prepared(args.data)
     train = index[(index["role"] == "target") & (index["split"] == "train")]
-    frame = lambda s: int(round(s * 100.0 / p.hop))  # noqa: E731  (canvas seconds -> frame)
+    frame = lambda s: canvas_frame(s, p)  # noqa: E731
     p_knot = p.p_align_s if p.timing != "roll" else p.align_s - 5.0
     half = (p_knot + p.align_s) / 2
     frames = {"pre-P": slice(0, frame(p_knot)), "P slot 1st half": slice(frame(p_knot), frame(half)),

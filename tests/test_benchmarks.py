@@ -8,7 +8,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from diagnose_flow import sp_summary, vertical_steps  # noqa: E402
+from diagnose_flow import canvas_frame, sp_summary, vertical_steps  # noqa: E402
 
 from timesnet_gen.models import flow_sampler as fs  # noqa: E402
 
@@ -19,7 +19,7 @@ def test_vertical_steps_reads_the_p_step_the_s_peak_and_their_coupling():
     horizontals, which vary wildly, are not read; the levels after the P knot move with the
     levels before it record by record (correlation 1), then against them (-1)."""
     p = fs.FlowSamplerParams()
-    frame = lambda s: int(round(s * 100.0 / p.hop))  # noqa: E731
+    frame = lambda s: canvas_frame(s, p)  # noqa: E731
     n, t, b = 6, 94, 20
     rng = np.random.default_rng(0)
     coarse = rng.normal(0.0, 3.0, (n, t, 3, b))  # horizontals: noise
