@@ -697,21 +697,26 @@ def test_remainder_calibrate_leaves_the_flow_and_scales_its_frames(trained, prep
     np.testing.assert_array_equal(again.sample("A", m, r, seed=4), sampler.sample("A", m, r, 4))
 
 
-def test_record_prior_learns_a_station_and_scenario_conditional_distribution():
+@pytest.mark.parametrize("prior_records", ["target", "all"])
+def test_record_prior_learns_a_station_and_scenario_conditional_distribution(prior_records):
     """Two stations with different means and spreads, and a mean that moves with the first
-    scenario value: draws from the fitted prior have each station's mean and its shift with the
+    scenario value (prior_records "all": and records of station 0, "any station", centred
+    elsewhere): draws from the fitted prior have each station's mean and its shift with the
     scenario (within 0.15) and its spread (within 25 %; the fit narrows it by 15-20 % here)."""
     g = torch.Generator().manual_seed(0)
-    n = 1200
-    station = torch.randint(1, 3, (n,), generator=g)
+    first = 0 if prior_records == "all" else 1
+    n = 1200 if first else 1800
+    station = torch.randint(first, 3, (n,), generator=g)
     scenario = torch.randn(n, 2, generator=g)
-    centre = torch.tensor([[2.0, -1.0], [-2.0, 1.0]])[station - 1]
-    spread = torch.tensor([0.3, 0.6])[station - 1, None]
+    centre = torch.tensor([[0.0, 3.0], [2.0, -1.0], [-2.0, 1.0]])[station]
+    spread = torch.tensor([0.5, 0.3, 0.6])[station, None]
     x = centre + spread * torch.randn(n, 2, generator=g)
     x[:, 0] += scenario[:, 0]
-    p = tiny_params(prior_hidden=64, prior_steps=3000)
+    p = tiny_params(prior_hidden=64, prior_steps=3000, prior_records=prior_records)
     prior = fs.fit_record_prior(x, station, scenario, p, n_stations=2)
-    for s, mean, sd in ((1, (2.0, -1.0), 0.3), (2, (-2.0, 1.0), 0.6)):
+    assert prior.n_classes == 3 - first
+    cases = ((1, (2.0, -1.0), 0.3), (2, (-2.0, 1.0), 0.6)) + ((0, (0.0, 3.0), 0.5),) * (1 - first)
+    for s, mean, sd in cases:
         for shift in (0.0, 1.0):
             st = torch.full((2000,), s)
             sc = torch.tensor([[shift, 0.0]]).expand(2000, 2)
@@ -721,15 +726,27 @@ def test_record_prior_learns_a_station_and_scenario_conditional_distribution():
             torch.testing.assert_close(draw.std(0), torch.tensor([sd, sd]), atol=0, rtol=0.25)
 
 
-def test_record_prior_trains_samples_and_round_trips_its_state(prepared, tmp_path):
-    """record_prior: the sampler holds a prior, draws the record components from it (the
-    records differ from the same flow without it), and reloads from the checkpoint to the same
+@pytest.mark.parametrize("prior_records", ["target", "all"])
+def test_record_prior_trains_samples_and_round_trips_its_state(prepared, tmp_path,
+                                                               prior_records):
+    """record_prior: the sampler holds a prior (prior_records "all": one that also knows
+    station 0, the pre-training stations), draws the record components from it (the records
+    differ from the same flow without it), and reloads from the checkpoint to the same
     records; a checkpoint whose params and weights disagree is refused in one line; an older
-    checkpoint loads with the option off; without record components it is refused."""
-    p = tiny_params(record_prior=True)
+    checkpoint loads with the option off, and one with a prior but no prior_records with the
+    target-only prior it was written with; without record components it is refused."""
+    p = tiny_params(record_prior=True, prior_records=prior_records)
     sampler = fs.train_sampler(prepared, p, tmp_path / "m", raw_dir=tmp_path / "none",
                                log=lambda _: None)
     assert isinstance(sampler.prior, fs.RecordPrior)
+    assert sampler.prior.n_classes == (3 if prior_records == "all" else 2)
+    if prior_records == "target":  # written before prior_records existed
+        old = sampler.state()
+        del old["params"]["prior_records"]
+        assert fs.FlowSampler.from_state(old).prior.n_classes == 2
+    else:
+        assert_state_refused(sampler, lambda st: st["params"].update(prior_records="target"),
+                             "not a valid timesnet-flow sampler state")
     m, r = np.array([5.0, 5.5]), np.array([20.0, 60.0])
     a = sample_and_reload(sampler, tmp_path / "m" / "model.pt", "A", m, r, seed=2)
     without = fs.FlowSampler(sampler.params, sampler.net, sampler.stats, sampler.stations,
@@ -746,6 +763,8 @@ def test_record_prior_trains_samples_and_round_trips_its_state(prepared, tmp_pat
         tiny_params(record_pcs=0, record_prior=True)
     with pytest.raises(fs.FlowSamplerError, match="prior_steps = 0 \\(must be > 0\\)"):
         tiny_params(prior_steps=0)
+    with pytest.raises(fs.FlowSamplerError, match="prior_records = 'pretrain' \\(not one of"):
+        tiny_params(prior_records="pretrain")
 
 
 def test_remainder_ar_keeps_an_explosive_fit_bounded():

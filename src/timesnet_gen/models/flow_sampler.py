@@ -23,10 +23,11 @@ remainder's per-frame spread, skewed marginals or correlations; all three are of
 (README "The frame remainder"). What is on (`remainder_calibrate`) corrects the spread after
 training instead: `calibrate_frames` fits a per-cell gain, the training records' rms over the
 flow's own, that sampling applies to the flow's frame output (README "The frame gain").
-`record_prior` (off by default) draws the record components by a small conditional flow of
+`record_prior` (on by default) draws the record components by a small conditional flow of
 their own (`RecordPrior`: an MLP over the whitened components given the station and the
-scenario, fitted after training), whose joint draw keeps more of each record's sharp P onset
-than the TimesBlock flow's, at a cost in f0 and novelty (README "The record prior").
+scenario, fitted after training on every training record, the pre-training stations' as "any
+station"), whose joint draw keeps more of each record's sharp P onset than the TimesBlock
+flow's (README "The record prior", "The record prior on every station").
 `coarse_pcs` and `fine_pcs` optionally keep only the leading components of a frame's
 channels and of the fine spectrum.
 
@@ -141,12 +142,16 @@ class FlowSamplerParams:
     #                      training scenarios (`calibrate_frames`: the training records' rms over
     #                      the flow's rms there), so each (frame, channel) gets the training
     #                      spread that the flow left flat (README "The frame gain")
-    record_prior: bool = False  # True: the record components are drawn by a conditional flow of
+    record_prior: bool = True  # True: the record components are drawn by a conditional flow of
     #                      their own (`RecordPrior`: an MLP over the whitened components, given
-    #                      the station and the scenario), fitted after training on the target
-    #                      stations' training records, instead of by the TimesBlock flow, whose
-    #                      joint draw of them loses each record's sharp P onset (README "Where
-    #                      the records still differ: the P wave"); needs record_pcs > 0
+    #                      the station and the scenario), fitted after training, instead of by
+    #                      the TimesBlock flow, whose joint draw of them loses each record's
+    #                      sharp P onset (README "Where the records still differ: the P wave");
+    #                      needs record_pcs > 0
+    prior_records: str = "all"  # record_prior fitted on: target (the target stations' training
+    #                      records) | all (also the pre-training stations', as station 0, "any
+    #                      station", as the TimesBlock flow learns them): 2.3x the records, so
+    #                      it copies less (README "The record prior on every station") (PRIOR_RECORDS)
     prior_hidden: int = 256  # record_prior: width of the MLP's three hidden layers
     prior_steps: int = 4000  # record_prior: optimiser steps (batches of 64 records)
     prior_ode_steps: int = 50  # record_prior: Heun steps when sampling
@@ -220,6 +225,8 @@ class FlowSamplerParams:
         if self.period_selection not in PERIOD_SELECTIONS:
             bad.append(f"period_selection = {self.period_selection!r} (not one of "
                        f"{PERIOD_SELECTIONS})")
+        if self.prior_records not in PRIOR_RECORDS:
+            bad.append(f"prior_records = {self.prior_records!r} (not one of {PRIOR_RECORDS})")
         if self.p_knot not in P_KNOTS:
             bad.append(f"p_knot = {self.p_knot!r} (not one of {P_KNOTS})")
         if self.timing not in TIMINGS:
@@ -1063,6 +1070,7 @@ def integrate(net: VelocityNet, station: torch.Tensor, scenario: torch.Tensor, n
                       p.solver == "heun")
 
 
+PRIOR_RECORDS = ("target", "all")
 PRIOR_SEED = 4099  # added to p.seed for the record prior's initial weights and batches
 PRIOR_BATCH = 64
 PRIOR_TIME_DIM = 16
@@ -1071,30 +1079,35 @@ PRIOR_TIME_DIM = 16
 class RecordPrior(nn.Module):
     """Velocity of a conditional rectified flow over the whitened record components (n, D):
     an MLP (three hidden layers, SiLU) of the components, the sinusoidal flow time, the
-    station (one-hot over the target stations 1..S) and the standardised scenario."""
+    station (one-hot over the target stations 1..S, and with any_station over 0, "any station",
+    too) and the standardised scenario."""
 
-    def __init__(self, n_components: int, n_stations: int, hidden: int) -> None:
+    def __init__(self, n_components: int, n_stations: int, hidden: int,
+                 any_station: bool = False) -> None:
         super().__init__()
-        self.n_stations = n_stations
+        self.first = 0 if any_station else 1
+        self.n_classes = n_stations + 1 - self.first
         self.mlp = nn.Sequential(
-            nn.Linear(n_components + PRIOR_TIME_DIM + n_stations + 2, hidden), nn.SiLU(),
+            nn.Linear(n_components + PRIOR_TIME_DIM + self.n_classes + 2, hidden), nn.SiLU(),
             nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
             nn.Linear(hidden, n_components))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, station: torch.Tensor,
                 scenario: torch.Tensor) -> torch.Tensor:
-        onehot = F.one_hot(station - 1, self.n_stations).to(x.dtype)
+        onehot = F.one_hot(station - self.first, self.n_classes).to(x.dtype)
         return self.mlp(torch.cat([x, time_embedding(t, PRIOR_TIME_DIM), onehot, scenario], 1))
 
 
 def fit_record_prior(components: torch.Tensor, station: torch.Tensor, scenario: torch.Tensor,
                      p: FlowSamplerParams, n_stations: int) -> RecordPrior:
     """The record prior fitted (seeded, on the CPU) to whitened components (n, D) of records at
-    target stations 1..S and standardised scenarios (n, 2): p.prior_steps AdamW steps (lr
-    1e-3, cosine) on the rectified-flow loss, flow times as p.time_sampling draws them."""
+    stations 1..S (the target stations) or 0 (any other; p.prior_records "all") and
+    standardised scenarios (n, 2): p.prior_steps AdamW steps (lr 1e-3, cosine) on the
+    rectified-flow loss, flow times as p.time_sampling draws them."""
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, the caller's RNG left alone
         torch.manual_seed(p.seed + PRIOR_SEED)
-        prior = RecordPrior(components.shape[1], n_stations, p.prior_hidden)
+        prior = RecordPrior(components.shape[1], n_stations, p.prior_hidden,
+                            p.prior_records == "all")
     generator = torch.Generator().manual_seed(p.seed + PRIOR_SEED)
     opt = torch.optim.AdamW(prior.parameters(), lr=1e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.prior_steps)
@@ -1254,7 +1267,8 @@ class FlowSampler:
             params = FlowSamplerParams.from_dict({"remainder_scale": False, "remainder_ar": False,
                                                   "remainder_gauss": False, "coarse_weight": 1.0,
                                                   "remainder_calibrate": False,
-                                                  "record_prior": False, "p_knot": "arias",
+                                                  "record_prior": False, "prior_records": "target",
+                                                  "p_knot": "arias",
                                                   "mean_quadratic": False}
                                                  | state["params"])
             stats = {k: torch.as_tensor(v) for k, v in state["stats"].items()}
@@ -1269,7 +1283,7 @@ class FlowSampler:
                     f"{'lacks' if params.record_prior else 'holds'} the record prior's weights")
             if params.record_prior:
                 prior = RecordPrior(stats["record_axes"].shape[1], len(state["stations"]),
-                                    params.prior_hidden)
+                                    params.prior_hidden, params.prior_records == "all")
                 prior.load_state_dict(state["prior_weights"])
                 prior.eval()
             return cls(params, net, stats, list(state["stations"]), scenarios,
@@ -1406,8 +1420,11 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
     prior = None
     if params.record_prior:
         n_rec = stats["record_axes"].shape[1]
-        prior = fit_record_prior(fine.static[:, k:k + n_rec], fine.station, fine.scenario, params,
-                                 len(stations))
+        own = ([data["pretrain"].to(torch.device("cpu"))]
+               if params.prior_records == "all" else []) + [fine]
+        prior = fit_record_prior(torch.cat([b.static[:, k:k + n_rec] for b in own]),
+                                 torch.cat([b.station for b in own]),
+                                 torch.cat([b.scenario for b in own]), params, len(stations))
     fine_rows = index.iloc[rows["finetune"]]
     scenarios = {s: scen[rows["finetune"]][(fine_rows["station"] == s).to_numpy()]
                  for s in stations}
