@@ -699,10 +699,11 @@ def test_remainder_calibrate_leaves_the_flow_and_scales_its_frames(trained, prep
 
 @pytest.mark.parametrize("prior_records", ["target", "all"])
 def test_record_prior_learns_a_station_and_scenario_conditional_distribution(prior_records):
-    """Two stations with different means and spreads, and a mean that moves with the first
-    scenario value (prior_records "all": and records of station 0, "any station", centred
-    elsewhere): draws from the fitted prior have each station's mean and its shift with the
-    scenario (within 0.15) and its spread (within 25 %; the fit narrows it by 15-20 % here)."""
+    """Two stations with different means and spreads, a mean that moves with the first
+    scenario value and a second value that moves with a given value (prior_records "all": and
+    records of station 0, "any station", centred elsewhere): draws from the fitted prior have
+    each station's mean and its shifts with the scenario and the given value (within 0.15) and
+    its spread (within 25 %; the fit narrows it by 15-20 % here)."""
     g = torch.Generator().manual_seed(0)
     first = 0 if prior_records == "all" else 1
     n = 1200 if first else 1800
@@ -711,17 +712,22 @@ def test_record_prior_learns_a_station_and_scenario_conditional_distribution(pri
     centre = torch.tensor([[0.0, 3.0], [2.0, -1.0], [-2.0, 1.0]])[station]
     spread = torch.tensor([0.5, 0.3, 0.6])[station, None]
     x = centre + spread * torch.randn(n, 2, generator=g)
+    given = torch.randn(n, 1, generator=g)
     x[:, 0] += scenario[:, 0]
+    x[:, 1] -= given[:, 0]
     p = tiny_params(prior_hidden=64, prior_steps=3000, prior_records=prior_records)
-    prior = fs.fit_record_prior(x, station, scenario, p, n_stations=2)
+    prior = fs.fit_record_prior(x, station, scenario, given, p, n_stations=2)
     assert prior.n_classes == 3 - first
     cases = ((1, (2.0, -1.0), 0.3), (2, (-2.0, 1.0), 0.6)) + ((0, (0.0, 3.0), 0.5),) * (1 - first)
     for s, mean, sd in cases:
-        for shift in (0.0, 1.0):
+        for shift, lift in ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0)):
             st = torch.full((2000,), s)
             sc = torch.tensor([[shift, 0.0]]).expand(2000, 2)
-            draw = fs.draw_record_prior(prior, st, sc, 30, torch.Generator().manual_seed(s), 2)
-            torch.testing.assert_close(draw.mean(0), torch.tensor([mean[0] + shift, mean[1]]),
+            gv = torch.full((2000, 1), lift)
+            draw = fs.draw_record_prior(prior, st, sc, gv, 30, torch.Generator().manual_seed(s),
+                                        2)
+            torch.testing.assert_close(draw.mean(0),
+                                       torch.tensor([mean[0] + shift, mean[1] - lift]),
                                        atol=0.15, rtol=0)
             torch.testing.assert_close(draw.std(0), torch.tensor([sd, sd]), atol=0, rtol=0.25)
 
@@ -730,19 +736,22 @@ def test_record_prior_learns_a_station_and_scenario_conditional_distribution(pri
 def test_record_prior_trains_samples_and_round_trips_its_state(prepared, tmp_path,
                                                                prior_records):
     """record_prior: the sampler holds a prior (prior_records "all": one that also knows
-    station 0, the pre-training stations), draws the record components from it (the records
+    station 0, the pre-training stations; here with prior_scalars, given the record's scalars),
+    draws the record components from it (the records
     differ from the same flow without it), and reloads from the checkpoint to the same
     records; a checkpoint whose params and weights disagree is refused in one line; an older
-    checkpoint loads with the option off, and one with a prior but no prior_records with the
-    target-only prior it was written with; without record components it is refused."""
-    p = tiny_params(record_prior=True, prior_records=prior_records)
+    checkpoint loads with the option off, and one with a prior but no prior_records or
+    prior_scalars with the target-only, scenario-only prior it was written with; without record components it is refused."""
+    p = tiny_params(record_prior=True, prior_records=prior_records,
+                    prior_scalars=prior_records == "all")
     sampler = fs.train_sampler(prepared, p, tmp_path / "m", raw_dir=tmp_path / "none",
                                log=lambda _: None)
     assert isinstance(sampler.prior, fs.RecordPrior)
     assert sampler.prior.n_classes == (3 if prior_records == "all" else 2)
-    if prior_records == "target":  # written before prior_records existed
+    assert sampler.prior.n_given == (fs.n_scalars(p) if prior_records == "all" else 0)
+    if prior_records == "target":  # written before prior_records and prior_scalars existed
         old = sampler.state()
-        del old["params"]["prior_records"]
+        del old["params"]["prior_records"], old["params"]["prior_scalars"]
         assert fs.FlowSampler.from_state(old).prior.n_classes == 2
     else:
         assert_state_refused(sampler, lambda st: st["params"].update(prior_records="target"),

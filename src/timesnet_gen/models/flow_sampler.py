@@ -152,6 +152,12 @@ class FlowSamplerParams:
     #                      records) | all (also the pre-training stations', as station 0, "any
     #                      station", as the TimesBlock flow learns them): 2.3x the records, so
     #                      it copies less (README "The record prior on every station") (PRIOR_RECORDS)
+    prior_scalars: bool = True  # record_prior: the prior is also given the record's level and
+    #                      timing scalars (the TimesBlock flow's draw, at sampling), so the
+    #                      spectrogram's modes stay coupled to its amplitude: without them the
+    #                      prior widened the spread of ln PGV and ln PSA(1 s) about a station +
+    #                      scenario fit to 0.35 and 0.44 (real 0.27 and 0.25), with them 0.29 and
+    #                      0.32 (measured; README "The record prior on every station")
     prior_hidden: int = 256  # record_prior: width of the MLP's three hidden layers
     prior_steps: int = 4000  # record_prior: optimiser steps (batches of 64 records)
     prior_ode_steps: int = 50  # record_prior: Heun steps when sampling
@@ -1080,34 +1086,38 @@ class RecordPrior(nn.Module):
     """Velocity of a conditional rectified flow over the whitened record components (n, D):
     an MLP (three hidden layers, SiLU) of the components, the sinusoidal flow time, the
     station (one-hot over the target stations 1..S, and with any_station over 0, "any station",
-    too) and the standardised scenario."""
+    too), the standardised scenario and n_given more values (the record's scalars)."""
 
     def __init__(self, n_components: int, n_stations: int, hidden: int,
-                 any_station: bool = False) -> None:
+                 any_station: bool = False, n_given: int = 0) -> None:
         super().__init__()
         self.first = 0 if any_station else 1
         self.n_classes = n_stations + 1 - self.first
+        self.n_given = n_given
         self.mlp = nn.Sequential(
-            nn.Linear(n_components + PRIOR_TIME_DIM + self.n_classes + 2, hidden), nn.SiLU(),
+            nn.Linear(n_components + PRIOR_TIME_DIM + self.n_classes + 2 + n_given, hidden),
+            nn.SiLU(),
             nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
             nn.Linear(hidden, n_components))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, station: torch.Tensor,
-                scenario: torch.Tensor) -> torch.Tensor:
+                scenario: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
         onehot = F.one_hot(station - self.first, self.n_classes).to(x.dtype)
-        return self.mlp(torch.cat([x, time_embedding(t, PRIOR_TIME_DIM), onehot, scenario], 1))
+        return self.mlp(torch.cat([x, time_embedding(t, PRIOR_TIME_DIM), onehot, scenario,
+                                   given], 1))
 
 
 def fit_record_prior(components: torch.Tensor, station: torch.Tensor, scenario: torch.Tensor,
-                     p: FlowSamplerParams, n_stations: int) -> RecordPrior:
+                     given: torch.Tensor, p: FlowSamplerParams, n_stations: int) -> RecordPrior:
     """The record prior fitted (seeded, on the CPU) to whitened components (n, D) of records at
     stations 1..S (the target stations) or 0 (any other; p.prior_records "all") and
-    standardised scenarios (n, 2): p.prior_steps AdamW steps (lr 1e-3, cosine) on the
+    standardised scenarios (n, 2), given the values given (n, G; G = 0: none): p.prior_steps
+    AdamW steps (lr 1e-3, cosine) on the
     rectified-flow loss, flow times as p.time_sampling draws them."""
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, the caller's RNG left alone
         torch.manual_seed(p.seed + PRIOR_SEED)
         prior = RecordPrior(components.shape[1], n_stations, p.prior_hidden,
-                            p.prior_records == "all")
+                            p.prior_records == "all", given.shape[1])
     generator = torch.Generator().manual_seed(p.seed + PRIOR_SEED)
     opt = torch.optim.AdamW(prior.parameters(), lr=1e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.prior_steps)
@@ -1117,7 +1127,7 @@ def fit_record_prior(components: torch.Tensor, station: torch.Tensor, scenario: 
         x0 = torch.randn(x1.shape, generator=generator)
         t = flow_times(PRIOR_BATCH, p.time_sampling, generator)
         xt = (1 - t[:, None]) * x0 + t[:, None] * x1
-        loss = ((prior(xt, t, station[idx], scenario[idx]) - (x1 - x0)) ** 2).mean()
+        loss = ((prior(xt, t, station[idx], scenario[idx], given[idx]) - (x1 - x0)) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -1128,10 +1138,12 @@ def fit_record_prior(components: torch.Tensor, station: torch.Tensor, scenario: 
 
 
 def draw_record_prior(prior: RecordPrior, station: torch.Tensor, scenario: torch.Tensor,
-                      steps: int, generator: torch.Generator, n_components: int) -> torch.Tensor:
+                      given: torch.Tensor, steps: int, generator: torch.Generator,
+                      n_components: int) -> torch.Tensor:
     """Whitened record components (n, D) from the prior: Heun from seeded noise, `steps` steps."""
     x = torch.randn((len(station), n_components), generator=generator)
-    return solve_flow(lambda x, t: (prior(x[0], t, station, scenario),), (x,), steps, True)[0]
+    return solve_flow(lambda x, t: (prior(x[0], t, station, scenario, given),), (x,), steps,
+                      True)[0]
 
 
 CALIBRATION_SEED = 7919  # added to p.seed for the flow's samples that `calibrate_frames` reads
@@ -1243,9 +1255,10 @@ class FlowSampler:
             xc = xc * self.stats["frame_gain"]
         if self.prior is not None:  # the record components from their own flow
             n_rec = self.stats["record_axes"].shape[1]
+            given = xs[:, :k * self.params.prior_scalars]  # the flow's level and timing
             xs = torch.cat([xs[:, :k], draw_record_prior(
-                self.prior, station_t, scenario, self.params.prior_ode_steps, generator, n_rec),
-                xs[:, k + n_rec:]], dim=1)
+                self.prior, station_t, scenario, given, self.params.prior_ode_steps, generator,
+                n_rec), xs[:, k + n_rec:]], dim=1)
         xc, xs = from_latent(xc, xs, self.stats, k)
         mean_c, mean_s = mean_prediction(self.stats, station_t, scenario)
         coarse = (xc.reshape(len(scenario), -1) * self.stats["coarse_std"] + mean_c)
@@ -1268,6 +1281,7 @@ class FlowSampler:
                                                   "remainder_gauss": False, "coarse_weight": 1.0,
                                                   "remainder_calibrate": False,
                                                   "record_prior": False, "prior_records": "target",
+                                                  "prior_scalars": False,
                                                   "p_knot": "arias",
                                                   "mean_quadratic": False}
                                                  | state["params"])
@@ -1283,7 +1297,8 @@ class FlowSampler:
                     f"{'lacks' if params.record_prior else 'holds'} the record prior's weights")
             if params.record_prior:
                 prior = RecordPrior(stats["record_axes"].shape[1], len(state["stations"]),
-                                    params.prior_hidden, params.prior_records == "all")
+                                    params.prior_hidden, params.prior_records == "all",
+                                    n_scalars(params) * params.prior_scalars)
                 prior.load_state_dict(state["prior_weights"])
                 prior.eval()
             return cls(params, net, stats, list(state["stations"]), scenarios,
@@ -1424,7 +1439,9 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
                if params.prior_records == "all" else []) + [fine]
         prior = fit_record_prior(torch.cat([b.static[:, k:k + n_rec] for b in own]),
                                  torch.cat([b.station for b in own]),
-                                 torch.cat([b.scenario for b in own]), params, len(stations))
+                                 torch.cat([b.scenario for b in own]),
+                                 torch.cat([b.static[:, :k * params.prior_scalars] for b in own]),
+                                 params, len(stations))
     fine_rows = index.iloc[rows["finetune"]]
     scenarios = {s: scen[rows["finetune"]][(fine_rows["station"] == s).to_numpy()]
                  for s in stations}
