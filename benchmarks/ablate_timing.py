@@ -53,7 +53,8 @@ from timesnet_gen.models import flow_sampler as fs
 # under every variant: no record components, no remainder scaling, autoregression or gain
 PLAIN = {"record_pcs": 0, "record_weight": 0.0, "remainder_scale": False, "remainder_ar": False,
          "remainder_gauss": False, "coarse_weight": 1.0, "remainder_calibrate": False,
-         "record_prior": False, "prior_records": "target", "p_knot": "arias",
+         "record_prior": False, "prior_records": "target", "prior_scalars": False,
+         "p_knot": "arias",
          "mean_quadratic": False}
 # the default latent (32 record components, their own loss part), under the rows built on it
 R32 = {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0}
@@ -89,7 +90,8 @@ VARIANTS = {
     "pslot-r32-w1-cal-prior": {**R32, "remainder_calibrate": True, "record_prior": True},
     "pslot-r32-w1-cal-prior1500": {**R32, "remainder_calibrate": True, "record_prior": True,
                                    "prior_steps": 1500},
-    "pslot-r32-w1-cal-aic": {**R32, "remainder_calibrate": True, "p_knot": "aic"},  # the default
+    # the default until the record prior on every station
+    "pslot-r32-w1-cal-aic": {**R32, "remainder_calibrate": True, "p_knot": "aic"},
     "pslot-r32-w1-cal-quad": {**R32, "remainder_calibrate": True, "mean_quadratic": True},
     "pslot-r32-w1-cal-aic-quad": {**R32, "remainder_calibrate": True, "p_knot": "aic",
                                   "mean_quadratic": True},
@@ -97,6 +99,9 @@ VARIANTS = {
                                    "record_prior": True},
     "pslot-r32-w1-cal-aic-prior-all": {**R32, "remainder_calibrate": True, "p_knot": "aic",
                                        "record_prior": True, "prior_records": "all"},
+    "pslot-r32-w1-cal-aic-prior-all-scal": {**R32, "remainder_calibrate": True, "p_knot": "aic",
+                                            "record_prior": True, "prior_records": "all",
+                                            "prior_scalars": True},  # the default
     "pslot-r48-w1-cal-aic": {**R32, "record_pcs": 48, "remainder_calibrate": True,
                              "p_knot": "aic"},
     "pslot-r32-w3-cal-aic": {**R32, "record_weight": 3.0, "remainder_calibrate": True,
