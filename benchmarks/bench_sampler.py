@@ -5,8 +5,9 @@
 Prints, side by side:
   training   flow sampler: seconds per epoch of each phase (a few real epochs) x the profile's
              epochs, plus what does not scale with them (features, the frame gain, the record
-             prior's fit, the checkpoint), timed in full; TimesNet-Gen: seconds per optimiser step of each phase (a few real steps,
-             params.yaml model and batch sizes) x steps per epoch x epochs
+             prior's fit, the checkpoint), timed in full; TimesNet-Gen: seconds per optimiser
+             step of each phase (a few real steps, params.yaml model and batch sizes) x steps
+             per epoch x epochs
   generation records/s of FlowSampler.sample (GL + equalisation included), 1 and 2 workers
   memory     peak RSS of this process (training + generation), GB
 The machine is shared and its speed varies up to 2x, so only the ratios of one run mean much.
