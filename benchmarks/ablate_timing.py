@@ -50,12 +50,8 @@ from timesnet_gen.config import load_params
 from timesnet_gen.errors import one_line_errors
 from timesnet_gen.models import flow_sampler as fs
 
-# under every variant: no record components, no remainder scaling, autoregression or gain
-PLAIN = {"record_pcs": 0, "record_weight": 0.0, "remainder_scale": False, "remainder_ar": False,
-         "remainder_gauss": False, "coarse_weight": 1.0, "remainder_calibrate": False,
-         "record_prior": False, "prior_records": "target", "prior_scalars": False,
-         "p_knot": "arias",
-         "mean_quadratic": False}
+# under every variant: no record components, and every later option as it was before it existed
+PLAIN = {"record_pcs": 0, "record_weight": 0.0} | fs.BEFORE_OPTIONS
 # the default latent (32 record components, their own loss part), under the rows built on it
 R32 = {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0}
 VARIANTS = {
@@ -101,7 +97,11 @@ VARIANTS = {
                                        "record_prior": True, "prior_records": "all"},
     "pslot-r32-w1-cal-aic-prior-all-scal": {**R32, "remainder_calibrate": True, "p_knot": "aic",
                                             "record_prior": True, "prior_records": "all",
-                                            "prior_scalars": True},  # the default
+                                            "prior_scalars": True},
+    "pslot-r32-w1-cal-aic-prior-all-scal-pcal": {**R32, "remainder_calibrate": True,
+                                                 "p_knot": "aic", "record_prior": True,
+                                                 "prior_records": "all", "prior_scalars": True,
+                                                 "prior_calibrate": True},  # the default
     "pslot-r48-w1-cal-aic": {**R32, "record_pcs": 48, "remainder_calibrate": True,
                              "p_knot": "aic"},
     "pslot-r32-w3-cal-aic": {**R32, "record_weight": 3.0, "remainder_calibrate": True,

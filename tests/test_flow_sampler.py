@@ -732,6 +732,61 @@ def test_record_prior_learns_a_station_and_scenario_conditional_distribution(pri
             torch.testing.assert_close(draw.std(0), torch.tensor([sd, sd]), atol=0, rtol=0.25)
 
 
+def test_calibrate_gives_the_draws_the_spread_of_the_records():
+    """The gain is the records' rms over the draws' rms, per trailing cell, the draws taken in
+    chunks of batch_generate with one seeded generator: the same seed, the same gain."""
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(600, 3, generator=g) * torch.tensor([1.0, 2.0, 3.0])
+    p = fs.FlowSamplerParams(batch_generate=7)
+    parts = []
+
+    def draw(part, generator):
+        parts.append(part)
+        return 0.5 * torch.randn(len(real[part]), 3, generator=generator)
+
+    gain = fs.calibrate(real, draw, p)
+    assert gain.shape == (3,) and gain.dtype == torch.float32
+    torch.testing.assert_close(gain, torch.tensor([2.0, 4.0, 6.0]), rtol=0.1, atol=0)
+    assert parts[0] == slice(0, 7) and parts[-1] == slice(595, 602) and len(parts) == 86
+    torch.testing.assert_close(fs.calibrate(real, draw, p), gain, rtol=0, atol=0)
+
+
+def test_prior_calibrate_scales_the_prior_draws_by_its_gain(trained, prepared, tmp_path):
+    """prior_calibrate (on by default) is fitted after the prior: the network's and the prior's
+    weights are those of the same run without it; the prior's record components are multiplied
+    by the gain, the rest of the latent left; a checkpoint whose params and stats disagree is
+    refused; an older checkpoint loads with the option off; without a prior there is no gain."""
+    sampler, _ = trained
+    plain = fs.train_sampler(prepared, tiny_params(prior_calibrate=False), tmp_path / "m",
+                             raw_dir=tmp_path / "none", log=lambda _: None)
+    for mine, theirs in ((sampler.net, plain.net), (sampler.prior, plain.prior)):
+        for key, value in theirs.state_dict().items():
+            torch.testing.assert_close(mine.state_dict()[key], value, rtol=0, atol=0)
+    gain = sampler.stats["prior_gain"]
+    n_rec, k = sampler.params.record_pcs, fs.n_scalars(sampler.params)
+    assert gain.shape == (n_rec,) and torch.isfinite(gain).all() and (gain > 0).all()
+    assert "prior_gain" not in plain.stats
+    station = torch.tensor([1, 2, 2])
+    scenario = fs.standardise_scenario(np.array([[5.0, 30.0], [5.5, 60.0], [4.5, 10.0]]),
+                                       sampler.stats)
+    (xc, xs), (xc0, xs0) = (s.latent(station, scenario, torch.Generator().manual_seed(3))
+                            for s in (sampler, plain))
+    torch.testing.assert_close(xs[:, k:k + n_rec], xs0[:, k:k + n_rec] * gain, rtol=1e-6,
+                               atol=1e-7)
+    torch.testing.assert_close(xs[:, :k], xs0[:, :k], rtol=0, atol=0)
+    torch.testing.assert_close(xs[:, k + n_rec:], xs0[:, k + n_rec:], rtol=0, atol=0)
+    torch.testing.assert_close(xc, xc0, rtol=0, atol=0)
+    assert_state_refused(sampler, lambda st: st["stats"].pop("prior_gain"),
+                         "prior_calibrate = True with record_prior = True, but the statistics "
+                         "lack the record prior's gain")
+    old = sampler.state()  # written before the option existed: trained without it
+    del old["params"]["prior_calibrate"], old["stats"]["prior_gain"]
+    assert fs.FlowSampler.from_state(old).params.prior_calibrate is False
+    none = fs.train_sampler(prepared, tiny_params(record_prior=False), tmp_path / "n",
+                            raw_dir=tmp_path / "none", log=lambda _: None)
+    assert none.params.prior_calibrate and "prior_gain" not in none.stats
+
+
 @pytest.mark.parametrize("prior_records", ["target", "all"])
 def test_record_prior_trains_samples_and_round_trips_its_state(prepared, tmp_path,
                                                                prior_records):
@@ -765,8 +820,9 @@ def test_record_prior_trains_samples_and_round_trips_its_state(prepared, tmp_pat
                          "record_prior = True, but the checkpoint lacks the record prior's")
     assert_state_refused(sampler, lambda st: st["params"].update(record_prior=False),
                          "record_prior = False, but the checkpoint holds the record prior's")
-    old = sampler.state()  # written before the option existed
+    old = sampler.state()  # written before the option (and prior_calibrate) existed
     del old["params"]["record_prior"], old["prior_weights"]
+    del old["params"]["prior_calibrate"], old["stats"]["prior_gain"]
     assert fs.FlowSampler.from_state(old).prior is None
     with pytest.raises(fs.FlowSamplerError, match="record_prior = True needs record_pcs > 0"):
         tiny_params(record_pcs=0, record_prior=True)

@@ -27,7 +27,9 @@ flow's own, that sampling applies to the flow's frame output (README "The frame 
 their own (`RecordPrior`: an MLP over the whitened components given the station and the
 scenario, fitted after training on every training record, the pre-training stations' as "any
 station"), whose joint draw keeps more of each record's sharp P onset than the TimesBlock
-flow's (README "The record prior", "The record prior on every station").
+flow's (README "The record prior", "The record prior on every station"); `prior_calibrate`
+(on) then gives the prior's draws the training records' spread, component by component, as
+the frame gain does for the frames (README "The record prior's gain").
 `coarse_pcs` and `fine_pcs` optionally keep only the leading components of a frame's
 channels and of the fine spectrum.
 
@@ -158,6 +160,13 @@ class FlowSamplerParams:
     #                      prior widened the spread of ln PGV and ln PSA(1 s) about a station +
     #                      scenario fit to 0.35 and 0.44 (real 0.27 and 0.25), with them 0.29 and
     #                      0.32 (measured; README "The record prior on every station")
+    prior_calibrate: bool = True  # record_prior: after the prior is fitted, its draws are
+    #                      multiplied component by component by a gain fitted on the target
+    #                      stations' training scenarios (`calibrate_prior`: the training records'
+    #                      rms over the draws' rms, as remainder_calibrate does for the frames):
+    #                      the prior alone gave a mean variance of 0.76 per whitened component
+    #                      against the training records' 1.01 (measured; README "The record
+    #                      prior's gain")
     prior_hidden: int = 256  # record_prior: width of the MLP's three hidden layers
     prior_steps: int = 4000  # record_prior: optimiser steps (batches of 64 records)
     prior_ode_steps: int = 50  # record_prior: Heun steps when sampling
@@ -321,6 +330,12 @@ TIMINGS = ("roll", "warp", "stretch", "pslot")
 P_KNOTS = ("arias", "aic")
 P_PICK_AFTER_S = 1.0  # p_knot aic: the AIC window ends this long after the p_fraction time
 MIN_GAP_S = 0.3  # warp, stretch, pslot: consecutive knots at least this far apart in real time (s)
+
+
+def n_given(p: FlowSamplerParams) -> int:
+    """How many of the record's scalars (its first n_scalars(p) static values) the record prior
+    is given: all with p.prior_scalars, else none."""
+    return n_scalars(p) if p.prior_scalars else 0
 
 
 def n_scalars(p: FlowSamplerParams) -> int:
@@ -740,6 +755,7 @@ def principal_axes(x: torch.Tensor, k: int, name: str) -> tuple[torch.Tensor, to
     return (axes * sign).float(), rms.float()
 
 
+GAIN_KEYS = ("frame_gain", "prior_gain")  # fitted after training (`calibrate`)
 LATENT_KEYS = {"record_pcs": "record_axes", "coarse_pcs": "coarse_axes", "fine_pcs": "fine_axes"}
 
 
@@ -775,8 +791,8 @@ def fit_latent(coarse: torch.Tensor, static: torch.Tensor, p: FlowSamplerParams
 
 def check_latent(p: FlowSamplerParams, stats: dict[str, torch.Tensor],
                  calibrated: bool = True) -> None:
-    """FlowSamplerError unless stats holds exactly the principal axes and the remainder rms
-    that p asks for; calibrated False: before training (no frame gain yet)."""
+    """FlowSamplerError unless stats holds exactly the principal axes, the remainder rms and
+    the gains that p asks for; calibrated False: before training (no gains yet)."""
     for name, key in LATENT_KEYS.items():
         have = stats[key].shape[1] if key in stats else 0
         if have != getattr(p, name):
@@ -784,12 +800,15 @@ def check_latent(p: FlowSamplerParams, stats: dict[str, torch.Tensor],
                                    f"such components")
     for name, key, what in (("remainder_gauss", "marginal_knots", "the marginal knots"),
                             ("remainder_ar", "ar_coef", "the autoregression"),
-                            ("remainder_calibrate", "frame_gain", "the frame gain")):
-        if key == "frame_gain" and not calibrated:
+                            ("remainder_calibrate", "frame_gain", "the frame gain"),
+                            ("prior_calibrate", "prior_gain", "the record prior's gain")):
+        if key in GAIN_KEYS and not calibrated:
             continue
-        if getattr(p, name) != (key in stats):
-            raise FlowSamplerError(f"{name} = {getattr(p, name)}, but the statistics "
-                                   f"{'lack' if getattr(p, name) else 'hold'} {what}")
+        wanted = getattr(p, name) and (key != "prior_gain" or p.record_prior)
+        if wanted != (key in stats):
+            raise FlowSamplerError(f"{name} = {getattr(p, name)}"
+                                   f"{f' with record_prior = {p.record_prior}' if key == 'prior_gain' else ''}"
+                                   f", but the statistics {'lack' if wanted else 'hold'} {what}")
     wanted = bool(p.remainder_scale and p.record_pcs)
     if wanted != ("remainder_rms" in stats):
         raise FlowSamplerError(f"remainder_scale = {p.remainder_scale} with record_pcs = "
@@ -1146,28 +1165,34 @@ def draw_record_prior(prior: RecordPrior, station: torch.Tensor, scenario: torch
                       True)[0]
 
 
-CALIBRATION_SEED = 7919  # added to p.seed for the flow's samples that `calibrate_frames` reads
+CALIBRATION_SEED = 7919  # added to p.seed for the draws that `calibrate` reads
+
+
+def calibrate(real: torch.Tensor, draw: Callable[[slice, torch.Generator], torch.Tensor],
+              p: FlowSamplerParams) -> torch.Tensor:
+    """Gain, shaped as real's trailing dimensions, that gives a sampler's draws the spread of
+    the records `real` (n, ...): their rms divided by the rms of draw(part, generator), called
+    for the records' slices in chunks of p.batch_generate as sampling draws them (one draw per
+    record, at its station and scenario; seeded by p.seed)."""
+    setup_torch(p)
+    generator = torch.Generator().manual_seed(p.seed + CALIBRATION_SEED)
+    square = torch.zeros(real.shape[1:], dtype=torch.float64)
+    for start in range(0, len(real), p.batch_generate):
+        square += draw(slice(start, start + p.batch_generate), generator).double().pow(2).sum(0)
+    drawn_rms = (square / len(real)).sqrt().clamp_min(1e-6)
+    return (real.double().pow(2).mean(dim=0).sqrt() / drawn_rms).float()
 
 
 def calibrate_frames(net: VelocityNet, real: Batchable, p: FlowSamplerParams) -> torch.Tensor:
-    """(T, C) gain of the flow's frame coordinates: the rms over the records `real` (the flow's
-    coordinates of the target stations' training records) divided by the rms of the flow's own
-    samples at the same stations and scenarios (one each, in chunks of p.batch_generate as
-    sampling draws them, seeded by p.seed). The flow leaves that rms nearly the same in every
-    frame (0.70-0.72 on the CPU profile), where the training records' runs 0.58-0.85 along the
-    frames (measured, benchmarks/diagnose_flow.py); the gain gives each cell its training
-    spread."""
-    setup_torch(p)
-    n, t, c = real.coarse.shape
-    generator = torch.Generator().manual_seed(p.seed + CALIBRATION_SEED)
-    square = torch.zeros(t, c, dtype=torch.float64)
-    for start in range(0, n, p.batch_generate):
-        part = slice(start, start + p.batch_generate)
-        xc, _ = integrate(net, real.station[part], real.scenario[part], t, c,
-                          real.static.shape[1], p, generator)
-        square += xc.double().pow(2).sum(dim=0)
-    flow_rms = (square / n).sqrt().clamp_min(1e-6)
-    return (real.coarse.double().pow(2).mean(dim=0).sqrt() / flow_rms).float()
+    """(T, C) gain of the flow's frame coordinates (`calibrate`): real holds the flow's
+    coordinates of the target stations' training records. The flow leaves their rms nearly the
+    same in every frame (0.70-0.72 on the CPU profile), where the training records' runs
+    0.58-0.85 along the frames (measured, benchmarks/diagnose_flow.py); the gain gives each
+    cell its training spread."""
+    _, t, c = real.coarse.shape
+    return calibrate(real.coarse, lambda part, generator: integrate(
+        net, real.station[part], real.scenario[part], t, c, real.static.shape[1], p,
+        generator)[0], p)
 
 
 SOLVERS = ("euler", "heun")
@@ -1188,6 +1213,13 @@ def check_scenario(magnitude: np.ndarray, distance_km: np.ndarray) -> tuple[np.n
         if bad.any():
             raise FlowSamplerError(f"{name} must be finite and > 0, got {v[bad][0]}")
     return m, r
+
+
+# the options' values before each existed: a checkpoint written then was trained with these
+BEFORE_OPTIONS = {"remainder_scale": False, "remainder_ar": False, "remainder_gauss": False,
+                  "coarse_weight": 1.0, "remainder_calibrate": False, "record_prior": False,
+                  "prior_records": "target", "prior_scalars": False, "prior_calibrate": False,
+                  "p_knot": "arias", "mean_quadratic": False}
 
 
 class FlowSampler:
@@ -1242,24 +1274,33 @@ class FlowSampler:
         return decode(static[:, :1], static[:, 1:k], coarse, static[:, k:], p, generator,
                       self.n_samples)
 
+    def latent(self, station: torch.Tensor, scenario: torch.Tensor, generator: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The flow's latent coordinates (frames (n, frames, C), static (n, S)) at station
+        indices (n,) and standardised scenarios (n, 2), gains applied, the record components
+        drawn by the record prior when there is one."""
+        p, k = self.params, n_scalars(self.params)
+        xc, xs = integrate(self.net, station, scenario, self.n_frames,
+                           *latent_sizes(self.stats, self.n_frames, k), p, generator)
+        if "frame_gain" in self.stats:
+            xc = xc * self.stats["frame_gain"]
+        if self.prior is not None:  # the record components from their own flow
+            n_rec = self.stats["record_axes"].shape[1]
+            drawn = draw_record_prior(self.prior, station, scenario, xs[:, :n_given(p)],
+                                      p.prior_ode_steps, generator, n_rec)
+            if "prior_gain" in self.stats:
+                drawn = drawn * self.stats["prior_gain"]
+            xs = torch.cat([xs[:, :k], drawn, xs[:, k + n_rec:]], dim=1)
+        return xc, xs
+
     def features(self, s: int, scenario: torch.Tensor, generator: torch.Generator
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Generated features at station index s (1..S) and standardised scenarios (n, 2),
         before decoding: the flow's standardised residuals (n, frames, C), and the physical
         coarse frames (n, frames, C) and static part (n, S) that `decode` takes."""
         station_t = torch.full((len(scenario),), s, dtype=torch.long)
-        k = n_scalars(self.params)
-        xc, xs = integrate(self.net, station_t, scenario, self.n_frames,
-                           *latent_sizes(self.stats, self.n_frames, k), self.params, generator)
-        if "frame_gain" in self.stats:
-            xc = xc * self.stats["frame_gain"]
-        if self.prior is not None:  # the record components from their own flow
-            n_rec = self.stats["record_axes"].shape[1]
-            given = xs[:, :k * self.params.prior_scalars]  # the flow's level and timing
-            xs = torch.cat([xs[:, :k], draw_record_prior(
-                self.prior, station_t, scenario, given, self.params.prior_ode_steps, generator,
-                n_rec), xs[:, k + n_rec:]], dim=1)
-        xc, xs = from_latent(xc, xs, self.stats, k)
+        xc, xs = from_latent(*self.latent(station_t, scenario, generator), self.stats,
+                             n_scalars(self.params))
         mean_c, mean_s = mean_prediction(self.stats, station_t, scenario)
         coarse = (xc.reshape(len(scenario), -1) * self.stats["coarse_std"] + mean_c)
         return xc, coarse.reshape(xc.shape), xs * self.stats["static_std"] + mean_s
@@ -1276,29 +1317,21 @@ class FlowSampler:
     @classmethod
     def from_state(cls, state: dict) -> FlowSampler:
         try:
-            # checkpoints written before these options existed were trained without them
-            params = FlowSamplerParams.from_dict({"remainder_scale": False, "remainder_ar": False,
-                                                  "remainder_gauss": False, "coarse_weight": 1.0,
-                                                  "remainder_calibrate": False,
-                                                  "record_prior": False, "prior_records": "target",
-                                                  "prior_scalars": False,
-                                                  "p_knot": "arias",
-                                                  "mean_quadratic": False}
-                                                 | state["params"])
+            params = FlowSamplerParams.from_dict(BEFORE_OPTIONS | state["params"])
+            if params.record_prior != ("prior_weights" in state):
+                raise FlowSamplerError(
+                    f"record_prior = {params.record_prior}, but the checkpoint "
+                    f"{'lacks' if params.record_prior else 'holds'} the record prior's weights")
             stats = {k: torch.as_tensor(v) for k, v in state["stats"].items()}
             net = build_net(params, int(state["n_frames"]), stats, len(state["stations"]))
             net.load_state_dict(state["weights"])
             scenarios = {k: np.asarray(v, dtype=np.float64)
                          for k, v in state["scenarios"].items()}
             prior = None
-            if params.record_prior != ("prior_weights" in state):
-                raise FlowSamplerError(
-                    f"record_prior = {params.record_prior}, but the checkpoint "
-                    f"{'lacks' if params.record_prior else 'holds'} the record prior's weights")
             if params.record_prior:
                 prior = RecordPrior(stats["record_axes"].shape[1], len(state["stations"]),
                                     params.prior_hidden, params.prior_records == "all",
-                                    n_scalars(params) * params.prior_scalars)
+                                    n_given(params))
                 prior.load_state_dict(state["prior_weights"])
                 prior.eval()
             return cls(params, net, stats, list(state["stations"]), scenarios,
@@ -1440,13 +1473,18 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
         prior = fit_record_prior(torch.cat([b.static[:, k:k + n_rec] for b in own]),
                                  torch.cat([b.station for b in own]),
                                  torch.cat([b.scenario for b in own]),
-                                 torch.cat([b.static[:, :k * params.prior_scalars] for b in own]),
+                                 torch.cat([b.static[:, :n_given(params)] for b in own]),
                                  params, len(stations))
     fine_rows = index.iloc[rows["finetune"]]
     scenarios = {s: scen[rows["finetune"]][(fine_rows["station"] == s).to_numpy()]
                  for s in stations}
     sampler = FlowSampler(params, net, stats, stations, scenarios, n_frames, waveforms.shape[-1],
                           prior)
+    if prior is not None and params.prior_calibrate:
+        n_rec = stats["record_axes"].shape[1]
+        stats["prior_gain"] = calibrate(fine.static[:, k:k + n_rec], lambda part, generator:
+                                        sampler.latent(fine.station[part], fine.scenario[part],
+                                                       generator)[1][:, k:k + n_rec], params)
     with staged_dir(out_dir, [prepared_dir, raw_dir]) as tmp:
         torch.save({"kind": KIND, "format": FORMAT, "state": sampler.state()}, tmp / "model.pt")
         losses = pd.DataFrame(history).drop(columns="seconds")
