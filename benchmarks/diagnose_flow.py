@@ -39,6 +39,13 @@ seed 100 j + k, j < --seeds) against the station's real training records:
               lag-1 channels  correlation of a channel with the next one in the same frame
               skewness        of the cells
               frame rms       range over the frames of the cells' rms
+  amplitude mean over the records of (their round trip, or the generated record at the same
+            scenario, all --seeds) less the real record, per period, pooled over the stations:
+            ln PSA (5 % damping) and the smoothed ln FAS that the fine feature holds, both the
+            geometric mean of the horizontals; and the fine feature the flow drew less the real
+            one: whether the flow's features, or the decoder, or the disagreement of the drawn
+            spectrogram with the drawn fine spectrum biases the generated amplitudes (README
+            "The record prior's gain")
 """
 
 from __future__ import annotations
@@ -52,12 +59,33 @@ import torch
 
 from timesnet_gen.config import load_params
 from timesnet_gen.errors import one_line_errors
+from timesnet_gen.evaluation.intensity import psa
 from timesnet_gen.evaluation.realism_phases import horizontal_envelope, pick_p_s
 from timesnet_gen.models import flow_sampler as fs
 from timesnet_gen.prepare import load_prepared
 from timesnet_gen.sample import load_sampler
 
 HUSID_FRACTIONS = (0.01, 0.25, 0.5, 0.75, 0.9, 0.95)
+AMPLITUDE_PERIODS = (0.2, 0.5, 1.0, 2.0, 3.0, 5.0)  # s
+
+
+def period_centres(p) -> list[int]:
+    """Index of the fine centre nearest each of AMPLITUDE_PERIODS (in ln f)."""
+    return [int(np.argmin(np.abs(np.log(fs.fine_centers(p) * t)))) for t in AMPLITUDE_PERIODS]
+
+
+def amplitude_bias(x: np.ndarray, real: np.ndarray, p) -> dict[str, np.ndarray]:
+    """Mean over records of x (n, 3, T) less real (n, 3, T), record by record, of the ln PSA and
+    the smoothed ln FAS (`fs.fine_spectrum`, at the fine centre nearest each period) at
+    AMPLITUDE_PERIODS, each the mean of the two horizontals' ln values."""
+    centres = period_centres(p)
+
+    def ln_measures(y: np.ndarray) -> dict[str, np.ndarray]:
+        return {"ln PSA": np.log(psa(y, fs.SAMPLING_RATE, AMPLITUDE_PERIODS)[:, :2]).mean(1),
+                "ln FAS": fs.fine_spectrum(y, p)[:, :2, centres].mean(1)}
+
+    mx, mr = ln_measures(x), ln_measures(real)
+    return {name: (mx[name] - mr[name]).mean(0) for name in mx}
 
 
 def husid_times(x: np.ndarray) -> np.ndarray:
@@ -154,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     husid_real, husid_trip, husid_gen, rows, gaps, picks, steps = [], [], [], [], [], [], []
     k_s = fs.n_scalars(p)
     pooled: dict[str, list[np.ndarray]] = {"real": [], "generated": []}
+    amplitude: dict[str, list[np.ndarray]] = {}
     for k, station in enumerate(sampler.stations):
         real = waves[train.index[train["station"] == station].to_numpy()]
         scen = sampler.scenarios(station)
@@ -200,6 +229,14 @@ def main(argv: list[str] | None = None) -> int:
                 decoded[name] = decode_real_static(
                     (r.reshape(len(real), -1) * std + mean_c).reshape(r.shape).astype(np.float32))
         decoded["generated spectrogram, real rest"] = decode_real_static(coarse_g)
+        tiled = np.concatenate([real] * args.seeds)  # gen: the scenarios' rows, seed by seed
+        for name, (x, ref) in (("round trip", (trip, real)), ("generated", (gen, tiled))):
+            for measure, bias in amplitude_bias(x, ref, p).items():
+                amplitude.setdefault(f"{measure}, {name}", []).append(bias * len(real))
+        fine_g = static_g[:, k_s:].reshape(len(real), 3, -1)[:, :2].mean(1)
+        fine_r = feats["fine"].reshape(len(real), 3, -1)[:, :2].mean(1)
+        amplitude.setdefault("fine feature, flow", []).append(
+            (fine_g - fine_r)[:, period_centres(p)].sum(0))
         decoded["generated"] = gen[:len(scen)]
         for name, x in decoded.items():
             picks.append({"station": station, "records": name, **pick_stats(x, rp)})
@@ -232,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
                                                  sampler.stats) for who, res in pooled.items()})
         print("\nwhat the record components leave (pooled over the stations):")
         print(rem.to_string(float_format="%.2f"))
+    n_train = len(train[train["station"].isin(sampler.stations)])
+    print("\nmean ln difference to the real record at the same scenario, pooled over the "
+          "stations (periods in s):")
+    print(pd.DataFrame({name: np.sum(v, axis=0) / n_train for name, v in amplitude.items()},
+                       index=AMPLITUDE_PERIODS).T.to_string(float_format="%.3f"))
     return 0
 
 

@@ -8,7 +8,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from diagnose_flow import canvas_frame, sp_summary, vertical_steps  # noqa: E402
+from diagnose_flow import (  # noqa: E402
+    AMPLITUDE_PERIODS,
+    amplitude_bias,
+    canvas_frame,
+    sp_summary,
+    vertical_steps,
+)
 
 from timesnet_gen.models import flow_sampler as fs  # noqa: E402
 
@@ -41,3 +47,17 @@ def test_sp_summary_counts_the_picked_records_and_takes_the_median_of_their_s_p_
                                                             "S-P median s": 3.0}
     none = sp_summary(np.full(3, np.nan))
     assert none["S-P found %"] == 0.0 and np.isnan(none["S-P median s"])
+
+
+def test_amplitude_bias_reads_a_scaling_as_its_ln_at_every_period():
+    """Records twice the real ones (the same records) differ by ln 2 in ln PSA and ln FAS at
+    every period; a record compared with itself by zero."""
+    rng = np.random.default_rng(0)
+    real = rng.standard_normal((3, 3, 6000)) * np.hanning(6000)
+    p = fs.FlowSamplerParams()
+    doubled = amplitude_bias(2.0 * real, real, p)
+    same = amplitude_bias(real, real, p)
+    for name in ("ln PSA", "ln FAS"):
+        assert doubled[name].shape == (len(AMPLITUDE_PERIODS),)
+        np.testing.assert_allclose(doubled[name], np.log(2.0), atol=1e-6)
+        np.testing.assert_allclose(same[name], 0.0, atol=1e-12)
