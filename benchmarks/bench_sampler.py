@@ -5,9 +5,9 @@
 Prints, side by side:
   training   flow sampler: seconds per epoch of each phase (a few real epochs) x the profile's
              epochs, plus what does not scale with them (features, the frame gain, the record
-             prior's fit, the checkpoint), timed in full; TimesNet-Gen: seconds per optimiser
-             step of each phase (a few real steps, params.yaml model and batch sizes) x steps
-             per epoch x epochs
+             prior's fit and gain, the checkpoint), timed in full; TimesNet-Gen: seconds per
+             optimiser step of each phase (a few real steps, params.yaml model and batch sizes)
+             x steps per epoch x epochs
   generation records/s of FlowSampler.sample (GL + equalisation included), 1 and 2 workers
   memory     peak RSS of this process (training + generation), GB
 The machine is shared and its speed varies up to 2x, so only the ratios of one run mean much.
@@ -90,7 +90,7 @@ def flow_seconds(p: fs.FlowSamplerParams, data: Path, raw: Path, epochs: int,
         if not times:
             raise SystemExit(f"no {phase} epoch time in the training log: {lines}")
         per_epoch[phase] = float(np.mean(times))
-    # the rest, not scaled: features, the frame gain, the record prior's fit, the checkpoint
+    # the rest, not scaled: features, the frame gain, the record prior and its gain, the save
     fixed = total - epochs * (per_epoch["pretrain"] + per_epoch["finetune"])
     return {"pretrain": per_epoch["pretrain"] * p.pretrain_epochs,
             "finetune": per_epoch["finetune"] * p.finetune_epochs, "fixed": fixed}, sampler
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':28}{'flow sampler':>14}{'TimesNet-Gen':>14}")
     print(f"{'pretrain (s, projected)':28}{flow['pretrain']:14.0f}{tng['pretrain']:14.0f}")
     print(f"{'finetune (s, projected)':28}{flow['finetune']:14.0f}{tng['finetune']:14.0f}")
-    print(f"{'features, gain, prior, save':28}{flow['fixed']:14.1f}{'':>14}")
+    print(f"{'features, gains, prior, save':28}{flow['fixed']:14.1f}{'':>14}")
     print(f"{'training total (s)':28}{flow_total:14.0f}{tng_total:14.0f}"
           f"   ratio {flow_total / tng_total:.2f} (target <= 1)")
     for threads, r in rate.items():

@@ -689,6 +689,8 @@ def test_remainder_calibrate_leaves_the_flow_and_scales_its_frames(trained, prep
     assert (base - zero).abs().max() > 0.1
     assert_state_refused(sampler, lambda st: st["stats"].pop("frame_gain"),
                          "remainder_calibrate = True, but the statistics lack the frame gain")
+    assert_state_refused(sampler, lambda st: st["stats"].update(frame_gain=gain[1:]),
+                         "frame_gain has shape")
     old = sampler.state()  # written before the option existed: trained without it
     del old["params"]["remainder_calibrate"], old["stats"]["frame_gain"]
     assert fs.FlowSampler.from_state(old).params.remainder_calibrate is False
@@ -779,6 +781,8 @@ def test_prior_calibrate_scales_the_prior_draws_by_its_gain(trained, prepared, t
     assert_state_refused(sampler, lambda st: st["stats"].pop("prior_gain"),
                          "prior_calibrate = True with record_prior = True, but the statistics "
                          "lack the record prior's gain")
+    assert_state_refused(sampler, lambda st: st["stats"].update(prior_gain=gain[:2]),
+                         f"prior_gain has shape \\(2,\\), expected \\({n_rec},\\)")
     old = sampler.state()  # written before the option existed: trained without it
     del old["params"]["prior_calibrate"], old["stats"]["prior_gain"]
     assert fs.FlowSampler.from_state(old).params.prior_calibrate is False

@@ -162,8 +162,8 @@ class FlowSamplerParams:
     #                      0.32 (measured; README "The record prior on every station")
     prior_calibrate: bool = True  # record_prior: after the prior is fitted, its draws are
     #                      multiplied component by component by a gain fitted on the target
-    #                      stations' training scenarios (`calibrate_prior`: the training records'
-    #                      rms over the draws' rms, as remainder_calibrate does for the frames):
+    #                      stations' training scenarios (`calibrate`: the training records' rms
+    #                      over the draws' rms, as remainder_calibrate does for the frames):
     #                      the prior alone gave a mean variance of 0.76 per whitened component
     #                      against the training records' 1.01 (measured; README "The record
     #                      prior's gain")
@@ -806,9 +806,10 @@ def check_latent(p: FlowSamplerParams, stats: dict[str, torch.Tensor],
             continue
         wanted = getattr(p, name) and (key != "prior_gain" or p.record_prior)
         if wanted != (key in stats):
-            raise FlowSamplerError(f"{name} = {getattr(p, name)}"
-                                   f"{f' with record_prior = {p.record_prior}' if key == 'prior_gain' else ''}"
-                                   f", but the statistics {'lack' if wanted else 'hold'} {what}")
+            given = f"{name} = {getattr(p, name)}" + (
+                f" with record_prior = {p.record_prior}" if key == "prior_gain" else "")
+            raise FlowSamplerError(f"{given}, but the statistics {'lack' if wanted else 'hold'} "
+                                   f"{what}")
     wanted = bool(p.remainder_scale and p.record_pcs)
     if wanted != ("remainder_rms" in stats):
         raise FlowSamplerError(f"remainder_scale = {p.remainder_scale} with record_pcs = "
@@ -1347,7 +1348,12 @@ def build_net(p: FlowSamplerParams, n_frames: int, stats: dict[str, torch.Tensor
     if p.time_sampling not in TIME_SAMPLING:
         raise FlowSamplerError(f"time_sampling {p.time_sampling!r} not one of {TIME_SAMPLING}")
     check_latent(p, stats, calibrated)
-    return VelocityNet(p, n_frames, *latent_sizes(stats, n_frames, n_scalars(p)), n_stations)
+    sizes = latent_sizes(stats, n_frames, n_scalars(p))
+    for key, shape in (("frame_gain", (n_frames, sizes[0])), ("prior_gain", (p.record_pcs,))):
+        if key in stats and tuple(stats[key].shape) != shape:
+            raise FlowSamplerError(f"the statistics' {key} has shape {tuple(stats[key].shape)}, "
+                                   f"expected {shape}")
+    return VelocityNet(p, n_frames, *sizes, n_stations)
 
 
 # --------------------------------------------------------------------------------------------
