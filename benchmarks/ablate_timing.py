@@ -54,6 +54,9 @@ from timesnet_gen.models import flow_sampler as fs
 PLAIN = {"record_pcs": 0, "record_weight": 0.0} | fs.BEFORE_OPTIONS
 # the default latent (32 record components, their own loss part), under the rows built on it
 R32 = {"timing": "pslot", "record_pcs": 32, "record_weight": 1.0}
+# the record prior on every station, given the scalars, with its gain (the default 6 Dec 2026)
+PCAL = {**R32, "remainder_calibrate": True, "p_knot": "aic", "record_prior": True,
+        "prior_records": "all", "prior_scalars": True, "prior_calibrate": True}
 VARIANTS = {
     "roll": {},
     "warp": {"timing": "warp", "align_s": 20.0},
@@ -98,10 +101,8 @@ VARIANTS = {
     "pslot-r32-w1-cal-aic-prior-all-scal": {**R32, "remainder_calibrate": True, "p_knot": "aic",
                                             "record_prior": True, "prior_records": "all",
                                             "prior_scalars": True},
-    "pslot-r32-w1-cal-aic-prior-all-scal-pcal": {**R32, "remainder_calibrate": True,
-                                                 "p_knot": "aic", "record_prior": True,
-                                                 "prior_records": "all", "prior_scalars": True,
-                                                 "prior_calibrate": True},  # the default
+    "pslot-r32-w1-cal-aic-prior-all-scal-pcal": PCAL,  # the default until the random phase
+    "pslot-r32-w1-cal-aic-prior-all-scal-pcal-rp": {**PCAL, "random_phase_hz": 0.3},  # default
     "pslot-r48-w1-cal-aic": {**R32, "record_pcs": 48, "remainder_calibrate": True,
                              "p_knot": "aic"},
     "pslot-r32-w3-cal-aic": {**R32, "record_weight": 3.0, "remainder_calibrate": True,
