@@ -794,6 +794,70 @@ def test_calibrate_gives_the_draws_the_spread_of_the_records():
     torch.testing.assert_close(fs.calibrate(real, draw, p), gain, rtol=0, atol=0)
 
 
+def ar1_frames(rho: torch.Tensor, n: int, t: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, t, C) unit-variance first-order autoregressive frames, lag-1 correlation rho (C,)."""
+    e = torch.randn(n, t, len(rho), generator=generator, dtype=torch.float64)
+    out = [e[:, 0]]
+    for k in range(1, t):
+        out.append(rho * out[-1] + (1 - rho ** 2).sqrt() * e[:, k])
+    return torch.stack(out, dim=1).float()
+
+
+@pytest.mark.parametrize("drawn_rho", [0.0, 0.2, 0.6])
+def test_smoothing_gives_the_frames_the_records_lag1_correlation_at_the_same_variance(
+        drawn_rho):
+    """Draws whose frames are white (the flow's, measured), correlated or more correlated than
+    the records' get the records' per-channel lag-1 correlation (0.35, 0.50, 0.10) within 0.01
+    and keep their variance within 2 %; the first frame is left."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.tensor([0.35, 0.5, 0.1], dtype=torch.float64)
+    real = ar1_frames(target, 2000, 94, g)
+    drawn = ar1_frames(torch.full((3,), drawn_rho, dtype=torch.float64), 2000, 94, g)
+    coef = fs.smoothing(real, drawn)
+    assert coef.shape == (2, 3) and coef.dtype == torch.float32
+    y = fs.smooth_frames(drawn, coef)
+    torch.testing.assert_close(fs.lag1(y), target, atol=0.01, rtol=0)
+    torch.testing.assert_close(y.pow(2).mean(dim=(0, 1)), torch.ones(3), atol=0, rtol=0.02)
+    torch.testing.assert_close(y[:, 0], drawn[:, 0], rtol=0, atol=0)
+    assert (coef[0] < 0).all() == (drawn_rho > 0.5)  # less correlation wanted: a < 0
+
+
+def test_remainder_smooth_leaves_the_flow_and_correlates_its_frames(trained, prepared, tmp_path):
+    """The smoothing (on by default) is fitted after training: the network's weights and the
+    frame gain are those of the same run without it; sampling passes the flow's frame
+    coordinates (after the gain) through `smooth_frames`, raising their lag-1 correlation
+    towards the training records'; a checkpoint whose params and stats disagree is refused; an
+    older checkpoint loads with the option off and samples as it did."""
+    sampler, out = trained
+    plain = fs.train_sampler(prepared, tiny_params(remainder_smooth=False), tmp_path / "m",
+                             raw_dir=tmp_path / "none", log=lambda _: None)
+    for key, value in plain.net.state_dict().items():
+        torch.testing.assert_close(sampler.net.state_dict()[key], value, rtol=0, atol=0)
+    torch.testing.assert_close(sampler.stats["frame_gain"], plain.stats["frame_gain"],
+                               rtol=0, atol=0)
+    coef = sampler.stats["frame_smooth"]
+    channels = plain.stats["coarse_std"].numel() // plain.n_frames
+    assert coef.shape == (2, channels) and torch.isfinite(coef).all()
+    assert "frame_smooth" not in plain.stats
+    station = torch.ones(64, dtype=torch.long)
+    scenario = fs.standardise_scenario(np.tile([[5.0, 30.0]], (64, 1)), sampler.stats)
+    (xc, xs), (xc0, xs0) = (s.latent(station, scenario, torch.Generator().manual_seed(3))
+                            for s in (sampler, plain))
+    torch.testing.assert_close(xc, fs.smooth_frames(xc0, coef), rtol=0, atol=0)
+    torch.testing.assert_close(xs, xs0, rtol=0, atol=0)
+    assert fs.lag1(xc).mean() > fs.lag1(xc0).mean() + 0.1
+    assert_state_refused(sampler, lambda st: st["stats"].pop("frame_smooth"),
+                         "remainder_smooth = True, but the statistics lack the frame smoothing")
+    assert_state_refused(sampler, lambda st: st["stats"].update(frame_smooth=coef[:, 1:]),
+                         "frame_smooth has shape")
+    old = plain.state()  # written before the option existed: trained without it
+    del old["params"]["remainder_smooth"]
+    loaded = fs.FlowSampler.from_state(old)
+    assert loaded.params.remainder_smooth is False
+    m, r = np.array([5.0]), np.array([40.0])
+    np.testing.assert_array_equal(loaded.sample("A", m, r, seed=4), plain.sample("A", m, r, 4))
+
+
 def test_prior_calibrate_scales_the_prior_draws_by_its_gain(trained, prepared, tmp_path):
     """prior_calibrate (on by default) is fitted after the prior: the network's and the prior's
     weights are those of the same run without it; the prior's record components are multiplied
