@@ -62,6 +62,12 @@ def synthetic_records(rng: np.random.Generator, f0: float, magnitude: np.ndarray
     return out
 
 
+def decode_features(feats: dict[str, np.ndarray], p: fs.FlowSamplerParams) -> np.ndarray:
+    """`fs.decode` of the features `fs.encode` returned, Griffin-Lim seeded with 0."""
+    return fs.decode(*(torch.from_numpy(feats[k]) for k in ("level", "onset", "coarse", "fine")),
+                     p, torch.Generator().manual_seed(0))
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A tiny prepared folder: 2 target and 2 pretrain stations, 6 records each, with the
@@ -147,9 +153,7 @@ def test_long_period_step_restores_the_fine_spectrum_below_its_frequency():
     for hz in (0.0, 0.6):
         p = fs.FlowSamplerParams(timing="roll", long_period_hz=hz)
         feats = fs.encode(x, p)
-        y = fs.decode(*(torch.from_numpy(feats[k]) for k in ("level", "onset", "coarse",
-                                                             "fine")),
-                      p, torch.Generator().manual_seed(0))
+        y = decode_features(feats, p)
         low = fs.fine_centers(p) < 0.3
         err = (fs.encode(y, p)["fine"] - feats["fine"]).reshape(2, 3, -1)
         offset = err[..., (fs.fine_centers(p) > 1) & (fs.fine_centers(p) < 20)].mean(-1)
@@ -184,9 +188,7 @@ def test_random_phase_spreads_the_long_periods_over_the_record():
     for hz in (0.0, 0.3):
         p = fs.FlowSamplerParams(timing="roll", random_phase_hz=hz)
         feats = fs.encode(x, p)
-        y = fs.decode(*(torch.from_numpy(feats[k]) for k in ("level", "onset", "coarse",
-                                                             "fine")),
-                      p, torch.Generator().manual_seed(0))
+        y = decode_features(feats, p)
         low = sosfiltfilt(sos, y.astype(np.float64), axis=-1) ** 2
         husid = np.cumsum(low, axis=-1).sum(axis=1)
         husid /= husid[:, -1:]
@@ -204,8 +206,7 @@ def test_encode_decode_keeps_peak_and_fine_spectrum():
     assert feats["fine"].shape == (2, 3 * p.n_fine)
     np.testing.assert_allclose(feats["level"][:, 0], np.log(np.abs(x).max(axis=(1, 2))),
                                rtol=1e-6)
-    y = fs.decode(*(torch.from_numpy(feats[k]) for k in ("level", "onset", "coarse", "fine")),
-                  p, torch.Generator().manual_seed(0))
+    y = decode_features(feats, p)
     assert y.shape == x.shape and y.dtype == np.float32
     np.testing.assert_allclose(np.abs(y).max(axis=(1, 2)), np.abs(x).max(axis=(1, 2)),
                                rtol=1e-5)
@@ -331,8 +332,7 @@ def test_warped_encode_decode_keeps_the_knot_times(timing, fractions):
     assert feats["onset"].shape == (2, len(fractions))
     np.testing.assert_allclose(np.exp(feats["onset"]),
                                np.column_stack([times[:, 1], np.diff(times, axis=1)]), rtol=1e-5)
-    y = fs.decode(*(torch.from_numpy(feats[k]) for k in ("level", "onset", "coarse", "fine")),
-                  p, torch.Generator().manual_seed(0))
+    y = decode_features(feats, p)
     yn = y / np.abs(y).max(axis=(1, 2))[:, None, None]
     for f, t in zip(fractions, times.T):
         np.testing.assert_allclose(fs.onset_time(yn, f), t, atol=1.0)
@@ -360,8 +360,7 @@ def test_pslot_rolls_the_onset_and_warps_only_the_frames_before_it():
     assert not np.allclose(feats["coarse"][:, :25], rolled["coarse"][:, :25])
     np.testing.assert_allclose(fs.rolled_knots(np.array([0.0, 5.0, 99.0]), p)[:, 0],
                                [p.align_s - fs.MIN_GAP_S, p.align_s - 5.0, fs.MIN_GAP_S])
-    y = fs.decode(*(torch.from_numpy(feats[k]) for k in ("level", "onset", "coarse", "fine")),
-                  p, torch.Generator().manual_seed(0))
+    y = decode_features(feats, p)
     yn = y / np.abs(y).max(axis=(1, 2))[:, None, None]
     np.testing.assert_allclose(fs.onset_time(yn, 0.01), t1, atol=1.0)
     np.testing.assert_allclose(fs.onset_time(yn, 0.05), t5, atol=1.0)
@@ -820,6 +819,19 @@ def test_smoothing_gives_the_frames_the_records_lag1_correlation_at_the_same_var
     torch.testing.assert_close(y.pow(2).mean(dim=(0, 1)), torch.ones(3), atol=0, rtol=0.02)
     torch.testing.assert_close(y[:, 0], drawn[:, 0], rtol=0, atol=0)
     assert (coef[0] < 0).all() == (drawn_rho > 0.5)  # less correlation wanted: a < 0
+
+
+def test_smooth_frames_is_the_recursion():
+    """The one-product form equals y_0 = x_0, y_t = a y_(t-1) + b x_t run frame by frame, for
+    coefficients of either sign."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 30, 6, generator=g)
+    coef = torch.tensor([[0.5, -0.4, 0.0, 0.9, 0.2, -0.9], [0.8, 1.1, 1.0, 0.4, 0.97, 0.3]])
+    frames = [x[:, 0]]
+    for t in range(1, x.shape[1]):
+        frames.append(coef[0] * frames[-1] + coef[1] * x[:, t])
+    torch.testing.assert_close(fs.smooth_frames(x, coef), torch.stack(frames, dim=1),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_remainder_smooth_leaves_the_flow_and_correlates_its_frames(trained, prepared, tmp_path):

@@ -1250,12 +1250,17 @@ def smoothing(real: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
 
 
 def smooth_frames(x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-    """Frames (n, T, C) through y_0 = x_0, y_t = a y_(t-1) + b x_t per channel; coef (2, C)."""
+    """Frames (n, T, C) through y_0 = x_0, y_t = a y_(t-1) + b x_t per channel; coef (2, C).
+
+    As one product with the recursion's (T, T, C) lower-triangular weights a^(t-j) (times b for
+    j > 0): a loop over the frames would hold the interpreter lock that the sampling threads
+    share."""
     a, b = coef
-    out = [x[:, 0]]
-    for t in range(1, x.shape[1]):
-        out.append(a * out[-1] + b * x[:, t])
-    return torch.stack(out, dim=1)
+    t = x.shape[1]
+    lag = (torch.arange(t)[:, None] - torch.arange(t)[None, :]).to(x.dtype)
+    weight = a ** lag.clamp_min(0)[..., None] * (lag >= 0)[..., None]
+    weight[:, 1:] = weight[:, 1:] * b
+    return torch.einsum("tjc,njc->ntc", weight, x)
 
 
 def calibrate_frames(net: VelocityNet, real: Batchable, p: FlowSamplerParams) -> torch.Tensor:
