@@ -1208,7 +1208,7 @@ def draw_record_prior(prior: RecordPrior, station: torch.Tensor, scenario: torch
                       True)[0]
 
 
-CALIBRATION_SEED = 7919  # added to p.seed for the draws that `calibrate` reads
+CALIBRATION_SEED = 7919  # added to p.seed for the draws the fits after training read (`draws`)
 
 
 def draws(n: int, draw: Callable[[slice, torch.Generator], torch.Tensor], p: FlowSamplerParams
