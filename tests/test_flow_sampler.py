@@ -912,22 +912,26 @@ def test_prior_calibrate_scales_the_prior_draws_by_its_gain(trained, prepared, t
 def test_record_prior_trains_samples_and_round_trips_its_state(prepared, tmp_path,
                                                                prior_records):
     """record_prior: the sampler holds a prior (prior_records "all": one that also knows
-    station 0, the pre-training stations; here with prior_scalars, given the record's scalars),
+    station 0, the pre-training stations; here with prior_scalars and prior_fine, given the
+    record's scalars and fine-spectrum components),
     draws the record components from it (the records
     differ from the same flow without it), and reloads from the checkpoint to the same
     records; a checkpoint whose params and weights disagree is refused in one line; an older
-    checkpoint loads with the option off, and one with a prior but no prior_records or
-    prior_scalars with the target-only, scenario-only prior it was written with; without record components it is refused."""
-    p = tiny_params(record_prior=True, prior_records=prior_records,
-                    prior_scalars=prior_records == "all")
+    checkpoint loads with the option off, and one with a prior but no prior_records,
+    prior_scalars or prior_fine with the target-only, scenario-only prior it was written with;
+    without record components it is refused."""
+    every = prior_records == "all"
+    p = tiny_params(record_prior=True, prior_records=prior_records, prior_scalars=every,
+                    prior_fine=3 if every else 0)
     sampler = fs.train_sampler(prepared, p, tmp_path / "m", raw_dir=tmp_path / "none",
                                log=lambda _: None)
     assert isinstance(sampler.prior, fs.RecordPrior)
-    assert sampler.prior.n_classes == (3 if prior_records == "all" else 2)
-    assert sampler.prior.n_given == (fs.n_scalars(p) if prior_records == "all" else 0)
-    if prior_records == "target":  # written before prior_records and prior_scalars existed
+    assert sampler.prior.n_classes == (3 if every else 2)
+    assert sampler.prior.n_given == (fs.n_scalars(p) + 3 if every else 0)
+    if not every:  # written before prior_records, prior_scalars and prior_fine existed
         old = sampler.state()
         del old["params"]["prior_records"], old["params"]["prior_scalars"]
+        del old["params"]["prior_fine"]
         assert fs.FlowSampler.from_state(old).prior.n_classes == 2
     else:
         assert_state_refused(sampler, lambda st: st["params"].update(prior_records="target"),
@@ -941,9 +945,12 @@ def test_record_prior_trains_samples_and_round_trips_its_state(prepared, tmp_pat
                          "record_prior = True, but the checkpoint lacks the record prior's")
     assert_state_refused(sampler, lambda st: st["params"].update(record_prior=False),
                          "record_prior = False, but the checkpoint holds the record prior's")
-    old = sampler.state()  # written before the option (and prior_calibrate) existed
+    old = sampler.state()  # written before the option (and prior_calibrate, prior_fine) existed
     del old["params"]["record_prior"], old["prior_weights"]
     del old["params"]["prior_calibrate"], old["stats"]["prior_gain"]
+    if every:
+        del old["params"]["prior_fine"], old["stats"]["prior_fine_axes"]
+        del old["stats"]["prior_fine_rms"]
     assert fs.FlowSampler.from_state(old).prior is None
     with pytest.raises(fs.FlowSamplerError, match="record_prior = True needs record_pcs > 0"):
         tiny_params(record_pcs=0, record_prior=True)
@@ -951,6 +958,77 @@ def test_record_prior_trains_samples_and_round_trips_its_state(prepared, tmp_pat
         tiny_params(prior_steps=0)
     with pytest.raises(fs.FlowSamplerError, match="prior_records = 'pretrain' \\(not one of"):
         tiny_params(prior_records="pretrain")
+
+
+def test_prior_given_is_the_scalars_and_the_fine_spectrum_projections():
+    """prior_given reads the scalars (prior_scalars) and the fine spectrum (after the record
+    components) projected on the prior_fine axes and whitened by their rms."""
+    g = torch.Generator().manual_seed(0)
+    p = tiny_params(prior_fine=2)
+    k, n_rec, n_fine = fs.n_scalars(p), 4, 3 * p.n_fine
+    static = torch.randn(5, k + n_rec + n_fine, generator=g)
+    axes = torch.linalg.qr(torch.randn(n_fine, 2, generator=g))[0]
+    stats = {"record_axes": torch.zeros(10, n_rec), "prior_fine_axes": axes,
+             "prior_fine_rms": torch.tensor([2.0, 0.5])}
+    given = fs.prior_given(static, stats, p)
+    assert given.shape == (5, fs.n_given(p)) == (5, k + 2)
+    torch.testing.assert_close(given[:, :k], static[:, :k], rtol=0, atol=0)
+    torch.testing.assert_close(given[:, k:],
+                               static[:, k + n_rec:] @ axes / stats["prior_fine_rms"])
+    alone = fs.prior_given(static, stats, tiny_params(prior_fine=2, prior_scalars=False))
+    torch.testing.assert_close(alone, given[:, k:], rtol=0, atol=0)
+
+
+def test_prior_fine_gives_the_record_prior_the_flows_fine_spectrum(prepared, tmp_path,
+                                                                  monkeypatch):
+    """prior_fine: the fine spectrum's principal axes are fitted with the other axes, the prior
+    is given its projections (of the training records when fitted, of the flow's draw when
+    sampling: a different fine spectrum changes the record components drawn, nothing else);
+    the checkpoint reloads to the same records; a checkpoint whose params and stats disagree is
+    refused; an older checkpoint loads with prior_fine 0 and samples as it did; without a record
+    prior the option is ignored; bad values are refused."""
+    p = tiny_params(prior_fine=3)
+    sampler = fs.train_sampler(prepared, p, tmp_path / "m", raw_dir=tmp_path / "none",
+                               log=lambda _: None)
+    k, n_rec = fs.n_scalars(p), p.record_pcs
+    assert sampler.stats["prior_fine_axes"].shape == (3 * p.n_fine, 3)
+    assert sampler.prior.n_given == k + 3
+    m, r = np.array([5.0, 5.5]), np.array([20.0, 60.0])
+    sample_and_reload(sampler, tmp_path / "m" / "model.pt", "A", m, r, seed=2)
+    station = torch.tensor([1, 2])
+    scenario = fs.standardise_scenario(np.stack([m, r], axis=1), sampler.stats)
+    xc, xs = sampler.latent(station, scenario, torch.Generator().manual_seed(3))
+    integrate = fs.integrate
+
+    def shifted_fine(*args, **kwargs):  # the flow's draw with its fine spectrum moved
+        c, s = integrate(*args, **kwargs)
+        return c, torch.cat([s[:, :k + n_rec], s[:, k + n_rec:] + 1.0], dim=1)
+
+    monkeypatch.setattr(fs, "integrate", shifted_fine)
+    xc2, xs2 = sampler.latent(station, scenario, torch.Generator().manual_seed(3))
+    monkeypatch.undo()
+    torch.testing.assert_close(xc2, xc, rtol=0, atol=0)
+    torch.testing.assert_close(xs2[:, :k], xs[:, :k], rtol=0, atol=0)
+    assert (xs2[:, k:k + n_rec] - xs[:, k:k + n_rec]).abs().max() > 1e-3
+    assert_state_refused(sampler, lambda st: st["stats"].pop("prior_fine_axes"),
+                         "prior_fine = 3 but the statistics hold 0 such components "
+                         "\\(expected 3\\)")
+    old = fs.train_sampler(prepared, tiny_params(prior_fine=0), tmp_path / "o",
+                           raw_dir=tmp_path / "none", log=lambda _: None)
+    state = old.state()  # written before the option existed: trained without it
+    del state["params"]["prior_fine"]
+    loaded = fs.FlowSampler.from_state(state)
+    assert loaded.params.prior_fine == 0 and loaded.prior.n_given == k
+    np.testing.assert_array_equal(loaded.sample("A", m, r, seed=4), old.sample("A", m, r, 4))
+    none = fs.train_sampler(prepared, tiny_params(record_prior=False), tmp_path / "n",
+                            raw_dir=tmp_path / "none", log=lambda _: None)
+    assert none.params.prior_fine == 3 and "prior_fine_axes" not in none.stats  # ignored
+    with pytest.raises(fs.FlowSamplerError, match="prior_fine = -1 \\(must be >= 0\\)"):
+        tiny_params(prior_fine=-1)
+    with pytest.raises(fs.FlowSamplerError, match="prior_fine = 500: at most"):
+        fs.train_sampler(prepared, tiny_params(prior_fine=500), tmp_path / "x",
+                         raw_dir=tmp_path / "none", log=lambda _: None)
+    assert not (tmp_path / "x").exists()
 
 
 def test_remainder_ar_keeps_an_explosive_fit_bounded():
