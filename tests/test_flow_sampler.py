@@ -1013,6 +1013,11 @@ def test_prior_fine_gives_the_record_prior_the_flows_fine_spectrum(prepared, tmp
     assert_state_refused(sampler, lambda st: st["stats"].pop("prior_fine_axes"),
                          "prior_fine = 3 but the statistics hold 0 such components "
                          "\\(expected 3\\)")
+    axes = sampler.stats["prior_fine_axes"]
+    assert_state_refused(sampler, lambda st: st["stats"].update(prior_fine_axes=axes[:10]),
+                         f"prior_fine_axes has shape \\(10, 3\\), expected \\({len(axes)}, 3\\)")
+    assert_state_refused(sampler, lambda st: st["stats"].update(
+        prior_fine_rms=sampler.stats["prior_fine_rms"][:2]), "prior_fine_rms has shape")
     old = fs.train_sampler(prepared, tiny_params(prior_fine=0), tmp_path / "o",
                            raw_dir=tmp_path / "none", log=lambda _: None)
     state = old.state()  # written before the option existed: trained without it

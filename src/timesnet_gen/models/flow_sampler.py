@@ -1470,8 +1470,11 @@ def build_net(p: FlowSamplerParams, n_frames: int, stats: dict[str, torch.Tensor
         raise FlowSamplerError(f"time_sampling {p.time_sampling!r} not one of {TIME_SAMPLING}")
     check_latent(p, stats, calibrated)
     sizes = latent_sizes(stats, n_frames, n_scalars(p))
+    n_fine = sizes[1] - n_scalars(p) - p.record_pcs  # the fine part of the static coordinates
     for key, shape in (("frame_gain", (n_frames, sizes[0])), ("prior_gain", (p.record_pcs,)),
-                       ("frame_smooth", (2, sizes[0]))):
+                       ("frame_smooth", (2, sizes[0])),
+                       ("prior_fine_axes", (n_fine, n_prior_fine(p))),
+                       ("prior_fine_rms", (n_prior_fine(p),))):
         if key in stats and tuple(stats[key].shape) != shape:
             raise FlowSamplerError(f"the statistics' {key} has shape {tuple(stats[key].shape)}, "
                                    f"expected {shape}")
