@@ -196,6 +196,65 @@ def test_random_phase_spreads_the_long_periods_over_the_record():
     assert out[0.3] > 1.2 * out[0.0], out
 
 
+def test_quiet_before_p_caps_the_envelope_before_the_p_knot_at_the_pre_event_level():
+    """Noise at 0.01, energy smeared 2 s before a P knot at 10 s (as the decoder's 2.56 s frames
+    smear it), a P wave from 10 s: in the guard before the knot the envelope is brought down to
+    the noise level (rms within 40 % of 0.01, from 0.2); nothing before the guard, at or after
+    the knot changes; a record whose reference window is shorter than 0.5 s is left."""
+    rng = np.random.default_rng(6)
+    t = np.arange(T) / FS
+    x = 0.01 * rng.standard_normal((3, 3, T))
+    x[..., (t >= 8) & (t < 10)] += 0.3 * rng.standard_normal((3, 3, 200)) * np.linspace(0, 1, 200)
+    p_wave = t >= 10
+    x[..., p_wave] += rng.standard_normal((3, 3, int(p_wave.sum()))) * np.exp(10 - t[p_wave])
+    x = torch.from_numpy(x.astype(np.float32))
+    knot = np.array([10.0, 10.0, 2.0])
+    y = fs.quiet_before_p(x, knot, 2.56).numpy()
+    xs = x.numpy()
+    guard = (t >= 10 - 2.56) & (t < 10)
+    np.testing.assert_array_equal(y[:2][..., ~guard], xs[:2][..., ~guard])
+    np.testing.assert_array_equal(y[2], xs[2])  # reference window [-3.12, -0.56) s: empty
+    last = (t >= 9) & (t < 10)
+    before, after = (np.sqrt((a[:2][..., last] ** 2).mean(axis=-1)) for a in (xs, y))
+    assert (before > 0.1).all()
+    np.testing.assert_allclose(after, 0.01, rtol=0.4)
+    assert (np.abs(y) <= np.abs(xs)).all()
+
+
+def test_decoded_p_knot_is_where_decode_places_it():
+    """pslot: the onset less the P-to-onset gap, the gap clipped as `rolled_knots` clips it;
+    warp: the first knot of `knots_of_features`."""
+    p = fs.FlowSamplerParams(timing="pslot")
+    timing = np.array([[20.0, np.log(6.0)], [12.0, np.log(0.1)], [30.0, np.log(40.0)]])
+    np.testing.assert_allclose(fs.decoded_p_knot(timing, p, 60.0),
+                               [14.0, 12.0 - fs.MIN_GAP_S, 30.0 - (p.align_s - fs.MIN_GAP_S)])
+    warp = fs.FlowSamplerParams(timing="warp", align_s=20.0)
+    feats = fs.knot_features(np.array([[8.0, 15.0], [3.0, 4.0]]))
+    np.testing.assert_allclose(fs.decoded_p_knot(feats, warp, 60.0), [8.0, 3.0])
+
+
+def test_decode_with_quiet_before_p_changes_only_the_guard_before_the_p_knot():
+    """The same features and Griffin-Lim seed decoded with and without the option: the records
+    agree outside the n_fft-long guard before each record's P knot (up to the peak scaling,
+    which the guard does not hold), and inside it the option only lowers the envelope."""
+    rng = np.random.default_rng(7)
+    x = synthetic_records(rng, 3.0, np.array([5.0, 5.5, 6.0]), np.array([20.0, 60.0, 120.0]))
+    x += 0.002 * np.abs(x).max() * rng.standard_normal(x.shape).astype(np.float32)
+    on, off = (fs.FlowSamplerParams(quiet_before_p=q) for q in (True, False))
+    feats = fs.encode(x, on)
+    y_on, y_off = decode_features(feats, on), decode_features(feats, off)
+    knot = fs.decoded_p_knot(feats["onset"].astype(np.float64), on, T / FS)
+    t = np.arange(T) / FS
+    for i in range(len(x)):
+        guard = (t >= knot[i] - on.n_fft / FS) & (t < knot[i])
+        np.testing.assert_allclose(y_on[i][:, ~guard], y_off[i][:, ~guard], rtol=1e-5,
+                                   atol=1e-6 * np.abs(y_off[i]).max())
+        assert (np.abs(y_on[i][:, guard]) <= np.abs(y_off[i][:, guard]) * (1 + 1e-5) + 1e-12).all()
+    quieter = [np.sqrt((y[i, 2, (t >= knot[i] - 1) & (t < knot[i])] ** 2).mean())
+               for y in (y_on, y_off) for i in range(len(x))]
+    assert sum(quieter[:3]) < 0.8 * sum(quieter[3:])
+
+
 def test_encode_decode_keeps_peak_and_fine_spectrum():
     rng = np.random.default_rng(2)
     p = fs.FlowSamplerParams(timing="roll", griffin_lim_iters=4)
