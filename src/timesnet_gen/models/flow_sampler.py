@@ -54,10 +54,11 @@ Synthesis (`decode`): band magnitudes -> STFT bins -> fast Griffin-Lim from seed
 equalisation that sets the record's smoothed Fourier amplitude to `fine` (`equalise`), then a
 rescaling of every (band, frame) cell of its STFT to the band magnitude (`envelope_project`) ->
 the long-period steps (`long_period_hz`, `random_phase_hz`) -> optionally the envelope before
-the P knot capped at the pre-event level (`quiet_before_p`, off) -> peak set to exp(level). The equalisation alone (`envelope_rounds: 0`) filters a generated record
-whose fine and coarse parts disagree with a gain that is jagged in frequency; its long impulse
-response smeared the energy in time (D5-95 1.2 x real); the last envelope projection puts it back
-where the spectrogram has it (1.0 x, README "Decoder ablation").
+the P knot capped at the pre-event level (`quiet_before_p`, off) -> peak set to exp(level).
+The equalisation alone (`envelope_rounds: 0`) filters a generated record whose fine and coarse
+parts disagree with a gain that is jagged in frequency; its long impulse response smeared the
+energy in time (D5-95 1.2 x real); the last envelope projection puts it back where the
+spectrogram has it (1.0 x, README "Decoder ablation").
 
 Everything here is a pure function or an nn.Module; files are written by `train_sampler` and the
 `timesnet-gen sample` CLI (sample.py) through timesnet_gen.atomic.
@@ -911,12 +912,12 @@ def prior_given(static: torch.Tensor, stats: dict[str, torch.Tensor], p: FlowSam
 
 def check_latent(p: FlowSamplerParams, stats: dict[str, torch.Tensor],
                  calibrated: bool = True) -> None:
-    """FlowSamplerError unless stats holds exactly the principal axes, the remainder rms and
-    the gains that p asks for; calibrated False: before training (no gains yet)."""
-    wanted = {key: getattr(p, name) for name, key in LATENT_KEYS.items()}
-    for name, key in LATENT_KEYS.items() | {("prior_fine", "prior_fine_axes")}:
+    """FlowSamplerError unless stats holds exactly the principal axes (the record prior's fine
+    axes included), the remainder rms and the gains that p asks for; calibrated False: before
+    training (no gains yet)."""
+    counts = [(name, key, getattr(p, name)) for name, key in LATENT_KEYS.items()]
+    for name, key, want in counts + [("prior_fine", "prior_fine_axes", n_prior_fine(p))]:
         have = stats[key].shape[1] if key in stats else 0
-        want = wanted.get(key, n_prior_fine(p))
         if have != want:
             raise FlowSamplerError(f"{name} = {getattr(p, name)} but the statistics hold {have} "
                                    f"such components (expected {want})")
