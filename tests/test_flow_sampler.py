@@ -534,9 +534,16 @@ def test_check_scenario_refuses(m, r, match):
         fs.check_scenario(np.array(m), np.array(r))
 
 
-def test_unknown_params_key():
-    with pytest.raises(fs.FlowSamplerError, match="unknown flow-sampler parameter"):
+def test_params_from_a_mapping_refuse_unknown_keys_and_wrong_types():
+    """A checkpoint's params are checked as params.yaml's are: an unknown key, a string where a
+    bool is wanted (it would be truthy) and a float where an int is wanted are refused."""
+    with pytest.raises(fs.FlowSamplerError, match="unknown key generators.flow.bogus"):
         fs.FlowSamplerParams.from_dict({"d_model": 8, "bogus": 1})
+    with pytest.raises(fs.FlowSamplerError, match="quiet_before_p: expected bool, got str"):
+        fs.FlowSamplerParams.from_dict({"quiet_before_p": "yes"})
+    with pytest.raises(fs.FlowSamplerError, match="prior_fine: expected int, got float 1.5"):
+        fs.FlowSamplerParams.from_dict({"prior_fine": 1.5})
+    assert fs.FlowSamplerParams.from_dict({"lr": 1}).lr == 1.0  # an int is a float
 
 
 # --------------------------------------------------------------------------------------------

@@ -257,7 +257,11 @@ def test_bad_checkpoint_state(fitted):
         StochasticSampler.from_state(state)
     state = fitted.state()
     state["params"]["bogus"] = 1
-    with pytest.raises(StochasticError, match="unknown stochastic checkpoint params key.*bogus"):
+    with pytest.raises(StochasticError, match="checkpoint params: unknown key .*bogus"):
+        StochasticSampler.from_state(state)
+    state = fitted.state()
+    state["params"]["n_bands"] = "100"
+    with pytest.raises(StochasticError, match="n_bands: expected int, got str"):
         StochasticSampler.from_state(state)
 
 

@@ -79,7 +79,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timesnet_gen.errors import UserError, from_known_keys
+from timesnet_gen.config import Params, ParamsError, section
+from timesnet_gen.errors import UserError
 from timesnet_gen.evaluation.realism_phases import aic_curve
 from timesnet_gen.evaluation.smoothing import get_operator
 from timesnet_gen.models.cvae import griffin_lim, istft, stft
@@ -301,7 +302,13 @@ class FlowSamplerParams:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> FlowSamplerParams:
-        return from_known_keys(cls, raw, FlowSamplerError, "flow-sampler parameter")
+        """The params of a generators.flow mapping (a checkpoint's), each value checked against
+        its annotation as params.yaml's are (`config.section`): FlowSamplerError naming an
+        unknown key or a wrong type."""
+        try:
+            return section(Params(generators={"flow": raw}), "flow", cls)
+        except ParamsError as exc:
+            raise FlowSamplerError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -68,7 +68,8 @@ import scipy.optimize
 import torch
 
 from timesnet_gen.atomic import staged_file
-from timesnet_gen.errors import UserError, from_known_keys
+from timesnet_gen.config import Params, ParamsError, section
+from timesnet_gen.errors import UserError
 from timesnet_gen.evaluation.intensity import fourier_amplitude
 from timesnet_gen.records import N_SAMPLES, SAMPLING_RATE
 
@@ -489,8 +490,11 @@ class StochasticSampler:
                    if k not in state]
         if missing:
             raise StochasticError(f"stochastic checkpoint state lacks {', '.join(missing)}")
-        params = from_known_keys(StochasticParams, state["params"], StochasticError,
-                                 "stochastic checkpoint params key")
+        try:  # each value checked against its annotation, as params.yaml's are
+            params = section(Params(generators={"stochastic": state["params"]}), "stochastic",
+                             StochasticParams)
+        except ParamsError as exc:
+            raise StochasticError(f"stochastic checkpoint params: {exc}") from None
         arrays = {k: state[k].numpy() if torch.is_tensor(state[k]) else np.asarray(state[k])
                   for k in ARRAY_FIELDS}
         return cls(stations=[str(s) for s in state["stations"]],
@@ -752,7 +756,7 @@ def training_set(prepared: str | Path, raw: str | Path, split: str = "train"
 def main(argv: list[str], verb: str = "fit-stochastic") -> int:
     """`timesnet-gen fit-stochastic`: fit on the prepared train split (every station; the
     held-out records are never read), write <out>/model.pt (a `sample` checkpoint)."""
-    from timesnet_gen.config import load_params, section
+    from timesnet_gen.config import load_params
     from timesnet_gen.stage import stage_parser
 
     parser = stage_parser(verb, main.__doc__)
