@@ -1,5 +1,5 @@
 """Seed-replicated ablation of the flow sampler's timing, TimesBlock period choice and latent
-(README "A sampler that needs no real records"): one training seed moves the realism proxies
+(docs/flow_sampler.md): one training seed moves the realism proxies
 as much as a design change does, so each variant is trained with several seeds and compared
 on the mean and the range.
 
@@ -17,8 +17,8 @@ scores them against all of the station's real records:
   auc      classifier AUC (realism protocol, all spectrogram features), mean over stations
   auc_0_10 the same on the first two 5 s windows only (the P and S onsets)
   auc_shape, auc_vh  the same on the envelope less its largest window, and on the vertical
-           envelope less the horizontal one (bench_sampler.classifier_groups; README "The frame
-           gain": where the plain flow's records gave themselves away)
+           envelope less the horizontal one (bench_sampler.classifier_groups; docs/flow_sampler.md
+           "The frame gain": where the plain flow's records gave themselves away)
   f0_err   largest |median generated f0 / f0_true_hz - 1| over the stations (target <= 0.05)
 --against holdout scores against the station's held-out records only, as the pipeline's realism
 metrics do (with --n 50 the pipeline's sample-flow numbers), instead of all of its real records

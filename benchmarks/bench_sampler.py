@@ -150,8 +150,8 @@ def classifier_groups(gen: np.ndarray, real: np.ndarray, rp) -> dict[str, float]
 
     groups = {
         "all": lambda c: c, "envelope": envelope, "spectrum": lambda c: log_mean(c, 2),
-        # the sharpest cues of Dec 2026 (README "The frame gain"): the envelope over its own
-        # largest window, and the vertical envelope over the horizontal one
+        # the sharpest cues of Dec 2026 (docs/flow_sampler.md "The frame gain"): the envelope
+        # over its own largest window, and the vertical envelope over the horizontal one
         "envelope shape": lambda c: envelope(c) - envelope(c).max(axis=(1, 2), keepdims=True),
         "V/H envelope": lambda c: envelope(c)[:, 2] - log_mean(envelope(c)[:, :2], 1),
         "E": lambda c: c[:, 0], "N": lambda c: c[:, 1], "U": lambda c: c[:, 2],

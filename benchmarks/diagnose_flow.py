@@ -1,5 +1,5 @@
-"""Where a flow sampler's records differ from real ones in time (README "A sampler that needs no
-real records": the Husid times and the residual statistics behind the timing discussion).
+"""Where a flow sampler's records differ from real ones in time (docs/flow_sampler.md: the
+Husid times and the residual statistics behind the timing discussion).
 
     PYTHONPATH=src python benchmarks/diagnose_flow.py models/flow/model.pt [--seeds 3]
 
@@ -25,14 +25,15 @@ seed 100 j + k, j < --seeds) against the station's real training records:
             the remainder dropped or replaced by white noise at its per-cell training rms (only
             with record_pcs), the generated spectrogram decoded with the real records' level,
             timing and fine spectrum, and the generated records: which part of the generated
-            features loses the P wave (README "Where the records still differ: the P wave")
+            features loses the P wave (docs/flow_sampler.md "Where the records still differ:
+            the P wave")
   P step    (timings other than roll) on the vertical's band power (dB, summed over the
             bands) in the canvas's time: the median over records of the P step (1.5 s after the
             P knot less 1 s before it), of the S peak (the strongest frame of the 15 s after the
             onset less their median) and the correlation over records of the levels before and
             after the P knot; of the real records' features, their round trip and the generated
             records (both encoded again) and the flow's features before decoding: whether the
-            flow or the decoder weakens the P onset (README "The P knot")
+            flow or the decoder weakens the P onset (docs/flow_sampler.md "The P knot")
   remainder what the record components leave of those residuals (`flow_sampler.split_records`;
             only with record_pcs), real / generated, pooled over the stations:
               lag-1 frames    correlation of a cell with the next frame's

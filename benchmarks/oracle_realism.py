@@ -1,6 +1,7 @@
 """Is the classifier-AUC band reachable, and where does a sampler miss it?
 
-README "A sampler that needs no real records", "Is the AUC band reachable? The oracle".
+README "A sampler that needs no real records"; docs/flow_sampler.md "Is the AUC band
+reachable? The oracle".
 
     PYTHONPATH=src python benchmarks/oracle_realism.py models/flow/model.pt [--n 1000] [--parts]
 

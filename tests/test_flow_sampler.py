@@ -380,7 +380,8 @@ def test_warped_encode_decode_keeps_the_knot_times(timing, fractions):
     Arias times of the record back within a frame and a half (about 1 s) of the original ones,
     and keeps the peak. No random long-period phase: these records have no pre-event noise, so
     their content below 0.3 Hz is the event's, and spreading it over the record moves the 1 %
-    Arias time (to 19.2 s from 26.6 s in the second record; README "The long-period phase")."""
+    Arias time (to 19.2 s from 26.6 s in the second record; docs/flow_sampler.md "The long-period
+    phase")."""
     rng = np.random.default_rng(7)
     p = fs.FlowSamplerParams(timing=timing, align_s=20.0, p_align_s=8.0, end_align_s=35.0,
                              griffin_lim_iters=2, p_knot="arias", random_phase_hz=0.0)

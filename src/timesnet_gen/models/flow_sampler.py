@@ -1,5 +1,6 @@
 """A record-free sampler: conditional flow matching over a compressed time-frequency record,
-with TimesBlocks along the frame axis as the velocity network's backbone.
+with TimesBlocks along the frame axis as the velocity network's backbone. Section names in
+quotes ("The frame gain") are those of docs/flow_sampler.md, the design record.
 
 Representation of one record (3, 6000) cm/s^2 (E, N, U, 100 Hz), `encode`:
     level   ln(peak |acc| over the three components)                     (1,)   ln cm/s^2
@@ -15,28 +16,28 @@ whole standardised spectrogram (record-level modes: how strong the P wave is, ho
 strong motion lasts) are taken out of the frames and join the static part as whitened
 scalars. The flow models the frame-level remainder along the frames. Without them the flow
 left the record-to-record spread of such modes too small and put independent noise in
-every cell (benchmarks/diagnose_flow.py; README "Principal-component latent"). The remainder
+every cell (benchmarks/diagnose_flow.py; "Principal-component latent"). The remainder
 can be divided by its per-cell training rms (`remainder_scale`), mapped through each channel's
 fitted marginal onto a standard normal (`remainder_gauss`) or whitened by a fitted
 autoregression along the frames (`remainder_ar`), so that the flow's output gets the
 remainder's per-frame spread, skewed marginals or correlations; all three are off by default
-(README "The frame remainder"). What is on (`remainder_calibrate`) corrects the spread after
+("The frame remainder"). What is on (`remainder_calibrate`) corrects the spread after
 training instead: `calibrate_frames` fits a per-cell gain, the training records' rms over the
-flow's own, that sampling applies to the flow's frame output (README "The frame gain"), and
+flow's own, that sampling applies to the flow's frame output ("The frame gain"), and
 `remainder_smooth` (on) a recursion along the frames that gives that output the training
 records' correlation from one frame to the next, which the flow leaves at zero (`smoothing`,
-README "The frame smoothing").
+"The frame smoothing").
 `record_prior` (on by default) draws the record components by a small conditional flow of
 their own (`RecordPrior`: an MLP over the whitened components given the station and the
 scenario, fitted after training on every training record, the pre-training stations' as "any
 station"), whose joint draw keeps more of each record's sharp P onset than the TimesBlock
-flow's (README "The record prior", "The record prior on every station"). The prior is also
+flow's ("The record prior", "The record prior on every station"). The prior is also
 given the record's level and timing scalars (`prior_scalars`) and the leading components of its
 fine spectrum (`prior_fine`), both the TimesBlock flow's draw at sampling, so the record modes
-agree with the amplitude and the spectrum that the decoder imposes (README "The record prior
+agree with the amplitude and the spectrum that the decoder imposes ("The record prior
 given the fine spectrum"); `prior_calibrate`
 (on) then gives the prior's draws the training records' spread, component by component, as
-the frame gain does for the frames (README "The record prior's gain").
+the frame gain does for the frames ("The record prior's gain").
 `coarse_pcs` and `fine_pcs` optionally keep only the leading components of a frame's
 channels and of the fine spectrum.
 
@@ -58,7 +59,7 @@ the P knot capped at the pre-event level (`quiet_before_p`, off) -> peak set to 
 The equalisation alone (`envelope_rounds: 0`) filters a generated record whose fine and coarse
 parts disagree with a gain that is jagged in frequency; its long impulse response smeared the
 energy in time (D5-95 1.2 x real); the last envelope projection puts it back where the
-spectrogram has it (1.0 x, README "Decoder ablation").
+spectrogram has it (1.0 x, "The first ablations").
 
 Everything here is a pure function or an nn.Module; files are written by `train_sampler` and the
 `timesnet-gen sample` CLI (sample.py) through timesnet_gen.atomic.
@@ -137,12 +138,12 @@ class FlowSamplerParams:
     remainder_scale: bool = False  # True: what the record components leave of each (frame,
     #                      channel) is divided by its training rms, so the flow sees unit variance
     #                      in every cell (that rms runs 0.38-0.71 along the frames; the flow gave
-    #                      every frame the same 0.51, measured); README "The frame remainder"
+    #                      every frame the same 0.51, measured); "The frame remainder"
     remainder_gauss: bool = False  # True: the remainder (after remainder_scale) is mapped cell by
     #                      cell through its channel's fitted marginal (`fit_marginal`) onto a
     #                      standard normal, so the flow's Gaussian output decodes to the
     #                      remainder's skewed marginals (real skewness -0.63; the flow gave 0.00,
-    #                      with it -0.59, measured); off: README "The frame remainder"
+    #                      with it -0.59, measured); off: "The frame remainder"
     remainder_ar: bool = False  # True: the remainder (after remainder_scale) is whitened by a
     #                      first-order vector autoregression along the frames fitted on the
     #                      training residuals (`fit_ar`), so the flow's white noise decodes to the
@@ -153,44 +154,44 @@ class FlowSamplerParams:
     #                      multiplied cell by cell by a gain fitted on the target stations'
     #                      training scenarios (`calibrate_frames`: the training records' rms over
     #                      the flow's rms there), so each (frame, channel) gets the training
-    #                      spread that the flow left flat (README "The frame gain")
+    #                      spread that the flow left flat ("The frame gain")
     remainder_smooth: bool = True  # after the frame gain, the flow's frame coordinates go through
     #                      a first-order recursion along the frames per channel (`smooth_frames`)
     #                      fitted after training (`smoothing`) so that they get the training
     #                      records' correlation from one frame to the next at the same rms: the
     #                      flow's is 0.00, the records' 0.35-0.55; without it each record's frames
     #                      scatter more about their mean, and the band energies came out +0.13
-    #                      (ln) at 0.4-2.7 Hz with the right mean log (measured; README "The frame
+    #                      (ln) at 0.4-2.7 Hz with the right mean log (measured; "The frame
     #                      smoothing")
     record_prior: bool = True  # True: the record components are drawn by a conditional flow of
     #                      their own (`RecordPrior`: an MLP over the whitened components, given
     #                      the station and the scenario), fitted after training, instead of by
     #                      the TimesBlock flow, whose joint draw of them loses each record's
-    #                      sharp P onset (README "Where the records still differ: the P wave");
+    #                      sharp P onset ("Where the records still differ: the P wave");
     #                      needs record_pcs > 0
     prior_records: str = "all"  # record_prior fitted on: target (the target stations' training
     #                      records) | all (also the pre-training stations', as station 0, "any
     #                      station", as the TimesBlock flow learns them): 2.3x the records, so
-    #                      it copies less (README "The record prior on every station") (PRIOR_RECORDS)
+    #                      it copies less ("The record prior on every station") (PRIOR_RECORDS)
     prior_scalars: bool = True  # record_prior: the prior is also given the record's level and
     #                      timing scalars (the TimesBlock flow's draw, at sampling), so the
     #                      spectrogram's modes stay coupled to its amplitude: without them the
     #                      prior widened the spread of ln PGV and ln PSA(1 s) about a station +
     #                      scenario fit to 0.35 and 0.44 (real 0.27 and 0.25), with them 0.29 and
-    #                      0.32 (measured; README "The record prior on every station")
+    #                      0.32 (measured; "The record prior on every station")
     prior_fine: int = 3  # record_prior: the prior is also given this many leading principal
     #                      components of the record's fine spectrum (`prior_given`; the
     #                      TimesBlock flow's draw, at sampling), so the spectrogram's record modes
     #                      are drawn with the spectrum that the decoder imposes, not apart from
     #                      it: nearest-station accuracy +0.01 at two training seeds, 8 components
-    #                      +0.02 but a higher held-out AUC (measured; README "The record prior
+    #                      +0.02 but a higher held-out AUC (measured; "The record prior
     #                      given the fine spectrum"); 0 = not given
     prior_calibrate: bool = True  # record_prior: after the prior is fitted, its draws are
     #                      multiplied component by component by a gain fitted on the target
     #                      stations' training scenarios (`calibrate`: the training records' rms
     #                      over the draws' rms, as remainder_calibrate does for the frames):
     #                      the prior alone gave a mean variance of 0.76 per whitened component
-    #                      against the training records' 1.01 (measured; README "The record
+    #                      against the training records' 1.01 (measured; "The record
     #                      prior's gain")
     prior_hidden: int = 256  # record_prior: width of the MLP's three hidden layers
     prior_steps: int = 4000  # record_prior: optimiser steps (batches of 64 records)
@@ -253,7 +254,7 @@ class FlowSamplerParams:
     #                              pre-event level; `quiet_before_p`): the decoder's frames
     #                              spread the P wave's onset over the window, backwards too.
     #                              S-P picks +3.5 points, classifier AUC +0.005 (measured;
-    #                              README "Quiet before the P knot"), so off
+    #                              "Quiet before the P knot"), so off
     batch_generate: int = 16  # records per chunk (each chunk seeded by (seed, chunk start))
     workers: int = 2  # threads generating chunks in parallel (1 torch thread each)
 
@@ -677,7 +678,8 @@ class VelocityNet(nn.Module):
         self.coarse_weight = p.coarse_weight
         n_tokens = -(-n_frames // p.patch)
         cfg = TimesNetConfig(d_model=p.d_model, d_ff=p.d_ff, num_kernels=p.num_kernels,
-                             e_layers=p.e_layers, top_k=p.top_k, dropout=p.dropout, seq_len=n_tokens,
+                             e_layers=p.e_layers, top_k=p.top_k, dropout=p.dropout,
+                             seq_len=n_tokens,
                              conditioning="none", period_selection=p.period_selection,
                              n_stations=0, c_in=n_coarse)
         self.station = nn.Embedding(n_stations + 1, p.d_cond)  # 0 = any station
@@ -793,9 +795,9 @@ def fit_stats(feats: dict[str, np.ndarray], codes: np.ndarray, scenario: np.ndar
     """Feature statistics of the training records of both phases (holdout excluded).
 
     The mean model: per feature (the static part, and every frame and channel of the aligned
-    coarse spectrogram), a least-squares fit  y = a_station + b_M * M' + b_R * lnR'  (M', lnR' standardised) over
-    every training station, the GMPE-style site and scenario term; the flow learns the
-    residuals (standardised by their std). Kept: the targets' intercepts and the slopes.
+    coarse spectrogram), a least-squares fit  y = a_station + b_M * M' + b_R * lnR'  (M', lnR'
+    standardised) over every training station, the GMPE-style site and scenario term; the flow
+    learns the residuals (standardised by their std). Kept: the targets' intercepts and the slopes.
     `mean_model=False`: one global mean, no slopes (the ablation). quadratic: the scenario
     terms of `scenario_terms` (magnitude saturation and magnitude-dependent distance scaling,
     as ground-motion models have them) instead of M' and lnR' alone.
@@ -1393,7 +1395,7 @@ BEFORE_OPTIONS = {"remainder_scale": False, "remainder_ar": False, "remainder_ga
 
 
 class FlowSampler:
-    """The deep record-free sampler (see the module docstring); the sampler contract of sample.py."""
+    """The deep record-free sampler (see the module docstring); sample.py's sampler contract."""
 
     kind: ClassVar[str] = KIND
 
