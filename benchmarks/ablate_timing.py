@@ -108,6 +108,9 @@ VARIANTS = {
     "pslot-r32-w1-cal-aic-prior-all-scal-pcal-rp-sm-pf3": {**PCAL, "random_phase_hz": 0.3,
                                                            "remainder_smooth": True,
                                                            "prior_fine": 3},  # default
+    "pslot-r32-w1-cal-aic-prior-all-scal-pcal-rp-sm-pf3-picker": {
+        **PCAL, "random_phase_hz": 0.3, "remainder_smooth": True, "prior_fine": 3,
+        "p_knot": "picker"},
     "pslot-r48-w1-cal-aic": {**R32, "record_pcs": 48, "remainder_calibrate": True,
                              "p_knot": "aic"},
     "pslot-r32-w3-cal-aic": {**R32, "record_weight": 3.0, "remainder_calibrate": True,

@@ -9,6 +9,7 @@ import torch
 from scipy.signal import butter, sosfiltfilt
 
 from timesnet_gen.errors import UserError
+from timesnet_gen.evaluation.realism_phases import horizontal_envelope, pick_p_s
 from timesnet_gen.models import flow_sampler as fs
 
 FS = 100.0
@@ -312,6 +313,34 @@ def test_aic_p_knot_sits_at_the_p_arrival_where_the_arias_knot_lags_it():
                                fs.onset_time(xn, 0.05) - aic, rtol=1e-5)
 
 
+def test_picker_p_knot_finds_the_p_where_pre_event_noise_holds_the_1_percent_arias_time():
+    """p_knot "picker": over pre-event noise that holds more than 1 % of the Arias intensity,
+    the 1 % time falls before the P arrival and the "aic" knot (whose AIC window ends 1 s after
+    it) lands in the noise, more than 3 s early; the picker's knot (its window ends past the
+    vertical's half-maximum RMS) is within 0.3 s of the P arrival and is the realism metrics'
+    own P pick."""
+    rng = np.random.default_rng(3)
+    t_p, t_s = np.array([15.0, 20.0, 25.0]), np.array([21.0, 28.0, 35.0])
+    t = np.arange(T) / FS
+    burst = lambda t0, tau: np.clip(t - t0, 0, None) * np.exp(-np.clip(t - t0, 0, None) / tau)
+    x = np.stack([rng.standard_normal((3, T)) * (
+        0.5 * burst(tp, 1.0) * np.array([0.3, 0.3, 1.0])[:, None]
+        + burst(ts, 3.0) * np.array([1.0, 1.0, 0.4])[:, None] + 0.08)
+        for tp, ts in zip(t_p, t_s)]).astype(np.float32)
+    xn = x / np.abs(x).max(axis=(1, 2))[:, None, None]
+    assert (fs.onset_time(xn, 0.01) < t_p - 3.0).all()
+    aic = fs.p_knot_time(xn, fs.FlowSamplerParams(p_knot="aic"))
+    picker = fs.p_knot_time(xn, fs.FlowSamplerParams(p_knot="picker"))
+    assert (aic < t_p - 3.0).all()
+    np.testing.assert_allclose(picker, t_p, atol=0.3)
+    env_t, env = horizontal_envelope(xn, FS, 1.0, 0.5)
+    picked, _ = pick_p_s(xn, FS, env_t, env)
+    np.testing.assert_array_equal(picked, picker)
+    feats = fs.encode(x, fs.FlowSamplerParams(p_knot="picker"))
+    np.testing.assert_allclose(np.exp(feats["onset"][:, 1]),
+                               fs.onset_time(xn, 0.05) - picker, rtol=1e-5)
+
+
 def test_quadratic_mean_recovers_the_scenario_terms_and_is_held_linear_outside_the_range():
     """mean_quadratic: features that are an exact station term plus a quadratic in (M', lnR')
     are fitted exactly (the flow's residuals are zero); beyond the training range the mean
@@ -436,7 +465,7 @@ def test_pslot_rolls_the_onset_and_warps_only_the_frames_before_it():
     (dict(timing="stretch", end_fraction=1.0), r"end_fraction = 1.0 \(stretch: must be in"),
     (dict(timing="stretch", p_align_s=0.0), r"p_align_s = 0.0 \(stretch: must be in"),
     (dict(timing="pslot", p_align_s=16.0), r"p_align_s = 16.0 \(pslot: must be in \(0, align_s"),
-    (dict(p_knot="pick"), r"p_knot = 'pick' \(not one of \('arias', 'aic'\)\)"),
+    (dict(p_knot="pick"), r"p_knot = 'pick' \(not one of \('arias', 'aic', 'picker'\)\)"),
 ])
 def test_bad_timing_params_are_refused(overrides, match):
     with pytest.raises(fs.FlowSamplerError, match=match):

@@ -95,6 +95,20 @@ def _rms_ratio(energy_cum: np.ndarray, idx: np.ndarray, win: int) -> np.ndarray:
         return np.sqrt(after / before)
 
 
+def p_onset_index(vertical: np.ndarray, fs: float, window_s: float = 1.0) -> np.ndarray:
+    """Sample index of the P onset of demeaned vertical traces (n, T): the minimum of Maeda's
+    AIC over the P window, which ends window_s after the vertical's moving RMS (over window_s)
+    first reaches half its maximum: past the P onset, before most of the S energy (which would
+    otherwise win the AIC). The onset is returned whether or not it passes an SNR test."""
+    n, length = vertical.shape
+    win = max(int(round(window_s * fs)), 1)
+    _, env_v = horizontal_envelope(np.stack([vertical, 0 * vertical], axis=1), fs, window_s,
+                                   1.0 / fs)
+    p_end = np.argmax(env_v >= 0.5 * env_v.max(axis=1, keepdims=True), axis=1) + win
+    p_end = np.clip(p_end, 8, length)
+    return np.argmin(aic_curve(vertical, np.zeros(n, dtype=np.int64), p_end), axis=1)
+
+
 def pick_p_s(
     records: np.ndarray,
     fs: float,
@@ -108,14 +122,7 @@ def pick_p_s(
     x = records - records.mean(axis=-1, keepdims=True)
     n, _, length = x.shape
     win = max(int(round(snr_window_s * fs)), 1)
-    zeros = np.zeros(n, dtype=np.int64)
-    # The P window ends where the vertical's moving RMS first reaches half its maximum: past
-    # the P onset, before most of the S energy (which would otherwise win the AIC).
-    _, env_v = horizontal_envelope(np.stack([x[:, 2], 0 * x[:, 2]], axis=1), fs, snr_window_s,
-                                   1.0 / fs)
-    p_end = np.argmax(env_v >= 0.5 * env_v.max(axis=1, keepdims=True), axis=1) + win
-    p_end = np.clip(p_end, 8, length)
-    p_idx = np.argmin(aic_curve(x[:, 2], zeros, p_end), axis=1)
+    p_idx = p_onset_index(x[:, 2], fs, snr_window_s)
     p_ok = _rms_ratio(_cumsum0(x[:, 2] ** 2), p_idx, win) >= snr
     s_lo = np.minimum(p_idx + int(round(s_min_delay_s * fs)), length - 8)
     s_hi = np.clip(np.round(env_times[np.argmax(env, axis=1)] * fs).astype(np.int64),

@@ -82,7 +82,7 @@ from torch import nn
 
 from timesnet_gen.config import Params, ParamsError, section
 from timesnet_gen.errors import UserError
-from timesnet_gen.evaluation.realism_phases import aic_curve
+from timesnet_gen.evaluation.realism_phases import aic_curve, p_onset_index
 from timesnet_gen.evaluation.smoothing import get_operator
 from timesnet_gen.models.cvae import griffin_lim, istft, stft
 from timesnet_gen.models.timesnet import (PERIOD_SELECTIONS, TimesBlock, TimesNetConfig,
@@ -125,7 +125,9 @@ class FlowSamplerParams:
     p_fraction: float = 0.01  # warp, stretch, pslot: P knot = time of this fraction of Arias
     p_knot: str = "aic"  # arias: the P knot is the p_fraction time | aic: the onset that
     #                      Maeda's AIC finds on the vertical before the p_fraction time +
-    #                      P_PICK_AFTER_S (`p_knot_time`), nearer the P arrival (P_KNOTS)
+    #                      P_PICK_AFTER_S (`p_knot_time`), nearer the P arrival | picker: the
+    #                      realism picker's P onset (`p_onset_index`), window ending past the
+    #                      vertical's half-maximum RMS (P_KNOTS)
     p_align_s: float = 8.0  # warp, stretch, pslot: s, the P knot's place in warped time (< align_s)
     end_fraction: float = 0.95  # stretch: end knot = time of this fraction of Arias intensity
     end_align_s: float = 40.0  # stretch: s, where the end knot sits in warped time (> align_s)
@@ -373,8 +375,9 @@ def align_shift(onset_s: np.ndarray, p: FlowSamplerParams, fs: float = SAMPLING_
 
 
 TIMINGS = ("roll", "warp", "stretch", "pslot")
-P_KNOTS = ("arias", "aic")
+P_KNOTS = ("arias", "aic", "picker")
 P_PICK_AFTER_S = 1.0  # p_knot aic: the AIC window ends this long after the p_fraction time
+P_PICK_WINDOW_S = 1.0  # p_knot picker: its RMS window (evaluate.realism.pick_window_s's default)
 MIN_GAP_S = 0.3  # warp, stretch, pslot: consecutive knots at least this far apart in real time (s)
 
 
@@ -410,12 +413,16 @@ def p_knot_time(xn: np.ndarray, p: FlowSamplerParams, fs: float = SAMPLING_RATE)
     realism metrics' picker, `aic_curve`) between the record's start and P_PICK_AFTER_S after
     that time. The Arias time lags the P arrival by a varying amount (on the simulated corpus
     the AIC onset precedes it by a median 0.7-1.2 s, interquartile range 1.3-2.0 s), which
-    smears the P onset over 2-3 frames of the slot."""
+    smears the P onset over 2-3 frames of the slot. (picker) the realism metrics' own P onset,
+    `p_onset_index`: its AIC window ends past the vertical's half-maximum RMS instead, so a
+    late Arias time (a weak P) does not cut the P out of it."""
     arias = onset_time(xn, p.p_fraction, fs)
     if p.p_knot == "arias":
         return arias
     vertical = np.asarray(xn[:, 2], dtype=np.float64)
     vertical = vertical - vertical.mean(axis=-1, keepdims=True)
+    if p.p_knot == "picker":
+        return p_onset_index(vertical, fs, P_PICK_WINDOW_S) / fs
     end = np.clip(np.rint((arias + P_PICK_AFTER_S) * fs).astype(np.int64), 8,
                   vertical.shape[-1])
     aic = aic_curve(vertical, np.zeros(len(vertical), dtype=np.int64), end)
