@@ -123,11 +123,11 @@ class FlowSamplerParams:
     #                       stretch: warp plus the end knot to end_align_s | pslot: roll,
     #                       then the P knot warped to p_align_s (TIMINGS)
     p_fraction: float = 0.01  # warp, stretch, pslot: P knot = time of this fraction of Arias
-    p_knot: str = "aic"  # arias: the P knot is the p_fraction time | aic: the onset that
-    #                      Maeda's AIC finds on the vertical before the p_fraction time +
-    #                      P_PICK_AFTER_S (`p_knot_time`), nearer the P arrival | picker: the
-    #                      realism picker's P onset (`p_onset_index`), window ending past the
-    #                      vertical's half-maximum RMS (P_KNOTS)
+    p_knot: str = "picker"  # arias: the P knot is the p_fraction time | aic: the onset
+    #                         that Maeda's AIC finds on the vertical before the p_fraction
+    #                         time + P_PICK_AFTER_S (`p_knot_time`), nearer the P arrival |
+    #                         picker: the realism picker's P onset (`p_onset_index`), its
+    #                         window ending past the vertical's half-maximum RMS (P_KNOTS)
     p_align_s: float = 8.0  # warp, stretch, pslot: s, the P knot's place in warped time (< align_s)
     end_fraction: float = 0.95  # stretch: end knot = time of this fraction of Arias intensity
     end_align_s: float = 40.0  # stretch: s, where the end knot sits in warped time (> align_s)
