@@ -414,8 +414,9 @@ def p_knot_time(xn: np.ndarray, p: FlowSamplerParams, fs: float = SAMPLING_RATE)
     that time. The Arias time lags the P arrival by a varying amount (on the simulated corpus
     the AIC onset precedes it by a median 0.7-1.2 s, interquartile range 1.3-2.0 s), which
     smears the P onset over 2-3 frames of the slot. (picker) the realism metrics' own P onset,
-    `p_onset_index`: its AIC window ends past the vertical's half-maximum RMS instead, so a
-    late Arias time (a weak P) does not cut the P out of it."""
+    `p_onset_index`: its AIC window ends past the vertical's half-maximum RMS instead, so
+    pre-event noise that holds more than p_fraction of the Arias intensity (which puts that
+    time before the P arrival) does not end the window before the P."""
     arias = onset_time(xn, p.p_fraction, fs)
     if p.p_knot == "arias":
         return arias
