@@ -1004,6 +1004,50 @@ def test_prior_calibrate_scales_the_prior_draws_by_its_gain(trained, prepared, t
     assert none.params.prior_calibrate and "prior_gain" not in none.stats
 
 
+def test_scalar_calibrate_scales_the_flows_scalars_before_the_prior_sees_them(trained, prepared,
+                                                                              tmp_path):
+    """scalar_calibrate (off by default) is fitted after training: the network's and the prior's
+    weights are those of the same run without it; the flow's level and timing scalars are
+    multiplied by the gain and the record prior is given the scaled ones; the frames are left;
+    a checkpoint whose params and stats disagree is refused; an older checkpoint loads with the
+    option off and samples as before."""
+    plain, _ = trained
+    assert not plain.params.scalar_calibrate and "scalar_gain" not in plain.stats
+    sampler = fs.train_sampler(prepared, tiny_params(scalar_calibrate=True), tmp_path / "m",
+                               raw_dir=tmp_path / "none", log=lambda _: None)
+    for mine, theirs in ((sampler.net, plain.net), (sampler.prior, plain.prior)):
+        for key, value in theirs.state_dict().items():
+            torch.testing.assert_close(mine.state_dict()[key], value, rtol=0, atol=0)
+    gain, k = sampler.stats["scalar_gain"], fs.n_scalars(sampler.params)
+    assert gain.shape == (k,) and torch.isfinite(gain).all() and (gain > 0).all()
+    assert not torch.allclose(gain, torch.ones(k), rtol=0.01)  # the tiny flow is not calibrated
+    station = torch.tensor([1, 2, 2])
+    scenario = fs.standardise_scenario(np.array([[5.0, 30.0], [5.5, 60.0], [4.5, 10.0]]),
+                                       sampler.stats)
+    (xc, xs), (xc0, xs0) = (s.latent(station, scenario, torch.Generator().manual_seed(3))
+                            for s in (sampler, plain))
+    torch.testing.assert_close(xs[:, :k], xs0[:, :k] * gain, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(xc, xc0, rtol=0, atol=0)
+    # the prior draws from the same noise given the scaled scalars (and refits its own gain)
+    n_rec = sampler.params.record_pcs
+    same_gain = fs.FlowSampler(plain.params, plain.net,
+                               plain.stats | {"prior_gain": sampler.stats["prior_gain"]},
+                               plain.stations, plain._scenarios, plain.n_frames,
+                               plain.n_samples, plain.prior)
+    unscaled = same_gain.latent(station, scenario, torch.Generator().manual_seed(3))[1]
+    assert (xs[:, k:k + n_rec] - unscaled[:, k:k + n_rec]).abs().max() > 1e-4
+    assert_state_refused(sampler, lambda st: st["stats"].pop("scalar_gain"),
+                         "scalar_calibrate = True, but the statistics lack the scalar gain")
+    assert_state_refused(sampler, lambda st: st["stats"].update(scalar_gain=gain[:1]),
+                         f"scalar_gain has shape \\(1,\\), expected \\({k},\\)")
+    old = plain.state()  # written before the option existed: trained without it
+    del old["params"]["scalar_calibrate"]
+    loaded = fs.FlowSampler.from_state(old)
+    assert loaded.params.scalar_calibrate is False
+    m, r = np.array([5.0]), np.array([40.0])
+    np.testing.assert_array_equal(loaded.sample("A", m, r, seed=4), plain.sample("A", m, r, 4))
+
+
 @pytest.mark.parametrize("prior_records", ["target", "all"])
 def test_record_prior_trains_samples_and_round_trips_its_state(prepared, tmp_path,
                                                                prior_records):
