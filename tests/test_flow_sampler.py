@@ -457,6 +457,43 @@ def test_pslot_rolls_the_onset_and_warps_only_the_frames_before_it():
                                rtol=1e-5)
 
 
+def test_long_gap_shift_keeps_a_far_records_p_in_the_slot():
+    """pslot with a P-to-onset gap longer than the canvas before the onset (a far record):
+    long_gap clip clips the timing feature to align_s - MIN_GAP_S and leaves no P at the slot's
+    knot; shift keeps the gap and puts the P at the knot, the pre-event noise at the canvas's
+    start, and a round trip keeps the P knot and the onset within a second.
+    A record whose gap the canvas holds encodes the same either way."""
+    rng = np.random.default_rng(11)
+    t_p, t_s = np.array([3.0, 8.0]), np.array([27.0, 14.0])
+    never = np.full(2, 1e3)  # a P 0.6 of the S's amplitude: the vertical's strongest phase
+    x = 4 * p_and_s_records(rng, t_p, never) + p_and_s_records(rng, never, t_s)
+    x += 1e-4 * rng.standard_normal((2, 3, T)).astype(np.float32)
+    clip, shift = (fs.FlowSamplerParams(long_gap=g) for g in ("clip", "shift"))
+    fc, fsh = fs.encode(x, clip), fs.encode(x, shift)
+    xn = x / np.abs(x).max(axis=(1, 2))[:, None, None]
+    onset, knot = fs.onset_time(xn, clip.align_fraction), fs.p_knot_time(xn, clip)
+    assert abs(knot[0] - t_p[0]) < 0.3 and onset[0] - knot[0] > clip.align_s
+    np.testing.assert_allclose(np.exp(fc["onset"][0, 1]), clip.align_s - fs.MIN_GAP_S)
+    np.testing.assert_allclose(np.exp(fsh["onset"][0, 1]), onset[0] - knot[0], rtol=1e-5)
+    for key in fc:  # the near record: the same features
+        np.testing.assert_array_equal(fc[key][1], fsh[key][1])
+    n_bands = fc["coarse"].shape[-1] // 3
+    knot_frame = int(round(clip.p_align_s * FS / clip.hop))
+
+    def vertical(feats, frames):  # ln band energy of the far record's vertical
+        return np.log(np.exp(feats["coarse"][0, frames, 2 * n_bands:]).sum(axis=-1))
+
+    after = slice(knot_frame + 1, knot_frame + 3)
+    assert (vertical(fsh, after).min() - vertical(fsh, slice(0, 3)).max()) > 5.0  # noise, P
+    assert (vertical(fsh, after).min() - vertical(fc, after).max()) > 3.0  # no P there
+    y = decode_features(fsh, shift)
+    yn = y / np.abs(y).max(axis=(1, 2))[:, None, None]
+    np.testing.assert_allclose(fs.onset_time(yn, shift.align_fraction), onset, atol=1.0)
+    np.testing.assert_allclose(fs.p_knot_time(yn, shift), knot, atol=1.0)
+    np.testing.assert_allclose(fs.decoded_p_knot(fsh["onset"].astype(np.float64), shift, 60.0),
+                               knot, atol=0.02)
+
+
 @pytest.mark.parametrize("overrides, match", [
     (dict(timing="shift"), "timing = 'shift'"),
     (dict(timing="warp", p_align_s=15.0), r"p_align_s = 15.0 \(warp: must be in \(0, align_s"),

@@ -129,6 +129,12 @@ class FlowSamplerParams:
     #                         picker: the realism picker's P onset (`p_onset_index`), its
     #                         window ending past the vertical's half-maximum RMS (P_KNOTS)
     p_align_s: float = 8.0  # warp, stretch, pslot: s, the P knot's place in warped time (< align_s)
+    long_gap: str = "clip"  # pslot: a P-to-onset gap longer than the canvas before the onset
+    #                         (align_s less MIN_GAP_S; 16 % of the target training records) is
+    #                         clipped to it, its P outside the slot (clip), or kept (shift):
+    #                         a record whose P knot would sit less than an STFT window into the
+    #                         canvas is rolled later so that it sits there, and its last
+    #                         seconds leave the canvas (`rolled_knots`)
     end_fraction: float = 0.95  # stretch: end knot = time of this fraction of Arias intensity
     end_align_s: float = 40.0  # stretch: s, where the end knot sits in warped time (> align_s)
     coarse_pcs: int = 0  # flow over this many principal components of a frame's standardised
@@ -292,6 +298,8 @@ class FlowSamplerParams:
             bad.append(f"prior_records = {self.prior_records!r} (not one of {PRIOR_RECORDS})")
         if self.p_knot not in P_KNOTS:
             bad.append(f"p_knot = {self.p_knot!r} (not one of {P_KNOTS})")
+        if self.long_gap not in LONG_GAPS:
+            bad.append(f"long_gap = {self.long_gap!r} (not one of {LONG_GAPS})")
         if self.timing not in TIMINGS:
             bad.append(f"timing = {self.timing!r} (not one of {TIMINGS})")
         if self.timing != "roll" and not 0 < self.p_align_s < self.align_s:
@@ -375,13 +383,17 @@ def roll(x: np.ndarray, shift: np.ndarray) -> np.ndarray:
     return np.take_along_axis(x, ((t[None] - shift[:, None]) % x.shape[-1])[:, None], axis=-1)
 
 
-def align_shift(onset_s: np.ndarray, p: FlowSamplerParams, fs: float = SAMPLING_RATE):
-    """Samples that move each record's onset to p.align_s."""
-    return np.rint((p.align_s - np.asarray(onset_s, dtype=np.float64)) * fs).astype(np.int64)
+def align_shift(onset_s: np.ndarray, p: FlowSamplerParams, at_s: np.ndarray | None = None,
+                fs: float = SAMPLING_RATE):
+    """Samples that move each record's onset to at_s (n,) s, by default p.align_s."""
+    at = p.align_s if at_s is None else np.asarray(at_s, dtype=np.float64)
+    return np.rint((at - np.asarray(onset_s, dtype=np.float64)) * fs).astype(np.int64)
 
 
 TIMINGS = ("roll", "warp", "stretch", "pslot")
 P_KNOTS = ("arias", "aic", "picker")
+LONG_GAPS = ("clip", "shift")
+MAX_GAP_S = 40.0  # pslot, long_gap shift: the longest P-to-onset gap the canvas takes (s)
 P_PICK_AFTER_S = 1.0  # p_knot aic: the AIC window ends this long after the p_fraction time
 P_PICK_WINDOW_S = 1.0  # p_knot picker: its RMS window (evaluate.realism.pick_window_s's default)
 MIN_GAP_S = 0.3  # warp, stretch, pslot: consecutive knots at least this far apart in real time (s)
@@ -447,10 +459,20 @@ def real_knots(xn: np.ndarray, p: FlowSamplerParams) -> np.ndarray:
 
 
 def rolled_knots(gap_s: np.ndarray, p: FlowSamplerParams) -> np.ndarray:
-    """pslot: the P knot and the onset (n, 2) in the time of a record rolled so that its onset
-    sits at align_s, from the P-to-onset gaps (n,) s (kept inside the canvas)."""
-    gap = np.clip(np.asarray(gap_s, dtype=np.float64), MIN_GAP_S, p.align_s - MIN_GAP_S)
-    return np.column_stack([p.align_s - gap, np.full(len(gap), p.align_s)])
+    """pslot: the P knot and the onset (n, 2) in the time of the rolled record, from the
+    P-to-onset gaps (n,) s. The onset sits at align_s, and a gap longer than the canvas before
+    it (align_s less MIN_GAP_S) is clipped to it (long_gap clip: the P falls outside the slot,
+    and within an STFT window of the canvas's start the P knot's frames hold the wrapped end
+    of the record). shift: gaps are kept up to MAX_GAP_S, and one that would put the P knot
+    less than an STFT window (n_fft) into the canvas puts the onset that much later instead,
+    so that the frames before the knot hold the pre-event part and the frames from the onset
+    on are read later (the record's last seconds leave the canvas)."""
+    if p.long_gap == "clip":
+        gap = np.clip(np.asarray(gap_s, dtype=np.float64), MIN_GAP_S, p.align_s - MIN_GAP_S)
+        return np.column_stack([p.align_s - gap, np.full(len(gap), p.align_s)])
+    gap = np.clip(np.asarray(gap_s, dtype=np.float64), MIN_GAP_S, MAX_GAP_S)
+    onset = np.maximum(p.align_s, gap + p.n_fft / SAMPLING_RATE)
+    return np.column_stack([onset - gap, onset])
 
 
 def knot_features(knots: np.ndarray) -> np.ndarray:
@@ -475,7 +497,8 @@ def frame_times(knots: np.ndarray, p: FlowSamplerParams, n_frames: int, inverse:
     slope 1 after the last knot: warp gives the P wave a fixed slot and keeps the real durations
     of strong motion and coda; stretch also gives the strong motion (onset to end knot) a
     fixed slot and keeps the coda's real duration; pslot (knots in rolled time, `rolled_knots`)
-    is the identity from the onset on, so only the frames before it are interpolated."""
+    is a shift from the onset on (the identity unless long_gap shift moved the onset), so
+    only the frames before it are interpolated."""
     far = 1e4  # s, beyond any record
     real = np.column_stack([np.zeros(len(knots)), knots, knots[:, -1] + far])
     warped = np.r_[0.0, warped_knots(p), warped_knots(p)[-1] + far]
@@ -524,8 +547,9 @@ def encode(waveforms: np.ndarray, p: FlowSamplerParams) -> dict[str, np.ndarray]
         timing = onset[:, None]
         if p.timing == "pslot":
             knots = rolled_knots(onset - p_knot_time(xn, p), p)
-            timing = np.column_stack([onset, np.log(p.align_s - knots[:, 0])])
-        xn = roll(xn, align_shift(onset, p)).astype(np.float32)
+            timing = np.column_stack([onset, np.log(knots[:, 1] - knots[:, 0])])
+        xn = roll(xn, align_shift(onset, p, knots[:, 1] if p.timing == "pslot" else None)
+                  ).astype(np.float32)
     band = band_magnitude(stft(torch.from_numpy(xn), p.n_fft, p.hop), p)  # (n, 3, B, t)
     coarse = torch.log(band + p.log_eps).numpy()
     n, c, b, t = coarse.shape
@@ -588,7 +612,7 @@ def decoded_p_knot(timing: np.ndarray, p: FlowSamplerParams, duration: float) ->
     """Real time (s) of the P knot of records decoded from their timing features (n, K)
     (timing warp, stretch or pslot), as `decode` places it."""
     if p.timing == "pslot":
-        gap = p.align_s - rolled_knots(np.exp(timing[:, 1]), p)[:, 0]
+        gap = np.diff(rolled_knots(np.exp(timing[:, 1]), p), axis=1)[:, 0]
         return timing[:, 0].clip(0.0, duration) - gap
     return knots_of_features(timing, duration)[:, 0]
 
@@ -657,7 +681,8 @@ def decode(level: torch.Tensor, onset: torch.Tensor, coarse: torch.Tensor, fine:
         x = random_phase(x, p.random_phase_hz, generator)
     if p.timing in ("roll", "pslot"):
         onset_s = onset[:, 0].double().numpy().clip(0.0, duration)
-        x = torch.from_numpy(roll(x.numpy(), -align_shift(onset_s, p)))
+        at = knots[:, 1] if p.timing == "pslot" else None
+        x = torch.from_numpy(roll(x.numpy(), -align_shift(onset_s, p, at)))
     if p.quiet_before_p and p.timing != "roll":
         x = quiet_before_p(x, decoded_p_knot(onset.double().numpy(), p, duration),
                            p.n_fft / SAMPLING_RATE)
@@ -1407,7 +1432,7 @@ BEFORE_OPTIONS = {"remainder_scale": False, "remainder_ar": False, "remainder_ga
                   "prior_records": "target", "prior_scalars": False, "prior_calibrate": False,
                   "p_knot": "arias", "mean_quadratic": False, "random_phase_hz": 0.0,
                   "remainder_smooth": False, "prior_fine": 0, "quiet_before_p": False,
-                  "scalar_calibrate": False}
+                  "scalar_calibrate": False, "long_gap": "clip"}
 
 
 class FlowSampler:
