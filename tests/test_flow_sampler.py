@@ -503,6 +503,7 @@ def test_long_gap_shift_keeps_a_far_records_p_in_the_slot():
     (dict(timing="stretch", p_align_s=0.0), r"p_align_s = 0.0 \(stretch: must be in"),
     (dict(timing="pslot", p_align_s=16.0), r"p_align_s = 16.0 \(pslot: must be in \(0, align_s"),
     (dict(p_knot="pick"), r"p_knot = 'pick' \(not one of \('arias', 'aic', 'picker'\)\)"),
+    (dict(long_gap="wrap"), r"long_gap = 'wrap' \(not one of \('clip', 'shift'\)\)"),
 ])
 def test_bad_timing_params_are_refused(overrides, match):
     with pytest.raises(fs.FlowSamplerError, match=match):
