@@ -24,6 +24,17 @@ def tiny_params(**overrides) -> fs.FlowSamplerParams:
     return fs.FlowSamplerParams(**base)
 
 
+def assert_older_state_loads_off(sampler: fs.FlowSampler, option: str) -> None:
+    """The sampler's state without `option` (a checkpoint written before the option existed,
+    trained without it) loads with the option off and samples as the sampler does."""
+    old = sampler.state()
+    del old["params"][option]
+    loaded = fs.FlowSampler.from_state(old)
+    assert getattr(loaded.params, option) is False
+    m, r = np.array([5.0]), np.array([40.0])
+    np.testing.assert_array_equal(loaded.sample("A", m, r, seed=4), sampler.sample("A", m, r, 4))
+
+
 def assert_state_refused(sampler: fs.FlowSampler, edit, match: str) -> None:
     """A copy of the sampler's state changed by edit(state) is refused with `match`."""
     state = sampler.state()
@@ -996,12 +1007,7 @@ def test_remainder_smooth_leaves_the_flow_and_correlates_its_frames(trained, pre
                          "remainder_smooth = True, but the statistics lack the frame smoothing")
     assert_state_refused(sampler, lambda st: st["stats"].update(frame_smooth=coef[:, 1:]),
                          "frame_smooth has shape")
-    old = plain.state()  # written before the option existed: trained without it
-    del old["params"]["remainder_smooth"]
-    loaded = fs.FlowSampler.from_state(old)
-    assert loaded.params.remainder_smooth is False
-    m, r = np.array([5.0]), np.array([40.0])
-    np.testing.assert_array_equal(loaded.sample("A", m, r, seed=4), plain.sample("A", m, r, 4))
+    assert_older_state_loads_off(plain, "remainder_smooth")
 
 
 def test_prior_calibrate_scales_the_prior_draws_by_its_gain(trained, prepared, tmp_path):
@@ -1078,12 +1084,7 @@ def test_scalar_calibrate_scales_the_flows_scalars_before_the_prior_sees_them(tr
                          "scalar_calibrate = True, but the statistics lack the scalar gain")
     assert_state_refused(sampler, lambda st: st["stats"].update(scalar_gain=gain[:1]),
                          f"scalar_gain has shape \\(1,\\), expected \\({k},\\)")
-    old = plain.state()  # written before the option existed: trained without it
-    del old["params"]["scalar_calibrate"]
-    loaded = fs.FlowSampler.from_state(old)
-    assert loaded.params.scalar_calibrate is False
-    m, r = np.array([5.0]), np.array([40.0])
-    np.testing.assert_array_equal(loaded.sample("A", m, r, seed=4), plain.sample("A", m, r, 4))
+    assert_older_state_loads_off(plain, "scalar_calibrate")
 
 
 @pytest.mark.parametrize("prior_records", ["target", "all"])
