@@ -3,7 +3,7 @@
 README "A sampler that needs no real records"; docs/flow_sampler.md "Is the AUC band
 reachable? The oracle".
 
-    PYTHONPATH=src python benchmarks/oracle_realism.py models/flow/model.pt [--n 1000] [--parts]
+    PYTHONPATH=src python benchmarks/oracle_realism.py models/flow/model.pt [--n 1000] [--parts] [--quarters]
 
 On the simulated corpus the distribution of the records is known: it is the simulator
 (corpus/synth.py). The oracle draws fresh records from it at every target station (events and
@@ -17,7 +17,10 @@ the stations (the pipeline's pooling), the script prints the realism classifier'
            oracle draw), the checkpoint and, for the flow sampler, the oracle records' round
            trip through its encode and decode (what the representation and decoder cost);
   oracle   300 generated records against 300 other oracle records: a sample large enough to see
-           differences that the 9-16 held-out records cannot.
+           differences that the 9-16 held-out records cannot; and the same with the generated
+           features' mean moved to that of 300 further oracle records (a linear classifier that
+           then scores 0.5 saw only the mean); --quarters: also on each quarter of the record's
+           5 s windows alone (where in time the difference lies).
 Feature-space moves (diagnostics, no records behind them) tell whether the sampler's mean or
 the rest of its distribution carries its held-out AUC: its features with their mean moved to the
 oracle's (in every direction, or only along the oracle features' 20 leading principal axes), and
@@ -167,6 +170,31 @@ def decode_records(sampler: fs.FlowSampler, coarse: torch.Tensor, static: torch.
                      torch.Generator().manual_seed(ORACLE_SEED))
 
 
+def large_sample_aucs(gen: np.ndarray, oracle: np.ndarray, rp, quarters: bool
+                      ) -> dict[str, float]:
+    """AUC of LARGE generated records' features against LARGE oracle records' (the second
+    LARGE of oracle): as they are, with their mean moved to that of the first LARGE oracle
+    records (does the mean carry the difference?), and (quarters) on each quarter of the
+    record's time windows alone."""
+    ref = oracle[LARGE:2 * LARGE]
+    x = gen[:LARGE]
+    moved = x - x.mean(0) + oracle[:LARGE].mean(0)
+    out = {"sampler vs oracle (300)": classifier_auc(x, ref, rp.classifier_folds,
+                                                     rp.classifier_l2, 0),
+           "the same, mean moved to other oracle records'": classifier_auc(
+               moved, ref, rp.classifier_folds, rp.classifier_l2, 0)}
+    if quarters:
+        cells = np.arange(x.shape[1]).reshape(3, -1, rp.spec_n_bands)  # component, window, band
+        windows = cells.shape[1]
+        for q in range(4):
+            cols = cells[:, q * windows // 4:(q + 1) * windows // 4].ravel()
+            span = f"{q * windows // 4 * rp.spec_window_s:g}-" \
+                   f"{(q + 1) * windows // 4 * rp.spec_window_s:g} s"
+            out[f"the same, windows {span} only"] = classifier_auc(
+                x[:, cols], ref[:, cols], rp.classifier_folds, rp.classifier_l2, 0)
+    return out
+
+
 def pick_stats(records: np.ndarray, p: fs.FlowSamplerParams, rp) -> dict[str, float]:
     """S-P picks as the realism metrics make them: the share found, the median S-P (s), the
     median P pick less the onset (s; records with a P pick), and the median P-to-onset gap (s)
@@ -189,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("--n", type=int, default=1000, help="records per station and source")
     ap.add_argument("--parts", action="store_true", help="flow: attribute the held-out AUC")
+    ap.add_argument("--quarters", action="store_true",
+                    help="also the AUC against the oracle per quarter of the record's windows")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--data", default=Path("data/prepared"), type=Path)
     ap.add_argument("--raw", default=Path("data/raw"), type=Path)
@@ -259,8 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                                  for j in range(n_draws)])
         f0_rows.append({"station": station, **f0_errors(oracle, "oracle", truth.loc[station]),
                         **f0_errors(generated, "sampler", truth.loc[station])})
-        row["sampler vs oracle (300)"] = classifier_auc(
-            gen[:LARGE], of[LARGE:2 * LARGE], rp.classifier_folds, rp.classifier_l2, 0)
+        row |= large_sample_aucs(gen, of, rp, args.quarters)
         row["oracle vs oracle (300)"] = classifier_auc(
             of[:LARGE], of[LARGE:2 * LARGE], rp.classifier_folds, rp.classifier_l2, 0)
         rows.append(row)
