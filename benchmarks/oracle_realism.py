@@ -3,7 +3,8 @@
 README "A sampler that needs no real records"; docs/flow_sampler.md "Is the AUC band
 reachable? The oracle".
 
-    PYTHONPATH=src python benchmarks/oracle_realism.py models/flow/model.pt [--n 1000] [--parts] [--quarters]
+    PYTHONPATH=src python benchmarks/oracle_realism.py models/flow/model.pt [--n 1000] [--parts]
+        [--quarters]
 
 On the simulated corpus the distribution of the records is known: it is the simulator
 (corpus/synth.py). The oracle draws fresh records from it at every target station (events and
