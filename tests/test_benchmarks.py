@@ -15,7 +15,9 @@ from diagnose_flow import (  # noqa: E402
     sp_summary,
     vertical_steps,
 )
+from oracle_realism import LARGE, large_sample_aucs  # noqa: E402
 
+from timesnet_gen.config import RealismParams  # noqa: E402
 from timesnet_gen.models import flow_sampler as fs  # noqa: E402
 
 
@@ -69,10 +71,6 @@ def test_large_sample_aucs_tell_a_mean_offset_and_the_quarter_that_holds_it():
     oracle records', high in the first quarter and at chance in the other three. With as many
     features as records the cross-validated AUC of two samples of one distribution scatters
     over 0.41-0.56 (measured, three seeds), hence the tolerance."""
-    from oracle_realism import LARGE, large_sample_aucs
-
-    from timesnet_gen.config import RealismParams
-
     rp = RealismParams()
     windows = 12
     rng = np.random.default_rng(0)
