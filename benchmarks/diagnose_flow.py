@@ -195,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         static_r = torch.from_numpy(fs.static_of(feats))
 
         def decode_real_static(coarse: np.ndarray) -> np.ndarray:  # real level, timing, fine
-            return fs.decode(static_r[:, :1], static_r[:, 1:k_s], torch.as_tensor(coarse),
-                             static_r[:, k_s:], p, torch.Generator().manual_seed(k))
+            return sampler.decode(torch.as_tensor(coarse), static_r,
+                                  torch.Generator().manual_seed(k))
 
         trip = decode_real_static(feats["coarse"])
         husid_trip.append(husid_times(trip))

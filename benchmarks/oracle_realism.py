@@ -164,13 +164,6 @@ def decoder_inputs(sampler: fs.FlowSampler, oracle: np.ndarray, scenarios: np.nd
     return out
 
 
-def decode_records(sampler: fs.FlowSampler, coarse: torch.Tensor, static: torch.Tensor
-                   ) -> np.ndarray:
-    p, k = sampler.params, fs.n_scalars(sampler.params)
-    return fs.decode(static[:, :1], static[:, 1:k], coarse, static[:, k:], p,
-                     torch.Generator().manual_seed(ORACLE_SEED))
-
-
 def large_sample_aucs(gen: np.ndarray, oracle: np.ndarray, rp, quarters: bool
                       ) -> dict[str, float]:
     """AUC of LARGE generated records' features against LARGE oracle records' (the second
@@ -270,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_flow:
             for name, (c, s) in decoder_inputs(sampler, oracle, scen, station,
                                                args.parts).items():
-                decoded = decode_records(sampler, c, s)
+                decoded = sampler.decode(c, s, torch.Generator().manual_seed(ORACLE_SEED))
                 sources[name] = spectrogram_features(decoded, SAMPLING_RATE, rp)
                 if args.parts:
                     pick_rows.append({"station": station, "records": name,

@@ -23,6 +23,7 @@ def untrained_sampler() -> fs.FlowSampler:
                              n_steps=2, griffin_lim_iters=2, num_threads=1, n_fine=40,
                              record_pcs=0, remainder_calibrate=False,  # untrained: no gain
                              remainder_smooth=False,  # nor smoothing
+                             decoder_bias=False,  # nor the decoder's mean error
                              record_prior=False)
     x = rng.standard_normal((6, 3, T)).astype(np.float32)
     scenario = np.column_stack([rng.uniform(4, 6, 6), rng.uniform(10, 100, 6)])

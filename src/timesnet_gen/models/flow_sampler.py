@@ -62,7 +62,10 @@ the P knot capped at the pre-event level (`quiet_before_p`, off) -> peak set to 
 The equalisation alone (`envelope_rounds: 0`) filters a generated record whose fine and coarse
 parts disagree with a gain that is jagged in frequency; its long impulse response smeared the
 energy in time (D5-95 1.2 x real); the last envelope projection puts it back where the
-spectrogram has it (1.0 x, "The first ablations").
+spectrogram has it (1.0 x, "The first ablations"). The decoder does not give a record exactly
+the frames it is asked for, and what it misses has a mean over records; `decoder_bias` (on)
+fits that mean on the training records after training (`fit_decoder_bias`), and sampling asks
+the decoder for the flow's frames less it (`FlowSampler.decode`; "The decoder's mean error").
 
 Everything here is a pure function or an nn.Module; files are written by `train_sampler` and the
 `timesnet-gen sample` CLI (sample.py) through timesnet_gen.atomic.
@@ -277,6 +280,10 @@ class FlowSamplerParams:
     #                              spread the P wave's onset over the window, backwards too.
     #                              S-P picks +3.5 points, classifier AUC +0.005 (measured;
     #                              "Quiet before the P knot"), so off
+    decoder_bias: bool = True  # after training, the mean error of the decoder on the training
+    #                            records' frames is fitted (`fit_decoder_bias`), and sampling
+    #                            asks the decoder for the flow's frames less it
+    #                            ("The decoder's mean error")
     batch_generate: int = 16  # records per chunk (each chunk seeded by (seed, chunk start))
     workers: int = 2  # threads generating chunks in parallel (1 torch thread each)
 
@@ -547,6 +554,7 @@ def encode(waveforms: np.ndarray, p: FlowSamplerParams) -> dict[str, np.ndarray]
     if (peak <= 0).any():
         raise FlowSamplerError(f"record {int(np.argmax(peak <= 0))} is all zeros")
     xn = x / peak[:, None, None]
+    onset, knots = None, None
     if p.timing in ("warp", "stretch"):
         knots = real_knots(xn, p)
         timing = knot_features(knots)
@@ -556,19 +564,43 @@ def encode(waveforms: np.ndarray, p: FlowSamplerParams) -> dict[str, np.ndarray]
         if p.timing == "pslot":
             knots = rolled_knots(onset - p_knot_time(xn, p), p)
             timing = np.column_stack([onset, np.log(knots[:, 1] - knots[:, 0])])
-        xn = roll(xn, align_shift(onset, p, knots[:, 1] if p.timing == "pslot" else None)
-                  ).astype(np.float32)
-    band = band_magnitude(stft(torch.from_numpy(xn), p.n_fft, p.hop), p)  # (n, 3, B, t)
+    return {
+        "level": np.log(peak)[:, None].astype(np.float32),
+        "onset": timing.astype(np.float32),
+        "coarse": canvas_frames(xn, onset, knots, p),
+        "fine": fine_spectrum(xn, p).reshape(len(xn), -1).astype(np.float32),
+    }
+
+
+def timing_knots(timing: np.ndarray, p: FlowSamplerParams, duration: float
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Timing features (n, K) as `encode` returns them -> the onset (n,) s, clipped to the
+    record, and the knots (n, K) that place the frames (pslot: in rolled time; warp, stretch:
+    in real time; roll: None)."""
+    timing = np.asarray(timing, dtype=np.float64)
+    if p.timing in ("warp", "stretch"):
+        knots = knots_of_features(timing, duration)
+        return knots[:, 1], knots
+    knots = rolled_knots(np.exp(timing[:, 1]), p) if p.timing == "pslot" else None
+    return timing[:, 0].clip(0.0, duration), knots
+
+
+def canvas_frames(xn: np.ndarray, onset: np.ndarray | None, knots: np.ndarray | None,
+                  p: FlowSamplerParams) -> np.ndarray:
+    """The coarse frames (n, frames, 3 B) of unit-peak records xn (n, 3, T) with the onset (n,)
+    s (roll, pslot) and the knots (n, K) of `timing_knots` (not roll): the log band
+    magnitudes of the record rolled (roll, pslot) so that its onset sits at align_s (pslot: at
+    the onset knot), resampled onto warped time (not roll). `encode` gives it the records'
+    own timing; `fit_decoder_bias` the timing that decoded records were made with."""
+    if p.timing in ("roll", "pslot"):
+        xn = roll(xn, align_shift(onset, p, knots[:, 1] if p.timing == "pslot" else None))
+    band = band_magnitude(stft(torch.from_numpy(np.asarray(xn, dtype=np.float32)), p.n_fft,
+                               p.hop), p)  # (n, 3, B, t)
     coarse = torch.log(band + p.log_eps).numpy()
     n, c, b, t = coarse.shape
     if p.timing != "roll":
         coarse = resample_frames(coarse, frame_times(knots, p, t), p)
-    return {
-        "level": np.log(peak)[:, None].astype(np.float32),
-        "onset": timing.astype(np.float32),
-        "coarse": coarse.transpose(0, 3, 1, 2).reshape(n, t, c * b),
-        "fine": fine_spectrum(xn, p).reshape(n, -1).astype(np.float32),
-    }
+    return coarse.transpose(0, 3, 1, 2).reshape(n, t, c * b)
 
 
 def low_taper(freqs: np.ndarray, below_hz: float) -> np.ndarray:
@@ -619,10 +651,10 @@ def random_phase(x: torch.Tensor, below_hz: float, generator: torch.Generator,
 def decoded_p_knot(timing: np.ndarray, p: FlowSamplerParams, duration: float) -> np.ndarray:
     """Real time (s) of the P knot of records decoded from their timing features (n, K)
     (timing warp, stretch or pslot), as `decode` places it."""
+    onset, knots = timing_knots(timing, p, duration)
     if p.timing == "pslot":
-        gap = np.diff(rolled_knots(np.exp(timing[:, 1]), p), axis=1)[:, 0]
-        return timing[:, 0].clip(0.0, duration) - gap
-    return knots_of_features(timing, duration)[:, 0]
+        return onset - np.diff(knots, axis=1)[:, 0]
+    return knots[:, 0]
 
 
 def quiet_before_p(x: torch.Tensor, p_knot: np.ndarray, guard_s: float,
@@ -667,10 +699,8 @@ def decode(level: torch.Tensor, onset: torch.Tensor, coarse: torch.Tensor, fine:
     bands = torch.as_tensor(band_of_bin(p))
     logmag = coarse.reshape(n, t, 3, cb // 3).permute(0, 2, 3, 1)  # (n, 3, B, frames)
     duration = n_samples / SAMPLING_RATE
+    onset_s, knots = timing_knots(onset.double().numpy(), p, duration)
     if p.timing != "roll":  # warped frames back to real (pslot: rolled) time
-        timing = onset.double().numpy()
-        knots = (rolled_knots(np.exp(timing[:, 1]), p) if p.timing == "pslot"
-                 else knots_of_features(timing, duration))
         logmag = torch.from_numpy(resample_frames(
             logmag.numpy(), frame_times(knots, p, t, inverse=True), p))
     band_mag = (torch.exp(logmag) - p.log_eps).clamp_min(0.0)  # (n, 3, B, frames)
@@ -688,7 +718,6 @@ def decode(level: torch.Tensor, onset: torch.Tensor, coarse: torch.Tensor, fine:
     if p.random_phase_hz > 0:
         x = random_phase(x, p.random_phase_hz, generator)
     if p.timing in ("roll", "pslot"):
-        onset_s = onset[:, 0].double().numpy().clip(0.0, duration)
         at = knots[:, 1] if p.timing == "pslot" else None
         x = torch.from_numpy(roll(x.numpy(), -align_shift(onset_s, p, at)))
     if p.quiet_before_p and p.timing != "roll":
@@ -696,6 +725,30 @@ def decode(level: torch.Tensor, onset: torch.Tensor, coarse: torch.Tensor, fine:
                            p.n_fft / SAMPLING_RATE)
     peak = x.abs().amax(dim=(1, 2)).clamp_min(1e-20)
     return (x * (torch.exp(level[:, 0]) / peak)[:, None, None]).numpy().astype(np.float32)
+
+
+def fit_decoder_bias(feats: dict[str, np.ndarray], p: FlowSamplerParams, n_samples: int
+                     ) -> torch.Tensor:
+    """(frames, 3 B) float32: the mean over records of the coarse frames of their decoded
+    records (`canvas_frames` at the timing they were decoded with) less their own, for
+    records' features feats (as `encode` returns them). `decode` does not give a record
+    exactly the frames it is asked for, and what it misses has a mean (leakage of the loud
+    frames into the quiet ones, among others) that a linear classifier sees; sampling asks the
+    decoder for the flow's frames less this mean (`FlowSampler.decode`, p.decoder_bias)."""
+    generator = torch.Generator().manual_seed(p.seed + CALIBRATION_SEED)
+    n = len(feats["coarse"])
+    total = np.zeros(feats["coarse"].shape[1:])
+    for start in range(0, n, DECODE_CHUNK):
+        part = {k: v[start:start + DECODE_CHUNK] for k, v in feats.items()}
+        x = decode(*(torch.from_numpy(part[k]) for k in ("level", "onset", "coarse", "fine")),
+                   p, generator, n_samples)
+        xn = x / np.abs(x).max(axis=(1, 2), keepdims=True).clip(1e-30)
+        onset, knots = timing_knots(part["onset"], p, n_samples / SAMPLING_RATE)
+        total += (canvas_frames(xn, onset, knots, p) - part["coarse"]).sum(axis=0)
+    return torch.from_numpy(total / n).float()
+
+
+DECODE_CHUNK = 128  # records decoded at once by `fit_decoder_bias`
 
 
 # --------------------------------------------------------------------------------------------
@@ -914,7 +967,8 @@ def principal_axes(x: torch.Tensor, k: int, name: str) -> tuple[torch.Tensor, to
     return (axes * sign).float(), rms.float()
 
 
-GAIN_KEYS = ("frame_gain", "scalar_gain", "prior_gain", "frame_smooth")  # fitted after training
+GAIN_KEYS = ("frame_gain", "scalar_gain", "prior_gain", "frame_smooth",
+             "decoder_bias")  # fitted after training
 LATENT_KEYS = {"record_pcs": "record_axes", "coarse_pcs": "coarse_axes", "fine_pcs": "fine_axes"}
 
 
@@ -982,7 +1036,8 @@ def check_latent(p: FlowSamplerParams, stats: dict[str, torch.Tensor],
                             ("remainder_calibrate", "frame_gain", "the frame gain"),
                             ("remainder_smooth", "frame_smooth", "the frame smoothing"),
                             ("scalar_calibrate", "scalar_gain", "the scalar gain"),
-                            ("prior_calibrate", "prior_gain", "the record prior's gain")):
+                            ("prior_calibrate", "prior_gain", "the record prior's gain"),
+                            ("decoder_bias", "decoder_bias", "the decoder's mean error")):
         if key in GAIN_KEYS and not calibrated:
             continue
         wanted = getattr(p, name) and (key != "prior_gain" or p.record_prior)
@@ -1440,7 +1495,7 @@ BEFORE_OPTIONS = {"remainder_scale": False, "remainder_ar": False, "remainder_ga
                   "prior_records": "target", "prior_scalars": False, "prior_calibrate": False,
                   "p_knot": "arias", "mean_quadratic": False, "random_phase_hz": 0.0,
                   "remainder_smooth": False, "prior_fine": 0, "quiet_before_p": False,
-                  "scalar_calibrate": False, "long_gap": "clip"}
+                  "scalar_calibrate": False, "long_gap": "clip", "decoder_bias": False}
 
 
 class FlowSampler:
@@ -1491,9 +1546,18 @@ class FlowSampler:
         p = self.params
         generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
         _, coarse, static = self.features(s, scenario[start:start + p.batch_generate], generator)
-        k = n_scalars(p)
-        return decode(static[:, :1], static[:, 1:k], coarse, static[:, k:], p, generator,
-                      self.n_samples)
+        return self.decode(coarse, static, generator)
+
+    def decode(self, coarse: torch.Tensor, static: torch.Tensor, generator: torch.Generator
+               ) -> np.ndarray:
+        """Records (n, 3, T) from physical coarse frames (n, frames, C) and static parts (n, S)
+        (as `features` returns them): `decode`, asked for the frames less the decoder's mean
+        error when the checkpoint holds it (p.decoder_bias, `fit_decoder_bias`)."""
+        k = n_scalars(self.params)
+        if "decoder_bias" in self.stats:
+            coarse = coarse - self.stats["decoder_bias"]
+        return decode(static[:, :1], static[:, 1:k], coarse, static[:, k:], self.params,
+                      generator, self.n_samples)
 
     def latent(self, station: torch.Tensor, scenario: torch.Tensor, generator: torch.Generator
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1579,7 +1643,8 @@ def build_net(p: FlowSamplerParams, n_frames: int, stats: dict[str, torch.Tensor
                        ("scalar_gain", (n_scalars(p),)),
                        ("frame_smooth", (2, sizes[0])),
                        ("prior_fine_axes", (n_fine, n_prior_fine(p))),
-                       ("prior_fine_rms", (n_prior_fine(p),))):
+                       ("prior_fine_rms", (n_prior_fine(p),)),
+                       ("decoder_bias", (n_frames, stats["coarse_std"].numel() // n_frames))):
         if key in stats and tuple(stats[key].shape) != shape:
             raise FlowSamplerError(f"the statistics' {key} has shape {tuple(stats[key].shape)}, "
                                    f"expected {shape}")
@@ -1726,6 +1791,8 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
         stats["prior_gain"] = calibrate(fine.static[:, k:k + n_rec], lambda part, generator:
                                         sampler.latent(fine.station[part], fine.scenario[part],
                                                        generator)[1][:, k:k + n_rec], params)
+    if params.decoder_bias:  # the training records of both phases
+        stats["decoder_bias"] = fit_decoder_bias(both, params, waveforms.shape[-1])
     if params.remainder_smooth:
         stats["frame_smooth"] = smoothing(fine.coarse, draws(
             len(fine.coarse), lambda part, generator: sampler.latent(
