@@ -21,7 +21,10 @@ the stations (the pipeline's pooling), the script prints the realism classifier'
            differences that the 9-16 held-out records cannot; and the same with the generated
            features' mean moved to that of 300 further oracle records (a linear classifier that
            then scores 0.5 saw only the mean); --quarters: also on each quarter of the record's
-           5 s windows alone (where in time the difference lies).
+           5 s windows alone (where in time the difference lies). For the flow sampler the same
+           rows for the round trip of the first 300 oracle records (what the representation
+           and the decoder cost, as the checkpoint decodes: with its decoder_bias if it has
+           one).
 Feature-space moves (diagnostics, no records behind them) tell whether the sampler's mean or
 the rest of its distribution carries its held-out AUC: its features with their mean moved to the
 oracle's (in every direction, or only along the oracle features' 20 leading principal axes), and
@@ -164,18 +167,18 @@ def decoder_inputs(sampler: fs.FlowSampler, oracle: np.ndarray, scenarios: np.nd
     return out
 
 
-def large_sample_aucs(gen: np.ndarray, oracle: np.ndarray, rp, quarters: bool
-                      ) -> dict[str, float]:
-    """AUC of LARGE generated records' features against LARGE oracle records' (the second
-    LARGE of oracle): as they are, with their mean moved to that of the first LARGE oracle
-    records (does the mean carry the difference?), and (quarters) on each quarter of the
-    record's time windows alone."""
+def large_sample_aucs(gen: np.ndarray, oracle: np.ndarray, rp, quarters: bool,
+                      label: str = "sampler") -> dict[str, float]:
+    """AUC of LARGE generated records' features (the first LARGE of gen) against LARGE oracle
+    records' (the second LARGE of oracle): as they are, with their mean moved to that of the
+    first LARGE oracle records (does the mean carry the difference?), and (quarters) on each
+    quarter of the record's time windows alone; the keys start with label."""
     ref = oracle[LARGE:2 * LARGE]
     x = gen[:LARGE]
     moved = x - x.mean(0) + oracle[:LARGE].mean(0)
-    out = {"sampler vs oracle (300)": classifier_auc(x, ref, rp.classifier_folds,
-                                                     rp.classifier_l2, 0),
-           "the same, mean moved to other oracle records'": classifier_auc(
+    out = {f"{label} vs oracle (300)": classifier_auc(x, ref, rp.classifier_folds,
+                                                      rp.classifier_l2, 0),
+           f"{label}, mean moved to other oracle records'": classifier_auc(
                moved, ref, rp.classifier_folds, rp.classifier_l2, 0)}
     if quarters:
         cells = np.arange(x.shape[1]).reshape(3, -1, rp.spec_n_bands)  # component, window, band
@@ -184,7 +187,7 @@ def large_sample_aucs(gen: np.ndarray, oracle: np.ndarray, rp, quarters: bool
             cols = cells[:, q * windows // 4:(q + 1) * windows // 4].ravel()
             span = f"{q * windows // 4 * rp.spec_window_s:g}-" \
                    f"{(q + 1) * windows // 4 * rp.spec_window_s:g} s"
-            out[f"the same, windows {span} only"] = classifier_auc(
+            out[f"{label}, windows {span} only"] = classifier_auc(
                 x[:, cols], ref[:, cols], rp.classifier_folds, rp.classifier_l2, 0)
     return out
 
@@ -284,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         f0_rows.append({"station": station, **f0_errors(oracle, "oracle", truth.loc[station]),
                         **f0_errors(generated, "sampler", truth.loc[station])})
         row |= large_sample_aucs(gen, of, rp, args.quarters)
+        if is_flow:  # the round trip of the first LARGE oracle records against the next LARGE
+            row |= large_sample_aucs(sources["round trip"], of, rp, args.quarters, "round trip")
         row["oracle vs oracle (300)"] = classifier_auc(
             of[:LARGE], of[LARGE:2 * LARGE], rp.classifier_folds, rp.classifier_l2, 0)
         rows.append(row)
