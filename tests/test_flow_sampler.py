@@ -1412,6 +1412,17 @@ def test_from_state_refuses_a_broken_state(trained):
     del state["weights"]
     with pytest.raises(fs.FlowSamplerError, match="not a valid timesnet-flow sampler state"):
         fs.FlowSampler.from_state(state)
+    # NaN in a statistic or a weight would reach the decoder: named, not sampled (new tensors:
+    # the state holds the sampler's own)
+    bias = sampler.stats["decoder_bias"].clone()
+    bias[3, 3] = float("nan")
+    assert_state_refused(sampler, lambda st: st["stats"].update(decoder_bias=bias),
+                         "NaN or inf in the statistics decoder_bias\\)")
+    key = next(iter(sampler.net.state_dict()))
+    assert_state_refused(sampler, lambda st: st["weights"].update(
+        {key: torch.full_like(st["weights"][key], float("inf"))}),
+        f"NaN or inf in the weights {key}\\)")
+    assert torch.isfinite(sampler.stats["decoder_bias"]).all()
 
 
 def test_scenarios_joined_from_raw_records(prepared, tmp_path):

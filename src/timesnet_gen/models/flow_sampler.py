@@ -1613,6 +1613,13 @@ class FlowSampler:
                     f"record_prior = {params.record_prior}, but the checkpoint "
                     f"{'lacks' if params.record_prior else 'holds'} the record prior's weights")
             stats = {k: torch.as_tensor(v) for k, v in state["stats"].items()}
+            tensors = {"statistics": stats, "weights": state["weights"],
+                       "prior weights": state.get("prior_weights", {})}
+            bad = [f"{part} {key}" for part, group in tensors.items()
+                   for key, v in group.items() if not torch.isfinite(torch.as_tensor(v)).all()]
+            if bad:
+                raise FlowSamplerError(f"NaN or inf in the {', '.join(bad[:3])}"
+                                       + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
             net = build_net(params, int(state["n_frames"]), stats, len(state["stations"]))
             net.load_state_dict(state["weights"])
             scenarios = {k: np.asarray(v, dtype=np.float64)
