@@ -106,7 +106,10 @@ def test_per_sample_periods_make_a_record_independent_of_its_batch():
         together = model(x, station)
         for i in range(5):
             alone = model(x[i:i + 1], station[i:i + 1])
-            torch.testing.assert_close(alone[0], together[i], rtol=1e-6, atol=1e-6)
+            # Float32 kernels may round a batch of one differently from a batch of five: one
+            # ulp of outputs up to 31 is 1.9e-6 (seen on an AVX-512 machine, 7 Dec 2026). The
+            # batch-wide choice below moves them by 0.03-33.
+            torch.testing.assert_close(alone[0], together[i], rtol=1e-5, atol=1e-5)
         # the paper's batch-wide choice does depend on the batch for these records
         model_b = TimesNetGen(tiny_cfg(period_selection="batch")).eval()
         model_b.load_state_dict(model.state_dict())
