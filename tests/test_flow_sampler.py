@@ -1065,8 +1065,9 @@ def test_remainder_smooth_leaves_the_flow_and_correlates_its_frames(trained, pre
 def test_decoder_bias_leaves_the_flow_and_asks_the_decoder_for_less(trained, prepared,
                                                                    tmp_path):
     """decoder_bias (on by default) is fitted after training: the network's weights are those
-    of the same run without it; sampling decodes the flow's frames less the fitted mean error (`FlowSampler.decode`); a checkpoint whose params and stats disagree is
-    refused; an older checkpoint loads with the option off and samples as it did."""
+    of the same run without it; sampling decodes the flow's frames less the fitted mean error
+    (`FlowSampler.decode`); a checkpoint whose params and stats disagree is refused; an older
+    checkpoint loads with the option off and samples as it did."""
     sampler, _ = trained
     plain = retrained(sampler, prepared, tmp_path, decoder_bias=False)
     bias = sampler.stats["decoder_bias"]
