@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -15,9 +16,11 @@ from diagnose_flow import (  # noqa: E402
     sp_summary,
     vertical_steps,
 )
+from draw_scatter import band_rows, summary  # noqa: E402
 from oracle_realism import LARGE, large_sample_aucs  # noqa: E402
 
 from timesnet_gen.config import RealismParams  # noqa: E402
+from timesnet_gen.errors import UserError  # noqa: E402
 from timesnet_gen.models import flow_sampler as fs  # noqa: E402
 
 
@@ -84,3 +87,25 @@ def test_large_sample_aucs_tell_a_mean_offset_and_the_quarter_that_holds_it():
     for span in ("15-30", "30-45", "45-60"):
         assert abs(out[f"sampler, windows {span} s only"] - 0.5) < 0.12
     assert len(large_sample_aucs(gen.reshape(LARGE, -1), oracle, rp, quarters=False)) == 2
+
+
+def test_draw_scatter_reads_each_metric_with_its_band_and_counts_the_seeds_inside():
+    """band_rows takes value, band and verdict of each metric from realism's flat output and
+    names a metric it lacks with the known ones; summary stacks the seeds, adds the band's
+    ends and counts the seeds inside it."""
+    def flat(auc: float, met: bool) -> dict:
+        return {"realism/flow/classifier_auc": auc, "realism/flow/classifier_auc_band_lo": 0.39,
+                "realism/flow/classifier_auc_band_hi": 0.49,
+                "realism/flow/classifier_auc_met": met, "realism/flow/n_stations_scored": 5}
+
+    rows = {0: band_rows(flat(0.51, False), ["classifier_auc"], "flow"),
+            3: band_rows(flat(0.48, True), ["classifier_auc"], "flow")}
+    assert rows[0].to_dict("records") == [{"metric": "classifier_auc", "value": 0.51,
+                                           "band_lo": 0.39, "band_hi": 0.49, "met": False}]
+    table, inside = summary(rows)
+    assert table.index.tolist() == ["seed 0", "seed 3", "band from", "band to"]
+    np.testing.assert_allclose(table["classifier_auc"], [0.51, 0.48, 0.39, 0.49])
+    assert inside.to_dict() == {"classifier_auc": 1}
+    with pytest.raises(UserError, match=r"no realism metric\(s\) \['d595'\] for flow "
+                                        r"\(known: classifier_auc, n_stations_scored\)"):
+        band_rows(flat(0.5, False), ["d595"], "flow")
