@@ -303,12 +303,14 @@ def test_encode_decode_keeps_peak_and_fine_spectrum():
     np.testing.assert_allclose(fs.encode(y, p)["onset"], feats["onset"], atol=1.0)  # s
 
 
-@pytest.mark.parametrize("timing", ["roll", "pslot", "warp"])
-def test_canvas_frames_at_the_encoded_timing_are_the_encoded_frames(timing):
+@pytest.mark.parametrize("timing, canvas", [("roll", "wrap"), ("pslot", "wrap"), ("warp", "wrap"),
+                                            ("roll", "hold"), ("pslot", "hold")])
+def test_canvas_frames_at_the_encoded_timing_are_the_encoded_frames(timing, canvas):
     """`canvas_frames` at the timing that `encode` returns (through `timing_knots`, as decode
     and the decoder-bias fit read it) rebuilds encode's own frames."""
     rng = np.random.default_rng(5)
-    p = fs.FlowSamplerParams(timing=timing, align_s=20.0 if timing == "warp" else 15.0)
+    p = fs.FlowSamplerParams(timing=timing, align_s=20.0 if timing == "warp" else 15.0,
+                             canvas=canvas)
     x = synthetic_records(rng, 3.0, rng.uniform(4, 6, 4), rng.uniform(10, 80, 4))
     feats = fs.encode(x, p)
     onset, knots = fs.timing_knots(feats["onset"], p, T / FS)
@@ -573,6 +575,7 @@ def test_long_gap_shift_keeps_a_far_records_p_in_the_slot():
     (dict(timing="pslot", p_align_s=16.0), r"p_align_s = 16.0 \(pslot: must be in \(0, align_s"),
     (dict(p_knot="pick"), r"p_knot = 'pick' \(not one of \('arias', 'aic', 'picker'\)\)"),
     (dict(long_gap="wrap"), r"long_gap = 'wrap' \(not one of \('clip', 'shift'\)\)"),
+    (dict(canvas="clip"), r"canvas = 'clip' \(not one of \('wrap', 'hold'\)\)"),
 ])
 def test_bad_timing_params_are_refused(overrides, match):
     with pytest.raises(fs.FlowSamplerError, match=match):
@@ -648,6 +651,52 @@ def test_onset_and_roll():
     rolled = fs.roll(x, np.array([5, -10]))
     assert rolled[0, 0, 35] == 1.0 and rolled[1, 2, 60] == 2.0
     np.testing.assert_array_equal(fs.roll(rolled, np.array([-5, 10])), x)
+
+
+def test_move_rolls_or_shifts_with_the_edge_mirrored():
+    x = np.tile(np.arange(10.0), (2, 1, 1))  # (2, 1, 10)
+    shift = np.array([3, -2])
+    np.testing.assert_array_equal(fs.move(x, shift, fs.FlowSamplerParams()), fs.roll(x, shift))
+    held = fs.move(x, shift, fs.FlowSamplerParams(canvas="hold"))
+    np.testing.assert_array_equal(held[0, 0], [3, 2, 1, 0, 1, 2, 3, 4, 5, 6])
+    np.testing.assert_array_equal(held[1, 0], [2, 3, 4, 5, 6, 7, 8, 9, 8, 7])
+
+
+def test_canvas_shift_moves_the_frames_by_whole_hops_and_the_waveform_by_the_rest():
+    shift = np.array([130, -130, 64])  # samples; hop 64
+    wave, frames = fs.canvas_shift(shift, fs.FlowSamplerParams(canvas="hold"))
+    np.testing.assert_array_equal(wave, [2, 62, 0])
+    np.testing.assert_allclose(frames, [1.28, -1.92, 0.64])
+    wave, frames = fs.canvas_shift(shift, fs.FlowSamplerParams())
+    np.testing.assert_array_equal(wave, shift)
+    assert not frames.any()
+
+
+@pytest.mark.parametrize("timing", ["roll", "pslot"])
+def test_held_canvas_keeps_a_quiet_start_quiet_where_the_wrapped_one_fills_it(timing):
+    """A record as real ones are: 20 s of quiet pre-event noise, then strong motion whose coda
+    is still loud at the record's end (onset later than align_s). Rolled onto the canvas, its
+    start follows its coda there, and decoding (long-period steps off) leaves coda energy in
+    the record's first seconds (measured: 47-56 x the noise's rms); with the ends held they
+    keep about the noise level (0.9-1.7 x), unless the long-period steps, which act on the whole
+    record at once, spread the coda's long periods over it again (20-92 x)."""
+    rng = np.random.default_rng(3)
+    t = np.arange(T) / FS
+    env = np.where(t < 20.0, 1e-3, np.exp(-(t - 20.0) / 40.0))
+    x = (rng.standard_normal((2, 3, T)) * env).astype(np.float32)
+
+    def first_seconds_gain(canvas: str, steps_off: bool = True) -> np.ndarray:
+        p = fs.FlowSamplerParams(timing=timing, canvas=canvas)
+        if steps_off:
+            p = fs.FlowSamplerParams(timing=timing, canvas=canvas, long_period_hz=0.0,
+                                     random_phase_hz=0.0)
+        y = decode_features(fs.encode(x, p), p)
+        return np.sqrt((y[..., :300] ** 2).mean(axis=(1, 2)) / (x[..., :300] ** 2).mean(
+            axis=(1, 2)))
+
+    assert (first_seconds_gain("wrap") > 10.0).all()
+    assert (first_seconds_gain("hold") < 3.0).all()
+    assert (first_seconds_gain("hold", steps_off=False) > 10.0).all()
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -733,6 +782,40 @@ def test_warped_timings_train_sample_and_round_trip_their_state(prepared, tmp_pa
                          log=lambda _: None)
         assert (tmp_path / "m" / "losses.tsv").read_bytes() == \
             (tmp_path / "m2" / "losses.tsv").read_bytes()
+
+
+def test_real_records_profile_trains_samples_and_round_trips_its_state(prepared, tmp_path,
+                                                                      trained):
+    """The decoder settings for real records (canvas hold, long_gap shift, the long-period
+    steps off) end to end: trained (the decoder-bias fit included), seeded records, a state
+    that reloads with them; a checkpoint from before the canvas option loads as wrap."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "ingest.json").write_text("{}\n")  # what `ingest` writes beside real records
+    lines = []
+    sampler = fs.train_sampler(prepared, tiny_params(**fs.REAL_RECORDS), tmp_path / "m",
+                               raw_dir=raw, log=lines.append)
+    assert sampler.params.canvas == "hold" and not any("warning" in x for x in lines)
+    sample_and_reload(sampler, tmp_path / "m" / "model.pt", "A", np.array([5.0, 4.5]),
+                      np.array([20.0, 60.0]), seed=3)
+    old = trained[0].state()
+    del old["params"]["canvas"]
+    assert fs.FlowSampler.from_state(old).params.canvas == "wrap"
+
+
+def test_real_records_decoded_with_the_simulated_corpus_settings_get_a_warning(tmp_path):
+    """Beside ingested records (ingest.json) every setting of the simulated corpus's is named
+    with the real records' ones; the real records' settings, or a corpus that `ingest` did not
+    write, get none."""
+    assert fs.real_records_warning(tmp_path, fs.FlowSamplerParams()) is None
+    (tmp_path / "ingest.json").write_text("{}\n")
+    message = fs.real_records_warning(tmp_path, fs.FlowSamplerParams(long_gap="shift"))
+    assert message == (
+        f"warning: {tmp_path} holds real records (ingest.json), decoded with the simulated "
+        "corpus's canvas 'wrap', long_period_hz 0.6, random_phase_hz 0.3; real records take "
+        "canvas 'hold', long_gap 'shift', long_period_hz 0.0, random_phase_hz 0.0 (README "
+        "\"Run it on your own AFAD records\")")
+    assert fs.real_records_warning(tmp_path, fs.FlowSamplerParams(**fs.REAL_RECORDS)) is None
 
 
 def test_aic_knot_and_quadratic_mean_train_sample_and_round_trip_their_state(prepared,

@@ -3,13 +3,14 @@ the sampler contract (shapes, determinism, conditioning, checkpoint round trip) 
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+
+from conftest import samos_records
 
 from timesnet_gen.errors import UserError
 from timesnet_gen.evaluation.intensity import pga
@@ -269,25 +270,8 @@ def test_bad_checkpoint_state(fitted):
 # real records (skipped when ../shared/data is absent)
 
 
-@functools.lru_cache(maxsize=1)
-def _samos():
-    from conftest import shared_data
-
-    from timesnet_gen.io.readers import RawRecord, parse_afad_asc, read_afad_asc
-
-    folder = shared_data("afad_asc", "samos_2020")
-    files = sorted(p for p in folder.rglob("*.asc") if not p.name.startswith("._"))
-    recs = [r for _, r in read_afad_asc([parse_afad_asc(p) for p in files])]
-    assert all(isinstance(r, RawRecord) for r in recs)
-    waves = np.stack([np.pad(r.data[:, :6000], ((0, 0), (0, max(0, 6000 - r.data.shape[1]))))
-                      for r in recs])
-    table = pd.DataFrame({"station": "SAMOS", "magnitude": [r.meta["magnitude"] for r in recs],
-                          "distance_km": [r.meta["distance_km"] for r in recs]})
-    return waves, table
-
-
 def test_picks_on_real_afad_records_match_the_distance():
-    waves, table = _samos()
+    waves, table = samos_records()
     picks = np.array([pick_record(w, FS, StochasticParams()) for w in waves])
     assert np.all((picks[:, 0] > 3.0) & (picks[:, 0] < picks[:, 1]) & (picks[:, 1] < 60.0))
     # S-P against a crustal 0.119 s/km (Vp 6, Vs 3.5 km/s) at ~10 km depth: a glitch-triggered
@@ -297,7 +281,7 @@ def test_picks_on_real_afad_records_match_the_distance():
 
 
 def test_fit_on_real_afad_records_reproduces_their_pga():
-    waves, table = _samos()  # one event at 26 stations, pooled as one pseudo-station
+    waves, table = samos_records()  # one event at 26 stations, pooled as one pseudo-station
     sampler = fit_stochastic(waves, table, ["SAMOS"], StochasticParams(calibration_rounds=1))
     sc = sampler.scenarios("SAMOS")
     synth = sampler.sample("SAMOS", sc[:, 0], sc[:, 1], seed=0)

@@ -40,7 +40,10 @@ given the fine spectrum"); `prior_calibrate`
 the frame gain does for the frames ("The record prior's gain"). Two options measured and left
 off: `scalar_calibrate`, the same gain for the flow's level and timing scalars ("The scalar
 gain"), and `long_gap: shift`, which keeps the P of a record whose P-to-onset gap is longer
-than the canvas before the onset inside the P slot ("Far records in the P slot").
+than the canvas before the onset inside the P slot ("Far records in the P slot"). `canvas`
+(wrap) rolls the waveform onto the canvas, as the simulated corpus's circular filters do;
+real records take `canvas: hold` (their frames moved, the ends held), `long_gap: shift` and
+the long-period steps off ("Real records: the canvas and the long-period steps").
 `coarse_pcs` and `fine_pcs` optionally keep only the leading components of a frame's
 channels and of the fine spectrum.
 
@@ -144,6 +147,16 @@ class FlowSamplerParams:
     #                         96 %, held-out AUC +0.011 / +0.024 at two training seeds and 10
     #                         realism misses against 4 in a pipeline draw (measured; "Far
     #                         records in the P slot"), so clip
+    canvas: str = "wrap"  # roll, pslot: how the record is moved onto the canvas. wrap: the
+    #                       waveform rolled circularly (what leaves one end comes back at the
+    #                       other: the coda's end before the pre-event part, or the pre-event
+    #                       part after the coda); right for the simulated corpus, whose filters
+    #                       are circular. hold: the frames are moved by whole hops with the
+    #                       first and last frame held (the waveform by the rest, under a hop,
+    #                       its edge mirrored), and decoding fills what lies outside the canvas
+    #                       the same way (`canvas_shift`). Real records: hold, with long_gap
+    #                       shift and long_period_hz and random_phase_hz 0 ("Real records: the
+    #                       canvas and the long-period steps") (CANVASES)
     end_fraction: float = 0.95  # stretch: end knot = time of this fraction of Arias intensity
     end_align_s: float = 40.0  # stretch: s, where the end knot sits in warped time (> align_s)
     coarse_pcs: int = 0  # flow over this many principal components of a frame's standardised
@@ -315,6 +328,8 @@ class FlowSamplerParams:
             bad.append(f"p_knot = {self.p_knot!r} (not one of {P_KNOTS})")
         if self.long_gap not in LONG_GAPS:
             bad.append(f"long_gap = {self.long_gap!r} (not one of {LONG_GAPS})")
+        if self.canvas not in CANVASES:
+            bad.append(f"canvas = {self.canvas!r} (not one of {CANVASES})")
         if self.timing not in TIMINGS:
             bad.append(f"timing = {self.timing!r} (not one of {TIMINGS})")
         if self.timing != "roll" and not 0 < self.p_align_s < self.align_s:
@@ -405,9 +420,36 @@ def align_shift(onset_s: np.ndarray, p: FlowSamplerParams, at_s: np.ndarray | No
     return np.rint((at - np.asarray(onset_s, dtype=np.float64)) * fs).astype(np.int64)
 
 
+def canvas_shift(shift: np.ndarray, p: FlowSamplerParams) -> tuple[np.ndarray, np.ndarray]:
+    """The move of `align_shift` (n,) samples as (the waveform's move (n,) samples, `move`;
+    the frames' shift (n,) s). canvas wrap: the waveform rolls all of it. hold: the frames move
+    by the whole hops in it, ends held (`resample_frames`; no interpolation between frames),
+    and the waveform by the rest (0 to hop - 1 samples), its edge mirrored."""
+    shift = np.asarray(shift, dtype=np.int64)
+    if p.canvas == "wrap":
+        return shift, np.zeros(len(shift))
+    whole = np.floor_divide(shift, p.hop) * p.hop
+    return shift - whole, whole / SAMPLING_RATE
+
+
+def move(x: np.ndarray, shift: np.ndarray, p: FlowSamplerParams) -> np.ndarray:
+    """Records (n, 3, T) moved by shift (n,) samples: canvas wrap rolls them (`roll`); hold
+    shifts them, the vacated samples mirroring the record's own edge."""
+    if p.canvas == "wrap":
+        return roll(x, shift)
+    t = x.shape[-1]
+    idx = np.arange(t)[None] - np.asarray(shift)[:, None]  # (n, T) source sample
+    idx = np.where(idx < 0, -idx, np.where(idx >= t, 2 * (t - 1) - idx, idx))
+    return np.take_along_axis(x, idx[:, None], axis=-1)
+
+
 TIMINGS = ("roll", "warp", "stretch", "pslot")
 P_KNOTS = ("arias", "aic", "picker")
 LONG_GAPS = ("clip", "shift")
+CANVASES = ("wrap", "hold")
+# the decoder's settings for real records ("Real records: the canvas and the long-period steps")
+REAL_RECORDS = {"canvas": "hold", "long_gap": "shift", "long_period_hz": 0.0,
+                "random_phase_hz": 0.0}
 MAX_GAP_S = 40.0  # pslot, long_gap shift: the longest P-to-onset gap the canvas takes (s)
 P_PICK_AFTER_S = 1.0  # p_knot aic: the AIC window ends this long after the p_fraction time
 P_PICK_WINDOW_S = 1.0  # p_knot picker: its RMS window (evaluate.realism.pick_window_s's default)
@@ -504,9 +546,11 @@ def knots_of_features(features: np.ndarray, duration: float) -> np.ndarray:
 
 
 def frame_times(knots: np.ndarray, p: FlowSamplerParams, n_frames: int, inverse: bool = False,
-                fs: float = SAMPLING_RATE) -> np.ndarray:
+                shift_s: np.ndarray | float = 0.0, fs: float = SAMPLING_RATE) -> np.ndarray:
     """Real time (s) of every warped frame of each record with real knots (n, K) -> (n,
-    n_frames); inverse=True: the warped time of every real frame.
+    n_frames); inverse=True: the warped time of every real frame. The knots are in the time
+    of the moved record; the real time returned (inverse: given) is that less shift_s (n,) s,
+    the frames' own shift (`canvas_shift`; 0 for a rolled waveform).
 
     The warp is piecewise linear through (0, 0), each (real knot, `warped_knots`) and has
     slope 1 after the last knot: warp gives the P wave a fixed slot and keeps the real durations
@@ -518,9 +562,10 @@ def frame_times(knots: np.ndarray, p: FlowSamplerParams, n_frames: int, inverse:
     real = np.column_stack([np.zeros(len(knots)), knots, knots[:, -1] + far])
     warped = np.r_[0.0, warped_knots(p), warped_knots(p)[-1] + far]
     grid = np.arange(n_frames) * p.hop / fs
+    shift = np.broadcast_to(np.asarray(shift_s, dtype=np.float64), (len(knots),))
     if inverse:
-        return np.stack([np.interp(grid, r, warped) for r in real])
-    return np.stack([np.interp(grid, warped, r) for r in real])
+        return np.stack([np.interp(grid + d, r, warped) for r, d in zip(real, shift)])
+    return np.stack([np.interp(grid, warped, r) - d for r, d in zip(real, shift)])
 
 
 def resample_frames(frames: np.ndarray, at_s: np.ndarray, p: FlowSamplerParams,
@@ -540,11 +585,11 @@ def resample_frames(frames: np.ndarray, at_s: np.ndarray, p: FlowSamplerParams,
 def encode(waveforms: np.ndarray, p: FlowSamplerParams) -> dict[str, np.ndarray]:
     """Records (n, 3, T) cm/s^2 -> {"level" (n, 1), "onset" (n, 1 | 2 | 3), "coarse"
     (n, frames, 3 B), "fine" (n, 3 F)}. timing "roll": the spectrogram is of the record
-    circularly shifted so that its onset (align_fraction of the Arias intensity) sits at
-    p.align_s; the onset (s) is a feature. timing "warp" and "stretch": the spectrogram is
-    resampled onto warped time (`frame_times`); the features are `knot_features`. "pslot":
-    rolled as roll, then the frames before the onset resampled so that the P knot sits at
-    p_align_s; the features are the onset (s) and ln(onset - P knot)."""
+    moved so that its onset (align_fraction of the Arias intensity) sits at p.align_s (p.canvas:
+    rolled, or its frames moved with the ends held); the onset (s) is a feature. timing "warp"
+    and "stretch": the spectrogram is resampled onto warped time (`frame_times`); the features
+    are `knot_features`. "pslot": moved as roll, then the frames before the onset resampled so
+    that the P knot sits at p_align_s; the features are the onset (s) and ln(onset - P knot)."""
     x = np.asarray(waveforms, dtype=np.float32)
     if x.ndim != 3 or x.shape[1] != 3:
         raise FlowSamplerError(f"records must have shape (n, 3, T), got {x.shape}")
@@ -589,17 +634,23 @@ def canvas_frames(xn: np.ndarray, onset: np.ndarray | None, knots: np.ndarray | 
                   p: FlowSamplerParams) -> np.ndarray:
     """The coarse frames (n, frames, 3 B) of unit-peak records xn (n, 3, T) with the onset (n,)
     s (roll, pslot) and the knots (n, K) of `timing_knots` (not roll): the log band
-    magnitudes of the record rolled (roll, pslot) so that its onset sits at align_s (pslot: at
-    the onset knot), resampled onto warped time (not roll). `encode` gives it the records'
+    magnitudes of the record moved (roll, pslot; p.canvas) so that its onset sits at align_s
+    (pslot: at the onset knot), resampled onto warped time (not roll). `encode` gives it the records'
     own timing; `fit_decoder_bias` the timing that decoded records were made with."""
+    frame_shift = np.zeros(len(xn))
     if p.timing in ("roll", "pslot"):
-        xn = roll(xn, align_shift(onset, p, knots[:, 1] if p.timing == "pslot" else None))
+        wave_shift, frame_shift = canvas_shift(
+            align_shift(onset, p, knots[:, 1] if p.timing == "pslot" else None), p)
+        xn = move(xn, wave_shift, p)
     band = band_magnitude(stft(torch.from_numpy(np.asarray(xn, dtype=np.float32)), p.n_fft,
                                p.hop), p)  # (n, 3, B, t)
     coarse = torch.log(band + p.log_eps).numpy()
     n, c, b, t = coarse.shape
     if p.timing != "roll":
-        coarse = resample_frames(coarse, frame_times(knots, p, t), p)
+        coarse = resample_frames(coarse, frame_times(knots, p, t, shift_s=frame_shift), p)
+    elif p.canvas == "hold":
+        grid = np.arange(t) * p.hop / SAMPLING_RATE
+        coarse = resample_frames(coarse, grid[None] - frame_shift[:, None], p)
     return coarse.transpose(0, 3, 1, 2).reshape(n, t, c * b)
 
 
@@ -700,9 +751,16 @@ def decode(level: torch.Tensor, onset: torch.Tensor, coarse: torch.Tensor, fine:
     logmag = coarse.reshape(n, t, 3, cb // 3).permute(0, 2, 3, 1)  # (n, 3, B, frames)
     duration = n_samples / SAMPLING_RATE
     onset_s, knots = timing_knots(onset.double().numpy(), p, duration)
-    if p.timing != "roll":  # warped frames back to real (pslot: rolled) time
-        logmag = torch.from_numpy(resample_frames(
-            logmag.numpy(), frame_times(knots, p, t, inverse=True), p))
+    wave_shift, frame_shift = np.zeros(n, dtype=np.int64), np.zeros(n)
+    if p.timing in ("roll", "pslot"):
+        wave_shift, frame_shift = canvas_shift(
+            align_shift(onset_s, p, knots[:, 1] if p.timing == "pslot" else None), p)
+    if p.timing != "roll":  # warped frames back to real time (pslot: the moved record's)
+        at = frame_times(knots, p, t, inverse=True, shift_s=frame_shift)
+        logmag = torch.from_numpy(resample_frames(logmag.numpy(), at, p))
+    elif p.canvas == "hold":
+        at = np.arange(t) * p.hop / SAMPLING_RATE + frame_shift[:, None]
+        logmag = torch.from_numpy(resample_frames(logmag.numpy(), at, p))
     band_mag = (torch.exp(logmag) - p.log_eps).clamp_min(0.0)  # (n, 3, B, frames)
     mag = F.pad(band_mag[:, :, bands], (0, 0, 1, 0))  # every bin of its band; DC zero
     x = griffin_lim(mag, p.n_fft, p.hop, n_samples, p.griffin_lim_iters,
@@ -718,8 +776,7 @@ def decode(level: torch.Tensor, onset: torch.Tensor, coarse: torch.Tensor, fine:
     if p.random_phase_hz > 0:
         x = random_phase(x, p.random_phase_hz, generator)
     if p.timing in ("roll", "pslot"):
-        at = knots[:, 1] if p.timing == "pslot" else None
-        x = torch.from_numpy(roll(x.numpy(), -align_shift(onset_s, p, at)))
+        x = torch.from_numpy(move(x.numpy(), -wave_shift, p))
     if p.quiet_before_p and p.timing != "roll":
         x = quiet_before_p(x, decoded_p_knot(onset.double().numpy(), p, duration),
                            p.n_fft / SAMPLING_RATE)
@@ -1495,7 +1552,8 @@ BEFORE_OPTIONS = {"remainder_scale": False, "remainder_ar": False, "remainder_ga
                   "prior_records": "target", "prior_scalars": False, "prior_calibrate": False,
                   "p_knot": "arias", "mean_quadratic": False, "random_phase_hz": 0.0,
                   "remainder_smooth": False, "prior_fine": 0, "quiet_before_p": False,
-                  "scalar_calibrate": False, "long_gap": "clip", "decoder_bias": False}
+                  "scalar_calibrate": False, "long_gap": "clip", "decoder_bias": False,
+                  "canvas": "wrap"}
 
 
 class FlowSampler:
@@ -1706,6 +1764,21 @@ def val_fit(index: pd.DataFrame, rows: dict[str, np.ndarray], stats: dict[str, t
     return out[0], out[1]
 
 
+def real_records_warning(raw_dir: Path, params: FlowSamplerParams) -> str | None:
+    """A warning when raw_dir holds ingested records (its ingest.json) and params decode them
+    with a setting of the simulated corpus's (not REAL_RECORDS); None otherwise."""
+    if not (Path(raw_dir) / "ingest.json").exists():
+        return None
+    other = [f"{key} {getattr(params, key)!r}" for key, value in REAL_RECORDS.items()
+             if getattr(params, key) != value]
+    if not other:
+        return None
+    wanted = ", ".join(f"{key} {value!r}" for key, value in REAL_RECORDS.items())
+    return (f"warning: {raw_dir} holds real records (ingest.json), decoded with the simulated "
+            f"corpus's {', '.join(other)}; real records take {wanted} (README \"Run it on your "
+            "own AFAD records\")")
+
+
 def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: str | Path,
                   raw_dir: str | Path = "data/raw", log: Callable[[str], None] = print
                   ) -> FlowSampler:
@@ -1713,7 +1786,7 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
     fine-tune on the target stations' train split (holdout never read). Writes
     out_dir/model.pt (the sampler checkpoint) and losses.tsv (phase, epoch, train_loss,
     val_loss; the epoch times go to the log only, so the same seed writes the same bytes)
-    atomically; returns the sampler."""
+    atomically; returns the sampler. Logs `real_records_warning` first when it has one."""
     from timesnet_gen.atomic import check_out, staged_dir
     from timesnet_gen.prepare import load_prepared, select
     from timesnet_gen.runtime import resolve_device
@@ -1721,6 +1794,9 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
     prepared_dir, raw_dir = Path(prepared_dir), Path(raw_dir)
     check_out(out_dir, [prepared_dir, raw_dir])
     device = resolve_device(params.device, "generators.flow.device")
+    warning = real_records_warning(raw_dir, params)
+    if warning:
+        log(warning)
     setup_torch(params)
     waveforms, index = load_prepared(prepared_dir)
     scen = scenario_table(prepared_dir, raw_dir, index)
