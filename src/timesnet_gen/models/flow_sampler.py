@@ -635,8 +635,8 @@ def canvas_frames(xn: np.ndarray, onset: np.ndarray | None, knots: np.ndarray | 
     """The coarse frames (n, frames, 3 B) of unit-peak records xn (n, 3, T) with the onset (n,)
     s (roll, pslot) and the knots (n, K) of `timing_knots` (not roll): the log band
     magnitudes of the record moved (roll, pslot; p.canvas) so that its onset sits at align_s
-    (pslot: at the onset knot), resampled onto warped time (not roll). `encode` gives it the records'
-    own timing; `fit_decoder_bias` the timing that decoded records were made with."""
+    (pslot: at the onset knot), resampled onto warped time (not roll). `encode` gives it the
+    records' own timing; `fit_decoder_bias` the timing that decoded records were made with."""
     frame_shift = np.zeros(len(xn))
     if p.timing in ("roll", "pslot"):
         wave_shift, frame_shift = canvas_shift(
