@@ -8,6 +8,8 @@ import pytest
 import torch
 from scipy.signal import butter, sosfiltfilt
 
+from conftest import resplit
+
 from timesnet_gen.errors import UserError
 from timesnet_gen.evaluation.realism_phases import horizontal_envelope, pick_p_s
 from timesnet_gen.models import flow_sampler as fs
@@ -744,6 +746,18 @@ def test_training_writes_checkpoint_and_both_phases(trained):
     assert list(losses["phase"]) == ["pretrain", "finetune", "finetune"]
     assert np.isfinite(losses["train_loss"]).all()
     assert sampler.stations == ["A", "B"]
+
+
+def test_training_without_validation_records_skips_the_validation_loss(prepared, tmp_path):
+    """A corpus whose pre-training stations have no val split (few records per station, as a
+    real corpus can have) trains: the validation loss is left empty, and the sampler draws."""
+    no_val = resplit(prepared, tmp_path / "no_val", "split", "val", "train")
+    sampler = fs.train_sampler(no_val, tiny_params(), tmp_path / "m", raw_dir=tmp_path / "none",
+                               log=lambda _: None)
+    losses = pd.read_csv(tmp_path / "m" / "losses.tsv", sep="\t")
+    assert losses["val_loss"].isna().all() and np.isfinite(losses["train_loss"]).all()
+    sample_and_reload(sampler, tmp_path / "m" / "model.pt", "A", np.array([5.0]),
+                      np.array([30.0]), seed=1)
 
 
 def test_scenarios_are_the_training_rows_of_the_station(trained, prepared):

@@ -1809,9 +1809,10 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
     targets = index[index["role"] == "target"].sort_values("station_index")
     stations = list(dict.fromkeys(targets["station"]))
     t0 = time.perf_counter()
-    feats = {name: encode(waveforms[r], params) for name, r in rows.items()}
+    feats = {name: encode(waveforms[r], params) for name, r in rows.items() if len(r)}
     train = np.concatenate([rows["pretrain"], rows["finetune"]])
-    both = {k: np.concatenate([feats["pretrain"][k], feats["finetune"][k]]) for k in feats["val"]}
+    both = {k: np.concatenate([feats["pretrain"][k], feats["finetune"][k]])
+            for k in feats["pretrain"]}
     stats = fit_stats(both, index["station"].to_numpy()[train], scen[train], stations,
                       params.mean_model, params.mean_quadratic)
     fit_c, fit_s = stats.pop("_coarse_fit"), stats.pop("_static_fit")
