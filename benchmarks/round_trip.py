@@ -13,8 +13,9 @@ representation and the decoder alone, the floor under any flow trained on those 
 decoded record is compared with the record itself on the realism classifier's features (ln mean
 power per component, 5 s window and band; evaluate.realism), the features in which a sampler
 is told apart from real records. Printed for the decoder settings side by side (rows): the
-params' own, and every combination of canvas (wrap, hold), long_gap (clip, shift) and the
-long-period steps (long_period_hz, random_phase_hz: as in the params, or off). Columns: the
+params' own, the real-records settings (flow_sampler.REAL_RECORDS), and every combination of
+canvas (wrap, hold), long_gap (clip, shift) and the long-period steps (long_period_hz,
+random_phase_hz: as in the params, or off). Columns: the
 ln power error (decoded less the record's) averaged over the records, components and bands in
 each 5 s window (a mean a classifier sees), its rms over all cells, and the share of records
 whose first window (before their P on a P-aligned corpus) is decoded with more than 10 times
@@ -46,9 +47,10 @@ LOUD_LN = np.log(10.0)  # ln power: a window decoded with more than 10 times its
 
 
 def settings(p: fs.FlowSamplerParams) -> dict[str, fs.FlowSamplerParams]:
-    """The decoder settings compared: the params' own, then every combination of the canvas,
-    long_gap and the long-period steps (as the params, or off)."""
-    out = {"the params' own": p}
+    """The decoder settings compared: the params' own, the real-records settings
+    (flow_sampler.REAL_RECORDS), then every combination of the canvas, long_gap and the
+    long-period steps (as the params, or off)."""
+    out = {"the params' own": p, "the real-records settings": replace(p, **fs.REAL_RECORDS)}
     for canvas, long_gap, steps in itertools.product(fs.CANVASES, fs.LONG_GAPS, ("on", "off")):
         q = replace(p, canvas=canvas, long_gap=long_gap)
         if steps == "off":

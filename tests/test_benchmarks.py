@@ -122,15 +122,14 @@ def test_round_trip_of_real_records_the_real_records_profile_keeps_the_pre_event
     pre-event noise first): the decoder as the simulated corpus sets it (wrap, the long-period
     steps on) decodes the first 5 s of every record with more than 10 times their power (measured:
     11.0 ln power on average);
-    the real-records settings (hold, long_gap shift, the steps off) keep them within 1 (0.28)
-    and halve the error over all cells (5.86 -> 1.30)."""
+    the real-records settings (flow_sampler.REAL_RECORDS) keep them within 1 (0.28) and halve
+    the error over all cells (5.86 -> 1.30)."""
     waves, _ = samos_records()
     rp = RealismParams()
     table = settings(fs.FlowSamplerParams())
     rows = {name: summary_row(round_trip_error(waves.astype(np.float32), table[name], rp, 1),
                               rp.spec_window_s)
-            for name in ("the params' own",
-                         "canvas hold, long_gap shift, long-period steps off")}
+            for name in ("the params' own", "the real-records settings")}
     default, real = rows.values()
     assert default["0-5 s"] > 5.0 and default["first window > 10x power, %"] == 100.0
     assert abs(real["0-5 s"]) < 1.0 and real["first window > 10x power, %"] == 0.0
@@ -138,9 +137,9 @@ def test_round_trip_of_real_records_the_real_records_profile_keeps_the_pre_event
 
 
 def test_round_trip_prints_every_setting_and_refuses_bad_input(tmp_path, capsys):
-    """Two records written as a corpus: one line per setting (the params' own and the 8
-    combinations); a folder that is no corpus, no records of the stations asked for and
-    --seeds 0 are refused with the cause."""
+    """Two records written as a corpus: one line per setting (the params' own, the
+    real-records settings and the 8 combinations); a folder that is no corpus, no records of
+    the stations asked for and --seeds 0 are refused with the cause."""
     t = np.arange(6000) / 100.0
     rng = np.random.default_rng(0)
     waves = (rng.standard_normal((2, 3, 6000)) * np.exp(-np.abs(t - 20.0) / 5.0)).astype(

@@ -800,9 +800,10 @@ def test_warped_timings_train_sample_and_round_trip_their_state(prepared, tmp_pa
 
 def test_real_records_profile_trains_samples_and_round_trips_its_state(prepared, tmp_path,
                                                                       trained):
-    """The decoder settings for real records (canvas hold, long_gap shift, the long-period
-    steps off) end to end: trained (the decoder-bias fit included), seeded records, a state
-    that reloads with them; a checkpoint from before the canvas option loads as wrap."""
+    """The decoder settings for real records (REAL_RECORDS: canvas hold, long_gap shift, the
+    long-period steps off, quiet before the P knot) end to end: trained (the decoder-bias fit
+    included), seeded records, a state that reloads with them; a checkpoint from before the
+    canvas option loads as wrap."""
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "ingest.json").write_text("{}\n")  # what `ingest` writes beside real records
@@ -826,9 +827,9 @@ def test_real_records_decoded_with_the_simulated_corpus_settings_get_a_warning(t
     message = fs.real_records_warning(tmp_path, fs.FlowSamplerParams(long_gap="shift"))
     assert message == (
         f"warning: {tmp_path} holds real records (ingest.json), decoded with the simulated "
-        "corpus's canvas 'wrap', long_period_hz 0.6, random_phase_hz 0.3; real records take "
-        "canvas 'hold', long_gap 'shift', long_period_hz 0.0, random_phase_hz 0.0 (README "
-        "\"Run it on your own AFAD records\")")
+        "corpus's canvas 'wrap', long_period_hz 0.6, random_phase_hz 0.3, quiet_before_p False; "
+        "real records take canvas 'hold', long_gap 'shift', long_period_hz 0.0, "
+        "random_phase_hz 0.0, quiet_before_p True (README \"Run it on your own AFAD records\")")
     assert fs.real_records_warning(tmp_path, fs.FlowSamplerParams(**fs.REAL_RECORDS)) is None
 
 

@@ -42,8 +42,9 @@ off: `scalar_calibrate`, the same gain for the flow's level and timing scalars (
 gain"), and `long_gap: shift`, which keeps the P of a record whose P-to-onset gap is longer
 than the canvas before the onset inside the P slot ("Far records in the P slot"). `canvas`
 (wrap) rolls the waveform onto the canvas, as the simulated corpus's circular filters do;
-real records take `canvas: hold` (their frames moved, the ends held), `long_gap: shift` and
-the long-period steps off ("Real records: the canvas and the long-period steps").
+real records take `canvas: hold` (their frames moved, the ends held), `long_gap: shift`, the
+long-period steps off and `quiet_before_p` (`REAL_RECORDS`; "Real records: the canvas and the
+long-period steps").
 `coarse_pcs` and `fine_pcs` optionally keep only the leading components of a frame's
 channels and of the fine spectrum.
 
@@ -154,9 +155,9 @@ class FlowSamplerParams:
     #                       are circular. hold: the frames are moved by whole hops with the
     #                       first and last frame held (the waveform by the rest, under a hop,
     #                       its edge mirrored), and decoding fills what lies outside the canvas
-    #                       the same way (`canvas_shift`). Real records: hold, with long_gap
-    #                       shift and long_period_hz and random_phase_hz 0 ("Real records: the
-    #                       canvas and the long-period steps") (CANVASES)
+    #                       the same way (`canvas_shift`). Real records: hold, with the rest
+    #                       of REAL_RECORDS ("Real records: the canvas and the long-period
+    #                       steps") (CANVASES)
     end_fraction: float = 0.95  # stretch: end knot = time of this fraction of Arias intensity
     end_align_s: float = 40.0  # stretch: s, where the end knot sits in warped time (> align_s)
     coarse_pcs: int = 0  # flow over this many principal components of a frame's standardised
@@ -449,7 +450,7 @@ LONG_GAPS = ("clip", "shift")
 CANVASES = ("wrap", "hold")
 # the decoder's settings for real records ("Real records: the canvas and the long-period steps")
 REAL_RECORDS = {"canvas": "hold", "long_gap": "shift", "long_period_hz": 0.0,
-                "random_phase_hz": 0.0}
+                "random_phase_hz": 0.0, "quiet_before_p": True}
 MAX_GAP_S = 40.0  # pslot, long_gap shift: the longest P-to-onset gap the canvas takes (s)
 P_PICK_AFTER_S = 1.0  # p_knot aic: the AIC window ends this long after the p_fraction time
 P_PICK_WINDOW_S = 1.0  # p_knot picker: its RMS window (evaluate.realism.pick_window_s's default)
