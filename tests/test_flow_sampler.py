@@ -665,11 +665,13 @@ def test_move_rolls_or_shifts_with_the_edge_mirrored():
 
 
 def test_canvas_shift_moves_the_frames_by_whole_hops_and_the_waveform_by_the_rest():
-    shift = np.array([130, -130, 64])  # samples; hop 64
-    wave, frames = fs.canvas_shift(shift, fs.FlowSamplerParams(canvas="hold"))
+    shift = np.array([130, -130, 64])  # samples (hop 64): the onsets below to align_s 15 s
+    onset = 15.0 - shift / FS
+    hold = fs.FlowSamplerParams(timing="roll", canvas="hold")
+    wave, frames = fs.canvas_shift(onset, None, hold)
     np.testing.assert_array_equal(wave, [2, 62, 0])
     np.testing.assert_allclose(frames, [1.28, -1.92, 0.64])
-    wave, frames = fs.canvas_shift(shift, fs.FlowSamplerParams())
+    wave, frames = fs.canvas_shift(onset, None, fs.FlowSamplerParams(timing="roll"))
     np.testing.assert_array_equal(wave, shift)
     assert not frames.any()
 

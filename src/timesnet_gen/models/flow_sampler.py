@@ -421,12 +421,17 @@ def align_shift(onset_s: np.ndarray, p: FlowSamplerParams, at_s: np.ndarray | No
     return np.rint((at - np.asarray(onset_s, dtype=np.float64)) * fs).astype(np.int64)
 
 
-def canvas_shift(shift: np.ndarray, p: FlowSamplerParams) -> tuple[np.ndarray, np.ndarray]:
-    """The move of `align_shift` (n,) samples as (the waveform's move (n,) samples, `move`;
-    the frames' shift (n,) s). canvas wrap: the waveform rolls all of it. hold: the frames move
-    by the whole hops in it, ends held (`resample_frames`; no interpolation between frames),
-    and the waveform by the rest (0 to hop - 1 samples), its edge mirrored."""
-    shift = np.asarray(shift, dtype=np.int64)
+def canvas_shift(onset_s: np.ndarray, knots: np.ndarray | None, p: FlowSamplerParams
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """How records with the onset (n,) s and the knots of `timing_knots` are moved onto the
+    canvas (roll, pslot: by `align_shift`; warp, stretch: not at all): (the waveform's move
+    (n,) samples, `move`; the frames' shift (n,) s). canvas wrap: the waveform rolls all of
+    it. hold: the frames move by the whole hops in it, ends held (`resample_frames`; no
+    interpolation between frames), and the waveform by the rest (0 to hop - 1 samples), its
+    edge mirrored."""
+    if p.timing not in ("roll", "pslot"):
+        return np.zeros(len(knots), dtype=np.int64), np.zeros(len(knots))
+    shift = align_shift(onset_s, p, knots[:, 1] if p.timing == "pslot" else None)
     if p.canvas == "wrap":
         return shift, np.zeros(len(shift))
     whole = np.floor_divide(shift, p.hop) * p.hop
@@ -638,10 +643,8 @@ def canvas_frames(xn: np.ndarray, onset: np.ndarray | None, knots: np.ndarray | 
     magnitudes of the record moved (roll, pslot; p.canvas) so that its onset sits at align_s
     (pslot: at the onset knot), resampled onto warped time (not roll). `encode` gives it the
     records' own timing; `fit_decoder_bias` the timing that decoded records were made with."""
-    frame_shift = np.zeros(len(xn))
+    wave_shift, frame_shift = canvas_shift(onset, knots, p)
     if p.timing in ("roll", "pslot"):
-        wave_shift, frame_shift = canvas_shift(
-            align_shift(onset, p, knots[:, 1] if p.timing == "pslot" else None), p)
         xn = move(xn, wave_shift, p)
     band = band_magnitude(stft(torch.from_numpy(np.asarray(xn, dtype=np.float32)), p.n_fft,
                                p.hop), p)  # (n, 3, B, t)
@@ -752,10 +755,7 @@ def decode(level: torch.Tensor, onset: torch.Tensor, coarse: torch.Tensor, fine:
     logmag = coarse.reshape(n, t, 3, cb // 3).permute(0, 2, 3, 1)  # (n, 3, B, frames)
     duration = n_samples / SAMPLING_RATE
     onset_s, knots = timing_knots(onset.double().numpy(), p, duration)
-    wave_shift, frame_shift = np.zeros(n, dtype=np.int64), np.zeros(n)
-    if p.timing in ("roll", "pslot"):
-        wave_shift, frame_shift = canvas_shift(
-            align_shift(onset_s, p, knots[:, 1] if p.timing == "pslot" else None), p)
+    wave_shift, frame_shift = canvas_shift(onset_s, knots, p)
     if p.timing != "roll":  # warped frames back to real time (pslot: the moved record's)
         at = frame_times(knots, p, t, inverse=True, shift_s=frame_shift)
         logmag = torch.from_numpy(resample_frames(logmag.numpy(), at, p))
