@@ -443,6 +443,60 @@ def test_quadratic_mean_recovers_the_scenario_terms_and_is_held_linear_outside_t
     np.testing.assert_allclose(past - at_edge, 0.5, atol=1e-4)  # the linear M' slope only
 
 
+def noisy_intercepts(rng: np.random.Generator, varying_sd: float, n: int = 40
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(truth, free estimate) of 30 stations' intercepts over (20 frames, 4 channels): a
+    shared pattern, a site term per (station, channel), a time-varying station term of sd
+    varying_sd; the estimate is the truth plus the mean of n records' unit noise."""
+    shared = rng.normal(0.0, 1.0, (1, 20, 4))
+    truth = (shared + rng.normal(0.0, 0.5, (30, 1, 4))
+             + rng.normal(0.0, varying_sd, (30, 20, 4)))
+    return truth, truth + rng.normal(0.0, 1.0 / np.sqrt(n), truth.shape)
+
+
+def test_site_intercepts_pool_a_station_s_frames_only_where_its_frames_differ_by_noise():
+    """site_intercepts: stations that differ by a site term alone (the same deviation in every
+    frame) get it back from the mean of all their frames, at a third of the free fit's error;
+    where the stations also differ frame by frame, by more than the noise, that is kept (the
+    empirical-Bayes weight near 1). One station, or no noise, leaves the intercepts as they
+    are."""
+    rng = np.random.default_rng(0)
+    counts, noise = np.full(30, 40), np.ones((20, 4))
+    truth, free = noisy_intercepts(rng, 0.0)
+    site = fs.site_intercepts(free, noise, counts)
+    rms = lambda x: float(np.sqrt(np.mean(x ** 2)))  # noqa: E731
+    assert rms(free - truth) > 0.15 and rms(site - truth) < rms(free - truth) / 3
+    truth, free = noisy_intercepts(rng, 1.0)
+    site = fs.site_intercepts(free, noise, counts)
+    assert 0.97 < rms(site - truth) / rms(free - truth) < 1.03
+    rest = lambda x: x - x.mean(axis=0) - (x - x.mean(axis=0)).mean(axis=1, keepdims=True)  # noqa
+    assert np.corrcoef(rest(site).ravel(), rest(truth).ravel())[0, 1] > 0.98
+    np.testing.assert_allclose(fs.site_intercepts(free[:1], noise, counts[:1]), free[:1])
+    np.testing.assert_allclose(fs.site_intercepts(free, 0 * noise, counts), free)
+
+
+def test_fit_stats_site_keeps_the_free_fit_for_training_and_the_site_term_for_sampling():
+    """fit_stats(site=True): the residuals the flow learns ("_coarse_fit"), the slopes and the
+    static intercepts are the free fit's; the coarse intercepts kept for the targets are
+    `site_intercepts` of every station's free intercepts."""
+    rng = np.random.default_rng(1)
+    n, frames = 60, (5, 2)
+    codes = np.array(["A", "B", "C"] * (n // 3))
+    scenario = np.column_stack([rng.uniform(3.5, 5.5, n), rng.uniform(10, 120, n)])
+    feats = {"level": rng.normal(size=(n, 1)), "onset": rng.normal(size=(n, 2)),
+             "coarse": rng.normal(size=(n, *frames)), "fine": rng.normal(size=(n, 3))}
+    free = fs.fit_stats(feats, codes, scenario, ["A", "B", "C"], True)
+    site = fs.fit_stats(feats, codes, scenario, ["C", "A"], True, site=True)
+    for key in ("_coarse_fit", "_static_fit", "coarse_slope", "coarse_std", "static_slope"):
+        torch.testing.assert_close(site[key], free[key], rtol=0, atol=0)
+    torch.testing.assert_close(site["static_icpt"], free["static_icpt"][[2, 0]])
+    residual = feats["coarse"].reshape(n, -1) - free["_coarse_fit"].numpy()
+    want = fs.site_intercepts(free["coarse_icpt"].numpy().reshape(3, *frames),
+                              residual.var(axis=0).reshape(frames), np.full(3, 20))
+    np.testing.assert_allclose(site["coarse_icpt"], want.reshape(3, -1)[[2, 0]], atol=1e-5)
+    assert float((site["coarse_icpt"] - free["coarse_icpt"][[2, 0]]).abs().max()) > 0.01
+
+
 def test_warp_frame_times_put_the_knots_in_place_and_invert():
     """Warped time: P knot at p_align_s, onset at align_s, slope 1 after it; the inverse map
     is the same piecewise-linear function the other way round."""
@@ -1186,6 +1240,18 @@ def test_decoder_bias_leaves_the_flow_and_asks_the_decoder_for_less(trained, pre
     assert_state_refused(sampler, lambda st: st["stats"].update(decoder_bias=bias[1:]),
                          "decoder_bias has shape")
     assert_older_state_loads_off(plain, "decoder_bias")
+
+
+def test_site_intercepts_leave_the_flow_and_move_only_the_frames_intercepts(trained, prepared,
+                                                                            tmp_path):
+    """site_intercepts (on by default) changes what sampling starts from, not what the flow
+    learns: the network's weights are those of the same run without it, the statistics differ
+    in the coarse intercepts alone; an older checkpoint loads with the option off."""
+    sampler, _ = trained
+    plain = retrained(sampler, prepared, tmp_path, site_intercepts=False)
+    differ = [k for k, v in sampler.stats.items() if not torch.equal(v, plain.stats[k])]
+    assert differ == ["coarse_icpt"]
+    assert_older_state_loads_off(plain, "site_intercepts")
 
 
 def test_prior_calibrate_scales_the_prior_draws_by_its_gain(trained, prepared, tmp_path):
