@@ -1244,14 +1244,14 @@ def test_decoder_bias_leaves_the_flow_and_asks_the_decoder_for_less(trained, pre
 
 def test_site_intercepts_leave_the_flow_and_move_only_the_frames_intercepts(trained, prepared,
                                                                             tmp_path):
-    """site_intercepts (on by default) changes what sampling starts from, not what the flow
+    """site_intercepts (off by default) changes what sampling starts from, not what the flow
     learns: the network's weights are those of the same run without it, the statistics differ
     in the coarse intercepts alone; an older checkpoint loads with the option off."""
     sampler, _ = trained
-    plain = retrained(sampler, prepared, tmp_path, site_intercepts=False)
-    differ = [k for k, v in sampler.stats.items() if not torch.equal(v, plain.stats[k])]
+    site = retrained(sampler, prepared, tmp_path, site_intercepts=True)
+    differ = [k for k, v in site.stats.items() if not torch.equal(v, sampler.stats[k])]
     assert differ == ["coarse_icpt"]
-    assert_older_state_loads_off(plain, "site_intercepts")
+    assert_older_state_loads_off(sampler, "site_intercepts")
 
 
 def test_prior_calibrate_scales_the_prior_draws_by_its_gain(trained, prepared, tmp_path):
