@@ -117,6 +117,21 @@ def test_every_registered_generator_feeds_evaluate_and_figures():
             assert any(f"{g.outputs}/scenario" in outs_of(s) for s in STAGES.values()), g.name
 
 
+def test_every_file_evaluate_writes_is_a_declared_output():
+    """The evaluate stage writes confusion_<model>.csv for every generated source into its
+    --plots folder: that folder (not one entry per model) is a declared plots output, so a new
+    generator's table is tracked too, and a run-cache checkout of the stage cannot leave a
+    stale one behind."""
+    stage = STAGES["evaluate"]
+    args = stage["cmd"].split()
+    plots = args[args.index("--plots") + 1]
+    declared = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("plots", [])]
+    assert declared == [plots]
+    for flag in ("--out", "--metrics"):
+        target = args[args.index(flag) + 1]
+        assert target in outs_of(stage) + [next(iter(m)) for m in stage["metrics"]], target
+
+
 @pytest.mark.slow
 def test_changing_a_finetune_key_leaves_pretrain_unchanged(tmp_path):
     """`dvc status` after editing params: only the stages that read the key are stale."""

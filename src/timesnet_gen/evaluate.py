@@ -5,7 +5,7 @@ pipeline's `evaluate` stage (one command, one set of output names).
         [--recon my=outputs/mine/recon] [--real-records holdout.csv] [--stations 0205 1716] \
         [--params params.yaml] --out outputs/my_eval
     timesnet-gen evaluate --real data/raw --prepared data/prepared --registered \
-        --out outputs/evaluation --metrics metrics.json --plots metrics      (the DVC stage)
+        --out outputs/evaluation --metrics metrics.json --plots metrics/confusion  (the stage)
 
 Every folder is a canonical corpus. `--registered` adds every generator of the registry
 (registry.py) from its output folder. With `--prepared` the real records are the target
