@@ -42,7 +42,8 @@ S-P pick, the median S-P, the median P pick less the onset, the median P-to-onse
 flow's timing knots), to locate where the picks are lost.
 Below the AUC table, the f0 target read the same way: the median-f0 error against the station's
 true f0 of all --n records and of each draw of 50, for the oracle and the checkpoint, and in how
-many draws every station is within 5 %.
+many draws every station is within 5 %; then the checkpoint's median D5-95 over the oracle's at
+the same scenarios (the durations against the truth; the realism metrics' D5-95).
 Needs the simulated corpus (data/raw/stations.csv with the simulator's site columns) and the
 params it was made with (data.synth of --params).
 """
@@ -61,6 +62,7 @@ from timesnet_gen.config import load_params
 from timesnet_gen.corpus import synth
 from timesnet_gen.errors import UserError, one_line_errors
 from timesnet_gen.evaluation.hvsr import f0, hvsr
+from timesnet_gen.evaluation.intensity import significant_duration
 from timesnet_gen.evaluation.realism_compare import classifier_auc
 from timesnet_gen.evaluation.realism_features import spectrogram_features
 from timesnet_gen.models import flow_sampler as fs
@@ -113,6 +115,14 @@ def f0_errors(records: np.ndarray, source: str, truth_hz: float) -> dict:
             f"{source}, draws beyond {F0_TOLERANCE:g} %": float(np.sum(np.abs(draws)
                                                                     > F0_TOLERANCE)),
             f"{source} draws": draws}
+
+
+def duration_ratio(records: np.ndarray, oracle: np.ndarray) -> float:
+    """Median D5-95 of records over that of the oracle's records (s / s), each record's D5-95
+    the geometric mean of its two horizontals', as the realism metrics take it."""
+    d = [np.sqrt(np.prod(significant_duration(x, SAMPLING_RATE)[:, :2], axis=1))
+         for x in (records, oracle)]
+    return float(np.median(d[0]) / np.median(d[1]))
 
 
 def reference_draws(oracle: np.ndarray, train: np.ndarray, n_draws: int,
@@ -247,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     target = index[index["role"] == "target"]
     n_draws = args.n // DRAW
     truth = stations["f0_true_hz"]
-    rows, f0_rows, pick_rows = [], [], []
+    rows, f0_rows, pick_rows, durations = [], [], [], {}
     for k, station in enumerate(sampler.stations):
         oracle, scen = oracle_records(stations.loc[station], args.n, params.data.synth,
                                       [ORACLE_SEED, k])
@@ -286,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                                  for j in range(n_draws)])
         f0_rows.append({"station": station, **f0_errors(oracle, "oracle", truth.loc[station]),
                         **f0_errors(generated, "sampler", truth.loc[station])})
+        durations[station] = duration_ratio(generated, oracle)
         row |= large_sample_aucs(gen, of, rp, args.quarters)
         if is_flow:  # the round trip of the first LARGE oracle records against the next LARGE
             row |= large_sample_aucs(sources["round trip"], of, rp, args.quarters, "round trip")
@@ -303,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{DRAW} (mean, and how many of {n_draws} beyond 5 %)")
     print(f0_table.drop(columns=[c for c in f0_table if c.endswith("draws")]).T.to_string(
         float_format="%.1f"))
+    ratio = pd.Series(durations)
+    ratio["mean"] = ratio.mean()
+    print(f"\nmedian D5-95 of the sampler's {args.n} records over the oracle's at the same "
+          "scenarios")
+    print(ratio.to_frame("D5-95 ratio").T.to_string(float_format="%.3f"))
     if pick_rows:
         picks = pd.DataFrame(pick_rows)
         order = list(dict.fromkeys(picks["records"]))

@@ -18,7 +18,7 @@ from diagnose_flow import (  # noqa: E402
     vertical_steps,
 )
 from draw_scatter import band_rows, summary  # noqa: E402
-from oracle_realism import LARGE, large_sample_aucs  # noqa: E402
+from oracle_realism import LARGE, duration_ratio, large_sample_aucs  # noqa: E402
 from round_trip import main as round_trip_main  # noqa: E402
 from round_trip import round_trip_error, settings, summary_row  # noqa: E402
 
@@ -158,3 +158,20 @@ def test_round_trip_prints_every_setting_and_refuses_bad_input(tmp_path, capsys)
         round_trip_main([str(tmp_path / "c"), "--stations", "S9", "--params", params])
     with pytest.raises(UserError, match="--seeds must be at least 1, got 0"):
         round_trip_main([str(tmp_path / "c"), "--seeds", "0", "--params", params])
+
+
+def test_duration_ratio_reads_the_horizontals_d5_95():
+    """Steady noise for 10 s against 20 s: D5-95 0.9 x the burst on each horizontal, so the
+    ratio is 0.5; the vertical (45 s of noise) is not read."""
+    rng = np.random.default_rng(0)
+    fs_hz, n = 100, 6000
+
+    def bursts(seconds: float, count: int = 20) -> np.ndarray:
+        x = rng.normal(size=(count, 3, n))
+        x[:, :2, int(seconds * fs_hz) + 500:] = 0.0
+        x[:, :2, :500] = 0.0
+        x[:, 2, 4500:] = 0.0
+        return x
+
+    assert duration_ratio(bursts(10.0), bursts(20.0)) == pytest.approx(0.5, rel=0.03)
+    assert duration_ratio(bursts(20.0), bursts(20.0)) == pytest.approx(1.0, rel=0.03)
