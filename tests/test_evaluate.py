@@ -92,6 +92,27 @@ def test_outputs_follow_the_contract(setup):
     assert confusion[0] == "actual,predicted" and len(confusion) == 51
 
 
+def test_a_bad_output_is_refused_before_the_evaluation(setup, tmp_path, capsys):
+    """An output of the wrong kind, or one that would replace an input, stops evaluate with one
+    line before anything is computed or written."""
+    root, _ = setup
+    (tmp_path / "afile").write_text("kept\n")
+    base = ["evaluate", "--real", str(root / "raw"), "--prepared", str(root / "prepared"),
+            "--generated", f"timesnet={root / 'timesnet' / 'generated'}",
+            "--params", str(root / "params.yaml"), "--stations", *STATIONS,
+            "--out", str(tmp_path / "ev"), "--metrics", str(tmp_path / "m.json"),
+            "--plots", str(tmp_path / "plots"), "--quiet"]
+    for flag, bad, why in (
+            ("--plots", tmp_path / "afile", "is an existing file, expected an output folder"),
+            ("--metrics", tmp_path, "is an existing folder, expected an output file"),
+            ("--out", root / "raw", "output would replace the input")):
+        assert cli_main([*base, flag, str(bad)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and why in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    assert (tmp_path / "afile").read_text() == "kept\n"
+
+
 def test_novelty_flags_copies(setup):
     root, _ = setup
     import pandas as pd

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from timesnet_gen import registry
-from timesnet_gen.atomic import staged_dir, staged_file
+from timesnet_gen.atomic import check_out, staged_dir, staged_file
 from timesnet_gen.stage import stage_parser
 from timesnet_gen.config import EvaluateParams, ParamsError, load_params
 from timesnet_gen.corpus.format import read_corpus
@@ -582,7 +582,11 @@ def main(argv: list[str], verb: str = "evaluate") -> int:
         raise CorpusError("--scenario needs --prepared (the held-out records it is scored at)")
     check_names(generated, recon)
     stations = args.stations or (targets if args.prepared else None)
-    # Read everything (and fail on a bad folder) before the long computation.
+    # Check every output, read everything (and fail on a bad folder) before the long computation.
+    inputs = [args.real, *(p for _, p in generated + recon + scenario)]
+    for out, kind in ((args.out, "folder"), (args.metrics, "file"), (args.plots, "folder")):
+        if out is not None:
+            check_out(out, inputs, kind)
     if args.prepared:
         real = prepared_real(args.real, args.prepared, stations)
     else:
@@ -595,7 +599,6 @@ def main(argv: list[str], verb: str = "evaluate") -> int:
     scen = {n: read_corpus(p, stations) for n, p in scenario}
     result = evaluate(real, gen, rec, params, stations, args.fs, progress=not args.quiet,
                       scenarios=scen)
-    inputs = [args.real, *(p for _, p in generated + recon + scenario)]
     write_outputs(result, args.out, args.metrics, args.plots, inputs)
     warnings = dict.fromkeys(w for ref in result["full"].values() for w in ref["warnings"])
     for warning in warnings:
