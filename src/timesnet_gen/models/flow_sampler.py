@@ -962,7 +962,10 @@ def site_intercepts(icpt: np.ndarray, resid_var: np.ndarray, counts: np.ndarray
     residual variance; n (S,): the station's training records; tau^2: the rest's variance over
     the stations less its mean sampling variance s^2 / n (0 where negative). Where the
     stations' time-varying deviations are no larger than a mean of n records' noise, the
-    weight is near 0 and the frames of a station move together."""
+    weight is near 0 and the frames of a station move together. tau^2 is one value for all
+    stations: fitted over many stations with few records, it also takes the real deviations of
+    the stations with many (on the simulated corpus, the targets' durations; "The site
+    term")."""
     dev = icpt - icpt.mean(axis=0)
     site = dev.mean(axis=1, keepdims=True)
     rest = dev - site
