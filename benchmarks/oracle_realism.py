@@ -42,8 +42,9 @@ S-P pick, the median S-P, the median P pick less the onset, the median P-to-onse
 flow's timing knots), to locate where the picks are lost.
 Below the AUC table, the f0 target read the same way: the median-f0 error against the station's
 true f0 of all --n records and of each draw of 50, for the oracle and the checkpoint, and in how
-many draws every station is within 5 %; then the checkpoint's median D5-95 over the oracle's at
-the same scenarios (the durations against the truth; the realism metrics' D5-95).
+many draws every station is within 5 %; then the durations against the truth at the same
+scenarios: the checkpoint's median D5-95 and D5-75 over the oracle's, of all records and within
+and beyond 30 km, and how many records of each source end in the noise (`duration_rows`).
 Needs the simulated corpus (data/raw/stations.csv with the simulator's site columns) and the
 params it was made with (data.synth of --params).
 """
@@ -79,6 +80,8 @@ DRAW = 50  # records per scored draw, as the pipeline's sample stages write per 
 LARGE = 300  # records per side of the large-sample AUC
 LEADING = 20  # principal axes of `move_leading`
 ORACLE_SEED = 99  # the oracle's generator: default_rng([ORACLE_SEED, station position])
+NEAR_KM = 30.0  # `duration_rows`: the near records
+TAIL_RATIO = 3.0  # `duration_rows`: D5-95 over D5-75 beyond which the last 5 % is noise
 SITE_COLUMNS = ("f0_sh_hz", "f0_sigma_ln", "impedance", "damping", "outlier_fraction")
 
 
@@ -117,12 +120,42 @@ def f0_errors(records: np.ndarray, source: str, truth_hz: float) -> dict:
             f"{source} draws": draws}
 
 
-def duration_ratio(records: np.ndarray, oracle: np.ndarray) -> float:
-    """Median D5-95 of records over that of the oracle's records (s / s), each record's D5-95
-    the geometric mean of its two horizontals', as the realism metrics take it."""
-    d = [np.sqrt(np.prod(significant_duration(x, SAMPLING_RATE)[:, :2], axis=1))
-         for x in (records, oracle)]
-    return float(np.median(d[0]) / np.median(d[1]))
+def horizontal_duration(records: np.ndarray, hi: float = 0.95) -> np.ndarray:
+    """(n,) s: each record's D5-95 (hi 0.75: D5-75), the geometric mean of its two horizontals',
+    as the realism metrics take it."""
+    d = significant_duration(records, SAMPLING_RATE, 0.05, hi)[:, :2]
+    return np.sqrt(np.prod(d, axis=1))
+
+
+def duration_ratio(records: np.ndarray, oracle: np.ndarray, hi: float = 0.95) -> float:
+    """Median D5-95 (hi 0.75: D5-75) of records over that of the oracle's records (s / s);
+    NaN where either holds none."""
+    if not (len(records) and len(oracle)):
+        return float("nan")
+    return float(np.median(horizontal_duration(records, hi))
+                 / np.median(horizontal_duration(oracle, hi)))
+
+
+def duration_rows(records: np.ndarray, oracle: np.ndarray, distance_km: np.ndarray
+                  ) -> dict[str, float]:
+    """The durations against the truth at the same scenarios: the median D5-95 and D5-75
+    ratios (`duration_ratio`), of all records and of those within and beyond NEAR_KM; and, for
+    both sources, the share of records whose last 5 % of Arias intensity lies in the noise
+    after the strong motion (D5-95 over TAIL_RATIO x D5-75). Where many of the oracle's records
+    are such, a small change in the noise's share of the energy moves the median D5-95 a lot and
+    the D5-75 hardly at all (docs/flow_sampler.md, "The durations at 2020")."""
+    near = np.asarray(distance_km) < NEAR_KM
+    rows = {}
+    for hi, name in ((0.95, "D5-95"), (0.75, "D5-75")):
+        rows[f"{name} ratio"] = duration_ratio(records, oracle, hi)
+        rows[f"{name} ratio, R < {NEAR_KM:g} km"] = duration_ratio(records[near], oracle[near], hi)
+        rows[f"{name} ratio, R >= {NEAR_KM:g} km"] = duration_ratio(records[~near],
+                                                                   oracle[~near], hi)
+    for source, x in (("oracle", oracle), ("sampler", records)):
+        tail = horizontal_duration(x) > TAIL_RATIO * horizontal_duration(x, 0.75)
+        rows[f"{source}: share of D5-95 > {TAIL_RATIO:g} x D5-75"] = float(tail.mean())
+        rows[f"{source}: the same, R < {NEAR_KM:g} km"] = float(tail[near].mean())
+    return rows
 
 
 def reference_draws(oracle: np.ndarray, train: np.ndarray, n_draws: int,
@@ -296,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                                  for j in range(n_draws)])
         f0_rows.append({"station": station, **f0_errors(oracle, "oracle", truth.loc[station]),
                         **f0_errors(generated, "sampler", truth.loc[station])})
-        durations[station] = duration_ratio(generated, oracle)
+        durations[station] = duration_rows(generated, oracle, scen[:, 1])
         row |= large_sample_aucs(gen, of, rp, args.quarters)
         if is_flow:  # the round trip of the first LARGE oracle records against the next LARGE
             row |= large_sample_aucs(sources["round trip"], of, rp, args.quarters, "round trip")
@@ -314,11 +347,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{DRAW} (mean, and how many of {n_draws} beyond 5 %)")
     print(f0_table.drop(columns=[c for c in f0_table if c.endswith("draws")]).T.to_string(
         float_format="%.1f"))
-    ratio = pd.Series(durations)
-    ratio["mean"] = ratio.mean()
-    print(f"\nmedian D5-95 of the sampler's {args.n} records over the oracle's at the same "
-          "scenarios")
-    print(ratio.to_frame("D5-95 ratio").T.to_string(float_format="%.3f"))
+    ratio = pd.DataFrame(durations)
+    ratio["mean"] = ratio.mean(axis=1)
+    print(f"\ndurations of the sampler's {args.n} records against the oracle's at the same "
+          "scenarios (median ratios; the realism metrics' D5-95)")
+    print(ratio.to_string(float_format="%.3f"))
     if pick_rows:
         picks = pd.DataFrame(pick_rows)
         order = list(dict.fromkeys(picks["records"]))
