@@ -1301,8 +1301,9 @@ def test_scalar_calibrate_scales_the_flows_scalars_before_the_prior_sees_them(tr
     option off and samples as before."""
     plain, _ = trained
     assert not plain.params.scalar_calibrate and "scalar_gain" not in plain.stats
-    sampler = fs.train_sampler(prepared, tiny_params(scalar_calibrate=True), tmp_path / "m",
-                               raw_dir=tmp_path / "none", log=lambda _: None)
+    sampler = fs.train_sampler(prepared, tiny_params(scalar_calibrate=True,
+                                                     station_scatter=False),
+                               tmp_path / "m", raw_dir=tmp_path / "none", log=lambda _: None)
     for mine, theirs in ((sampler.net, plain.net), (sampler.prior, plain.prior)):
         for key, value in theirs.state_dict().items():
             torch.testing.assert_close(mine.state_dict()[key], value, rtol=0, atol=0)
@@ -1314,7 +1315,9 @@ def test_scalar_calibrate_scales_the_flows_scalars_before_the_prior_sees_them(tr
                                        sampler.stats)
     (xc, xs), (xc0, xs0) = (s.latent(station, scenario, torch.Generator().manual_seed(3))
                             for s in (sampler, plain))
-    torch.testing.assert_close(xs[:, :k], xs0[:, :k] * gain, rtol=1e-6, atol=1e-7)
+    unscaled = xs0[:, :k].clone()  # plain has the station gains (on by default) on its level
+    unscaled[:, 0] /= plain.stats["station_gain"][station - 1, 0]
+    torch.testing.assert_close(xs[:, :k], unscaled * gain, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(xc, xc0, rtol=0, atol=0)
     # the prior draws from the same noise given the scaled scalars (and refits its own gain)
     n_rec = sampler.params.record_pcs
@@ -1329,6 +1332,77 @@ def test_scalar_calibrate_scales_the_flows_scalars_before_the_prior_sees_them(tr
     assert_state_refused(sampler, lambda st: st["stats"].update(scalar_gain=gain[:1]),
                          f"scalar_gain has shape \\(1,\\), expected \\({k},\\)")
     assert_older_state_loads_off(plain, "scalar_calibrate")
+
+
+def test_group_rms_keeps_real_differences_and_shrinks_noise():
+    """group_rms: spreads that differ far more than n records' noise (1 / (2 n) in ln) are
+    kept; spreads within the noise go to their geometric mean; in between, partly."""
+    far = fs.group_rms(torch.tensor([0.2, 0.8, 3.2]), torch.tensor([1000, 1000, 1000]))
+    torch.testing.assert_close(far, torch.tensor([0.2, 0.8, 3.2], dtype=torch.float64),
+                               rtol=2e-3, atol=0)
+    near = fs.group_rms(torch.tensor([0.95, 1.0, 1.05]), torch.tensor([10, 10, 10]))
+    torch.testing.assert_close(near, torch.full((3,), (0.95 * 1.0 * 1.05) ** (1 / 3),
+                                                dtype=torch.float64))
+    part = fs.group_rms(torch.tensor([0.7, 1.0, 1.4]), torch.tensor([20, 20, 20])).numpy()
+    assert 0.7 < part[0] < 0.99 and 1.01 < part[2] < 1.4 and part[1] == pytest.approx(1.0, abs=0.01)
+    # a group with fewer records is shrunk more
+    few = fs.group_rms(torch.tensor([0.7, 1.0, 1.4]), torch.tensor([20, 20, 5])).numpy()
+    assert few[2] < part[2]
+
+
+def test_calibrate_by_group_gives_each_group_its_own_spread():
+    """calibrate with groups: one gain per group, its draws given its own records' rms as
+    group_rms shrinks it, 1 for a group with none; without groups, one gain from all."""
+    p = tiny_params()
+    spread = torch.tensor([0.5, 2.0, 1.0])
+    groups = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    real = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+
+    def draw(part, generator):
+        return torch.randn(len(groups[part]), 2, generator=generator) * spread[groups[part], None]
+
+    drawn = fs.draws(8, draw, p).double()
+    gain = fs.calibrate(real, draw, p, groups, 3)
+    assert gain.shape == (3, 2)
+    rms = lambda x: x.double().pow(2).mean(0).sqrt()  # noqa: E731
+    target = fs.group_rms(torch.stack([rms(real[groups == g]) for g in (0, 1)]),
+                          torch.tensor([4, 4]))
+    for g in (0, 1):
+        torch.testing.assert_close(gain[g], (target[g] / rms(drawn[groups == g])).float())
+    torch.testing.assert_close(gain[2], torch.ones(2))  # no records of group 2
+    assert gain[0].mean() > 2 * gain[1].mean()  # the narrow group is widened, the wide narrowed
+    torch.testing.assert_close(fs.calibrate(real, draw, p), (rms(real) / rms(drawn)).float())
+
+
+def test_station_scatter_gives_each_station_its_own_level_spread(trained, prepared, tmp_path):
+    """station_scatter (on by default) is fitted after training: the network's weights are
+    those of the same run without it; each target station's level scalar is multiplied by its
+    own gain (`calibrate` by station, tested above); the other scalars and the frames are left;
+    a checkpoint whose params and stats disagree is refused; an older one loads with it off."""
+    sampler, _ = trained
+    assert sampler.params.station_scatter
+    off = fs.train_sampler(prepared, tiny_params(station_scatter=False), tmp_path / "m",
+                           raw_dir=tmp_path / "none", log=lambda _: None)
+    assert "station_gain" not in off.stats
+    for key, value in off.net.state_dict().items():
+        torch.testing.assert_close(sampler.net.state_dict()[key], value, rtol=0, atol=0)
+    gain = sampler.stats["station_gain"]
+    n_st = len(sampler.stations)
+    assert gain.shape == (n_st, 1) and torch.isfinite(gain).all() and (gain >= 0).all()
+    station = torch.tensor([1, 2, 2])
+    scenario = fs.standardise_scenario(np.array([[5.0, 30.0], [5.5, 60.0], [4.5, 10.0]]),
+                                       sampler.stats)
+    (xc, xs), (xc0, xs0) = (s.latent(station, scenario, torch.Generator().manual_seed(3))
+                            for s in (sampler, off))
+    torch.testing.assert_close(xs[:, 0], xs0[:, 0] * gain[station - 1, 0], rtol=1e-6, atol=1e-7)
+    k = fs.n_scalars(sampler.params)
+    torch.testing.assert_close(xs[:, 1:k], xs0[:, 1:k], rtol=0, atol=0)
+    torch.testing.assert_close(xc, xc0, rtol=0, atol=0)
+    assert_state_refused(sampler, lambda st: st["stats"].pop("station_gain"),
+                         "station_scatter = True, but the statistics lack the station gains")
+    assert_state_refused(sampler, lambda st: st["stats"].update(station_gain=gain[:1]),
+                         f"station_gain has shape \\(1, 1\\), expected \\({n_st}, 1\\)")
+    assert_older_state_loads_off(off, "station_scatter")
 
 
 @pytest.mark.parametrize("prior_records", ["target", "all"])

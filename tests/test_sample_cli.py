@@ -24,6 +24,7 @@ def untrained_sampler() -> fs.FlowSampler:
                              record_pcs=0, remainder_calibrate=False,  # untrained: no gain
                              remainder_smooth=False,  # nor smoothing
                              decoder_bias=False,  # nor the decoder's mean error
+                             station_scatter=False,  # nor the station gains
                              record_prior=False)
     x = rng.standard_normal((6, 3, T)).astype(np.float32)
     scenario = np.column_stack([rng.uniform(4, 6, 6), rng.uniform(10, 100, 6)])

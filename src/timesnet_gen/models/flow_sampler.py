@@ -37,7 +37,9 @@ fine spectrum (`prior_fine`), both the TimesBlock flow's draw at sampling, so th
 agree with the amplitude and the spectrum that the decoder imposes ("The record prior
 given the fine spectrum"); `prior_calibrate`
 (on) then gives the prior's draws the training records' spread, component by component, as
-the frame gain does for the frames ("The record prior's gain"). Two options measured and left
+the frame gain does for the frames ("The record prior's gain"). `station_scatter` (on) gives
+the flow's level scalar each target station's own spread, its training records' shrunk toward
+the stations' by empirical Bayes ("The station's own scatter"). Two options measured and left
 off: `scalar_calibrate`, the same gain for the flow's level and timing scalars ("The scalar
 gain"), and `long_gap: shift`, which keeps the P of a record whose P-to-onset gap is longer
 than the canvas before the onset inside the P slot ("Far records in the P slot"). `canvas`
@@ -194,6 +196,13 @@ class FlowSamplerParams:
     #                      the training records' 1.06, 0.95, 0.71; the gain moved the PGA
     #                      residual spread +0.02 at two training seeds, out of the realism band
     #                      at one (measured; "The scalar gain"), so off
+    station_scatter: bool = True  # after training (and after scalar_calibrate's gain), the
+    #                      flow's level scalar is multiplied by a gain per target station fitted
+    #                      on that station's training records (`calibrate` by station), so each
+    #                      station's records get its own scatter of ln peak about the mean (a
+    #                      single-station sigma; the stations' training rms shrunk toward their
+    #                      mean by empirical Bayes, `group_rms`), not the flat 0.31-0.32 the
+    #                      flow draws everywhere ("The station's own scatter")
     remainder_smooth: bool = True  # after the frame gain, the flow's frame coordinates go through
     #                      a first-order recursion along the frames per channel (`smooth_frames`)
     #                      fitted after training (`smoothing`) so that they get the training
@@ -953,6 +962,15 @@ def scenario_terms(z: torch.Tensor, stats: dict[str, torch.Tensor]) -> torch.Ten
     return torch.cat([z, c * c, c[:, :1] * c[:, 1:]], dim=1)
 
 
+def eb_weight(dev: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Empirical-Bayes weight tau^2 / (tau^2 + noise) of the deviations dev (S, ...) of S
+    groups from their mean, each with the sampling variance noise (S, ...): tau^2 is their
+    variance over the groups less the mean sampling variance (0 where negative), so a group's
+    deviation keeps this share of itself and the rest goes to the mean."""
+    tau2 = np.clip((dev ** 2).mean(axis=0) - noise.mean(axis=0), 0.0, None)
+    return tau2 / np.maximum(tau2 + noise, 1e-30)
+
+
 def site_intercepts(icpt: np.ndarray, resid_var: np.ndarray, counts: np.ndarray
                     ) -> np.ndarray:
     """Station intercepts of the aligned frames (S, T, C) re-estimated as a site term: the
@@ -970,9 +988,7 @@ def site_intercepts(icpt: np.ndarray, resid_var: np.ndarray, counts: np.ndarray
     site = dev.mean(axis=1, keepdims=True)
     rest = dev - site
     noise = resid_var[None] / np.asarray(counts, dtype=np.float64)[:, None, None]
-    tau2 = np.clip((rest ** 2).mean(axis=0) - noise.mean(axis=0), 0.0, None)
-    weight = tau2 / np.maximum(tau2 + noise, 1e-30)
-    return icpt - rest * (1.0 - weight)
+    return icpt - rest * (1.0 - eb_weight(rest, noise))
 
 
 def fit_stats(feats: dict[str, np.ndarray], codes: np.ndarray, scenario: np.ndarray,
@@ -1062,7 +1078,7 @@ def principal_axes(x: torch.Tensor, k: int, name: str) -> tuple[torch.Tensor, to
     return (axes * sign).float(), rms.float()
 
 
-GAIN_KEYS = ("frame_gain", "scalar_gain", "prior_gain", "frame_smooth",
+GAIN_KEYS = ("frame_gain", "scalar_gain", "station_gain", "prior_gain", "frame_smooth",
              "decoder_bias")  # fitted after training
 LATENT_KEYS = {"record_pcs": "record_axes", "coarse_pcs": "coarse_axes", "fine_pcs": "fine_axes"}
 
@@ -1131,6 +1147,7 @@ def check_latent(p: FlowSamplerParams, stats: dict[str, torch.Tensor],
                             ("remainder_calibrate", "frame_gain", "the frame gain"),
                             ("remainder_smooth", "frame_smooth", "the frame smoothing"),
                             ("scalar_calibrate", "scalar_gain", "the scalar gain"),
+                            ("station_scatter", "station_gain", "the station gains"),
                             ("prior_calibrate", "prior_gain", "the record prior's gain"),
                             ("decoder_bias", "decoder_bias", "the decoder's mean error")):
         if key in GAIN_KEYS and not calibrated:
@@ -1512,11 +1529,36 @@ def draws(n: int, draw: Callable[[slice, torch.Generator], torch.Tensor], p: Flo
 
 
 def calibrate(real: torch.Tensor, draw: Callable[[slice, torch.Generator], torch.Tensor],
-              p: FlowSamplerParams) -> torch.Tensor:
+              p: FlowSamplerParams, groups: torch.Tensor | None = None, n_groups: int = 0
+              ) -> torch.Tensor:
     """Gain, shaped as real's trailing dimensions, that gives a sampler's draws (`draws`) the
-    spread of the records `real` (n, ...): their rms divided by the draws' rms."""
-    drawn_rms = draws(len(real), draw, p).double().pow(2).mean(dim=0).sqrt().clamp_min(1e-6)
-    return (real.double().pow(2).mean(dim=0).sqrt() / drawn_rms).float()
+    spread of the records `real` (n, ...): their rms divided by the draws' rms. groups (n,)
+    0..n_groups-1: one gain per group, (n_groups, ...), each group's draws given its own
+    records' rms shrunk toward the groups' (`group_rms`); 1 for a group with none."""
+    drawn = draws(len(real), draw, p).double()
+    real = real.double()
+    if groups is None:
+        return (real.pow(2).mean(dim=0).sqrt()
+                / drawn.pow(2).mean(dim=0).sqrt().clamp_min(1e-6)).float()
+    member = groups[None] == torch.arange(n_groups)[:, None]  # (groups, n)
+    have = member.any(dim=1)
+    real_rms, drawn_rms = (torch.stack([x[m].pow(2).mean(dim=0).sqrt() for m in member[have]])
+                           for x in (real, drawn))
+    gains = torch.ones((n_groups,) + real.shape[1:], dtype=torch.float64)
+    gains[have] = group_rms(real_rms, member[have].sum(dim=1)) / drawn_rms.clamp_min(1e-6)
+    return gains.float()
+
+
+def group_rms(rms: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The rms (G, ...) of G groups of counts (G,) records each, shrunk toward their geometric
+    mean on the log scale by empirical Bayes (`eb_weight`; the sampling variance of the ln rms
+    of n records is 1 / (2 n)): a group's own spread counts as far as the groups' spreads
+    differ by more than their records' noise."""
+    ln = rms.clamp_min(1e-12).log().numpy()
+    centre = ln.mean(axis=0)
+    noise = (1.0 / (2.0 * counts.double().numpy())).reshape((-1,) + (1,) * (ln.ndim - 1))
+    weight = eb_weight(ln - centre, np.broadcast_to(noise, ln.shape))
+    return torch.from_numpy(np.exp(centre + weight * (ln - centre)))
 
 
 def lag1(x: torch.Tensor) -> torch.Tensor:
@@ -1591,7 +1633,7 @@ BEFORE_OPTIONS = {"remainder_scale": False, "remainder_ar": False, "remainder_ga
                   "p_knot": "arias", "mean_quadratic": False, "random_phase_hz": 0.0,
                   "remainder_smooth": False, "prior_fine": 0, "quiet_before_p": False,
                   "scalar_calibrate": False, "long_gap": "clip", "decoder_bias": False,
-                  "canvas": "wrap", "site_intercepts": False}
+                  "canvas": "wrap", "site_intercepts": False, "station_scatter": False}
 
 
 class FlowSampler:
@@ -1669,6 +1711,9 @@ class FlowSampler:
             xc = smooth_frames(xc, self.stats["frame_smooth"])
         if "scalar_gain" in self.stats:
             xs = torch.cat([xs[:, :k] * self.stats["scalar_gain"], xs[:, k:]], dim=1)
+        if "station_gain" in self.stats:  # the level scalar, by the station's own gain
+            xs = torch.cat([xs[:, :1] * self.stats["station_gain"][station - 1], xs[:, 1:]],
+                           dim=1)
         if self.prior is not None:  # the record components from their own flow
             n_rec = self.stats["record_axes"].shape[1]
             drawn = draw_record_prior(self.prior, station, scenario,
@@ -1743,7 +1788,7 @@ def build_net(p: FlowSamplerParams, n_frames: int, stats: dict[str, torch.Tensor
     sizes = latent_sizes(stats, n_frames, n_scalars(p))
     n_fine = sizes[1] - n_scalars(p) - p.record_pcs  # the fine part of the static coordinates
     for key, shape in (("frame_gain", (n_frames, sizes[0])), ("prior_gain", (p.record_pcs,)),
-                       ("scalar_gain", (n_scalars(p),)),
+                       ("scalar_gain", (n_scalars(p),)), ("station_gain", (n_stations, 1)),
                        ("frame_smooth", (2, sizes[0])),
                        ("prior_fine_axes", (n_fine, n_prior_fine(p))),
                        ("prior_fine_rms", (n_prior_fine(p),)),
@@ -1908,6 +1953,11 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
         stats["scalar_gain"] = calibrate(fine.static[:, :k], lambda part, generator:
                                          sampler.latent(fine.station[part], fine.scenario[part],
                                                         generator)[1][:, :k], params)
+    if params.station_scatter:  # after the pooled gain, before the prior's: it is given the level
+        stats["station_gain"] = calibrate(
+            fine.static[:, :1], lambda part, generator: sampler.latent(
+                fine.station[part], fine.scenario[part], generator)[1][:, :1], params,
+            fine.station - 1, len(stations))
     if prior is not None and params.prior_calibrate:
         n_rec = stats["record_axes"].shape[1]
         stats["prior_gain"] = calibrate(fine.static[:, k:k + n_rec], lambda part, generator:
