@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -26,13 +28,13 @@ def tiny_params(**overrides) -> fs.FlowSamplerParams:
     return fs.FlowSamplerParams(**base)
 
 
-def assert_older_state_loads_off(sampler: fs.FlowSampler, option: str) -> None:
+def assert_older_state_loads_off(sampler: fs.FlowSampler, option: str, off=False) -> None:
     """The sampler's state without `option` (a checkpoint written before the option existed,
-    trained without it) loads with the option off and samples as the sampler does."""
+    trained without it) loads with the option `off` and samples as the sampler does."""
     old = sampler.state()
     del old["params"][option]
     loaded = fs.FlowSampler.from_state(old)
-    assert getattr(loaded.params, option) is False
+    assert getattr(loaded.params, option) is off or getattr(loaded.params, option) == off
     m, r = np.array([5.0]), np.array([40.0])
     np.testing.assert_array_equal(loaded.sample("A", m, r, seed=4), sampler.sample("A", m, r, 4))
 
@@ -260,11 +262,13 @@ def test_decoded_p_knot_is_where_decode_places_it():
 def test_decode_with_quiet_before_p_changes_only_the_guard_before_the_p_knot():
     """The same features and Griffin-Lim seed decoded with and without the option: the records
     agree outside the n_fft-long guard before each record's P knot (up to the peak scaling,
-    which the guard does not hold), and inside it the option only lowers the envelope."""
+    which the guard does not hold), and inside it the option only lowers the envelope. The
+    record is scaled by its peak here: scaled by its spectrum (record_scale "spectrum"), the
+    lower guard would rescale the whole record a little."""
     rng = np.random.default_rng(7)
     x = synthetic_records(rng, 3.0, np.array([5.0, 5.5, 6.0]), np.array([20.0, 60.0, 120.0]))
     x += 0.002 * np.abs(x).max() * rng.standard_normal(x.shape).astype(np.float32)
-    on, off = (fs.FlowSamplerParams(quiet_before_p=q) for q in (True, False))
+    on, off = (fs.FlowSamplerParams(quiet_before_p=q, record_scale="peak") for q in (True, False))
     feats = fs.encode(x, on)
     y_on, y_off = decode_features(feats, on), decode_features(feats, off)
     knot = fs.decoded_p_knot(feats["onset"].astype(np.float64), on, T / FS)
@@ -281,7 +285,7 @@ def test_decode_with_quiet_before_p_changes_only_the_guard_before_the_p_knot():
 
 def test_encode_decode_keeps_peak_and_fine_spectrum():
     rng = np.random.default_rng(2)
-    p = fs.FlowSamplerParams(timing="roll", griffin_lim_iters=4)
+    p = fs.FlowSamplerParams(timing="roll", griffin_lim_iters=4, record_scale="peak")
     x = synthetic_records(rng, 3.0, np.array([5.0, 6.0]), np.array([20.0, 50.0]))
     feats = fs.encode(x, p)
     assert feats["level"].shape == (2, 1) and feats["onset"].shape == (2, 1)
@@ -303,6 +307,28 @@ def test_encode_decode_keeps_peak_and_fine_spectrum():
     assert np.median(np.abs(rebuilt - wanted - offset)) < 0.05
     assert np.abs(offset).max() < 0.7
     np.testing.assert_allclose(fs.encode(y, p)["onset"], feats["onset"], atol=1.0)  # s
+
+
+def test_record_scale_spectrum_keeps_the_spectrum_level_and_the_peak_follows():
+    """record_scale "spectrum" decodes the same waveform as "peak" and scales it so that its
+    fine spectrum is, on average over every value, the drawn level + fine spectrum; the peak
+    then misses the level by the crest-factor offset that "peak" leaves in the spectrum."""
+    rng = np.random.default_rng(2)
+    p = fs.FlowSamplerParams(timing="roll", griffin_lim_iters=4)
+    assert p.record_scale == "spectrum"  # the default
+    x = synthetic_records(rng, 3.0, np.array([5.0, 6.0]), np.array([20.0, 50.0]))
+    feats = fs.encode(x, p)
+    wanted = feats["fine"].reshape(2, 3, -1) + feats["level"][:, :, None]
+    by_peak = decode_features(feats, replace(p, record_scale="peak"))
+    by_spectrum = decode_features(feats, p)
+    offset = (fs.fine_spectrum(by_peak, p) - wanted).mean(axis=(1, 2))
+    assert np.abs(offset).min() > 0.1  # the peak mode misses the spectrum level
+    np.testing.assert_allclose(np.abs(by_peak).max(axis=(1, 2)), np.abs(x).max(axis=(1, 2)),
+                               rtol=1e-5)
+    np.testing.assert_allclose((fs.fine_spectrum(by_spectrum, p) - wanted).mean(axis=(1, 2)),
+                               0.0, atol=1e-4)
+    np.testing.assert_allclose(by_spectrum, by_peak * np.exp(-offset)[:, None, None],
+                               rtol=1e-4, atol=1e-6 * np.abs(by_peak).max())
 
 
 @pytest.mark.parametrize("timing, canvas", [("roll", "wrap"), ("pslot", "wrap"), ("warp", "wrap"),
@@ -540,7 +566,8 @@ def test_warped_encode_decode_keeps_the_knot_times(timing, fractions):
     phase")."""
     rng = np.random.default_rng(7)
     p = fs.FlowSamplerParams(timing=timing, align_s=20.0, p_align_s=8.0, end_align_s=35.0,
-                             griffin_lim_iters=2, p_knot="arias", random_phase_hz=0.0)
+                             griffin_lim_iters=2, p_knot="arias", random_phase_hz=0.0,
+                             record_scale="peak")
     x = p_and_s_records(rng, np.array([4.0, 10.0]), np.array([9.0, 26.0]))
     feats = fs.encode(x, p)
     xn = x / np.abs(x).max(axis=(1, 2))[:, None, None]
@@ -564,7 +591,7 @@ def test_pslot_rolls_the_onset_and_warps_only_the_frames_before_it():
     rng = np.random.default_rng(8)
     hop_s = 64 / FS
     p = fs.FlowSamplerParams(timing="pslot", align_s=25 * hop_s, p_align_s=10 * hop_s,
-                             griffin_lim_iters=2, p_knot="arias")
+                             griffin_lim_iters=2, p_knot="arias", record_scale="peak")
     x = p_and_s_records(rng, np.array([4.0, 10.0]), np.array([9.0, 26.0]))
     feats = fs.encode(x, p)
     xn = x / np.abs(x).max(axis=(1, 2))[:, None, None]
@@ -632,6 +659,8 @@ def test_long_gap_shift_keeps_a_far_records_p_in_the_slot():
     (dict(p_knot="pick"), r"p_knot = 'pick' \(not one of \('arias', 'aic', 'picker'\)\)"),
     (dict(long_gap="wrap"), r"long_gap = 'wrap' \(not one of \('clip', 'shift'\)\)"),
     (dict(canvas="clip"), r"canvas = 'clip' \(not one of \('wrap', 'hold'\)\)"),
+    (dict(record_scale="energy"),
+     r"record_scale = 'energy' \(not one of \('peak', 'spectrum'\)\)"),
 ])
 def test_bad_timing_params_are_refused(overrides, match):
     with pytest.raises(fs.FlowSamplerError, match=match):
@@ -661,13 +690,12 @@ def test_envelope_projection_moves_the_band_magnitudes_to_the_target():
 
 def test_decoder_without_envelope_rounds_is_griffin_lim_plus_equalisation():
     rng = np.random.default_rng(6)
-    p0 = fs.FlowSamplerParams(griffin_lim_iters=2, envelope_rounds=0)
+    p0 = fs.FlowSamplerParams(griffin_lim_iters=2, envelope_rounds=0, record_scale="peak")
     x = synthetic_records(rng, 3.0, np.array([5.0]), np.array([30.0]))
     feats = {k: torch.from_numpy(v) for k, v in fs.encode(x, p0).items()}
     args = (feats["level"], feats["onset"], feats["coarse"], feats["fine"])
     y0 = fs.decode(*args, p0, torch.Generator().manual_seed(0))
-    y4 = fs.decode(*args, fs.FlowSamplerParams(griffin_lim_iters=2, envelope_rounds=4),
-                   torch.Generator().manual_seed(0))
+    y4 = fs.decode(*args, replace(p0, envelope_rounds=4), torch.Generator().manual_seed(0))
     assert not np.allclose(y0, y4)  # the rounds act
     np.testing.assert_allclose(np.abs(y4).max(), np.abs(x).max(), rtol=1e-5)
 
@@ -1405,6 +1433,24 @@ def test_station_scatter_gives_each_station_its_own_level_spread(trained, prepar
     assert_older_state_loads_off(off, "station_scatter")
 
 
+def test_record_scale_changes_only_the_scale_of_each_sampled_record(trained):
+    """record_scale is a sampling setting: the same checkpoint read with "peak" gives the same
+    waveforms, each scaled so that its peak is exp(level) rather than its spectrum level + fine
+    spectrum; an older checkpoint (no record_scale) loads with "peak"."""
+    sampler, _ = trained
+    assert sampler.params.record_scale == "spectrum"
+    state = sampler.state()
+    state["params"]["record_scale"] = "peak"
+    by_peak = fs.FlowSampler.from_state(state)
+    m, r = np.array([5.0, 4.5, 6.0]), np.array([40.0, 20.0, 90.0])
+    x, y = sampler.sample("A", m, r, seed=4), by_peak.sample("A", m, r, seed=4)
+    ratio = np.abs(x).max(axis=(1, 2)) / np.abs(y).max(axis=(1, 2))
+    assert np.abs(np.log(ratio)).max() > 0.01  # the scales differ
+    np.testing.assert_allclose(x, y * ratio[:, None, None], rtol=1e-4,
+                               atol=1e-5 * np.abs(x).max())
+    assert_older_state_loads_off(by_peak, "record_scale", off="peak")
+
+
 @pytest.mark.parametrize("prior_records", ["target", "all"])
 def test_record_prior_trains_samples_and_round_trips_its_state(prepared, tmp_path,
                                                                prior_records):
@@ -1620,7 +1666,6 @@ def test_unknown_period_selection_is_refused():
 
 
 def test_result_does_not_depend_on_the_number_of_workers(trained):
-    from dataclasses import replace
 
     sampler, _ = trained
     m, r = np.full(5, 5.0), np.full(5, 30.0)  # 3 chunks of 2
