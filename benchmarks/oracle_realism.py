@@ -85,6 +85,24 @@ TAIL_RATIO = 3.0  # `duration_rows`: D5-95 over D5-75 beyond which the last 5 % 
 SITE_COLUMNS = ("f0_sh_hz", "f0_sigma_ln", "impedance", "damping", "outlier_fraction")
 
 
+def simulator_stations(raw: Path) -> pd.DataFrame:
+    """raw/stations.csv of the simulated corpus: the table with the simulator's site columns
+    that `oracle_records` draws from. UserError when it is missing, unreadable or lacks them
+    (a corpus of real records has none)."""
+    table = raw / "stations.csv"
+    if not table.is_file():
+        raise UserError(f"{table}: no such file (--raw: the corpus folder)")
+    try:
+        stations = pd.read_csv(table, dtype={"station": str})
+    except (ValueError, pd.errors.ParserError) as exc:  # UnicodeDecodeError is a ValueError
+        raise UserError(f"{table}: not a readable table ({type(exc).__name__})") from None
+    missing = [c for c in ("station", "f0_true_hz", *SITE_COLUMNS) if c not in stations.columns]
+    if missing:
+        raise UserError(f"{table} lacks the columns {missing} of the simulator's station table: "
+                        "the oracle needs the simulated corpus")
+    return stations
+
+
 def oracle_records(station: pd.Series, n: int, synth_params, seed: list[int]
                    ) -> tuple[np.ndarray, np.ndarray]:
     """n fresh simulator records at the station -> (records (n, 3, T) float32 cm/s^2,
@@ -267,18 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--n must be a multiple of {DRAW} and at least {2 * LARGE}, got {args.n}")
     params = load_params(args.params)
     rp = params.evaluate.realism
-    if not (args.raw / "stations.csv").is_file():
-        raise UserError(f"{args.raw / 'stations.csv'}: no such file (--raw: the corpus folder)")
-    try:
-        stations = pd.read_csv(args.raw / "stations.csv", dtype={"station": str})
-    except (ValueError, pd.errors.ParserError) as exc:  # UnicodeDecodeError is a ValueError
-        raise UserError(f"{args.raw / 'stations.csv'}: not a readable table "
-                        f"({type(exc).__name__})") from None
-    missing = [c for c in ("station", "f0_true_hz", *SITE_COLUMNS) if c not in stations.columns]
-    if missing:
-        raise UserError(f"{args.raw / 'stations.csv'} lacks the columns {missing} of the "
-                        "simulator's station table: the oracle needs the simulated corpus")
-    stations = stations.set_index("station")
+    stations = simulator_stations(args.raw).set_index("station")
     sampler = load_sampler(args.checkpoint)
     unknown = [s for s in sampler.stations if s not in stations.index]
     if unknown:

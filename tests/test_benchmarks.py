@@ -20,6 +20,7 @@ from diagnose_flow import (  # noqa: E402
 from draw_scatter import band_rows, summary  # noqa: E402
 from oracle_realism import (LARGE, duration_ratio, duration_rows,  # noqa: E402
                             large_sample_aucs)
+from residual_spread import detrended_spread  # noqa: E402
 from round_trip import main as round_trip_main  # noqa: E402
 from round_trip import round_trip_error, settings, summary_row  # noqa: E402
 
@@ -203,3 +204,24 @@ def test_duration_rows_separate_a_noise_tail_from_the_strong_motion():
     assert rows["oracle: share of D5-95 > 3 x D5-75"] == 0.5
     assert rows["oracle: the same, R < 30 km"] == 1.0
     assert rows["sampler: share of D5-95 > 3 x D5-75"] == 0.0
+
+
+def test_detrended_spread_reads_the_scatter_about_a_scenario_fit():
+    """Residuals with a known scenario trend and scatter: the sd about the fit in M and ln R is
+    the scatter (not the raw sd, which holds the trend), the slope on M is the trend's, the mean
+    is the residuals'; a record with a NaN is left out, and fewer than 4 left is refused."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    m, r = rng.uniform(3.5, 5.5, n), rng.uniform(10.0, 150.0, n)
+    scatter = np.array([0.3, 0.5])
+    resid = (np.column_stack([0.2 + 1.5 * m - 1.0 * np.log(r), np.full(n, -0.3)])
+             + rng.standard_normal((n, 2)) * scatter)
+    fit = detrended_spread(resid, m, r)
+    np.testing.assert_allclose(fit["sd"], scatter, rtol=0.05)
+    np.testing.assert_allclose(fit["slope_m"], [1.5, 0.0], atol=0.05)
+    np.testing.assert_allclose(fit["mean"], resid.mean(axis=0))
+    assert resid[:, 0].std() > 2 * scatter[0]  # the raw spread holds the trend
+    resid[:n // 2, 1] = np.nan
+    np.testing.assert_allclose(detrended_spread(resid, m, r)["sd"], scatter, rtol=0.07)
+    with pytest.raises(UserError, match="3 records with every residual finite"):
+        detrended_spread(resid[n // 2:n // 2 + 3], m[n // 2:n // 2 + 3], r[n // 2:n // 2 + 3])
