@@ -247,13 +247,16 @@ def test_quiet_before_p_caps_the_envelope_before_the_p_knot_at_the_pre_event_lev
     assert (np.abs(y) <= np.abs(xs)).all()
 
 
-def test_decoded_p_knot_is_where_decode_places_it():
-    """pslot: the onset less the P-to-onset gap, the gap clipped as `rolled_knots` clips it;
-    warp: the first knot of `knots_of_features`."""
-    p = fs.FlowSamplerParams(timing="pslot")
+@pytest.mark.parametrize("long_gap, far_gap", [("clip", 15.0 - fs.MIN_GAP_S),
+                                               ("squeeze", 30.0 - fs.MIN_GAP_S)])
+def test_decoded_p_knot_is_where_decode_places_it(long_gap, far_gap):
+    """pslot: the onset less the P-to-onset gap, the gap clipped as `rolled_knots` clips it
+    (clip: to align_s less MIN_GAP_S; squeeze: to the onset less it); warp: the first knot of
+    `knots_of_features`."""
+    p = fs.FlowSamplerParams(timing="pslot", align_s=15.0, long_gap=long_gap)
     timing = np.array([[20.0, np.log(6.0)], [12.0, np.log(0.1)], [30.0, np.log(40.0)]])
     np.testing.assert_allclose(fs.decoded_p_knot(timing, p, 60.0),
-                               [14.0, 12.0 - fs.MIN_GAP_S, 30.0 - (p.align_s - fs.MIN_GAP_S)])
+                               [14.0, 12.0 - fs.MIN_GAP_S, 30.0 - far_gap])
     warp = fs.FlowSamplerParams(timing="warp", align_s=20.0)
     feats = fs.knot_features(np.array([[8.0, 15.0], [3.0, 4.0]]))
     np.testing.assert_allclose(fs.decoded_p_knot(feats, warp, 60.0), [8.0, 3.0])
@@ -554,6 +557,44 @@ def test_resample_frames_interpolates_linearly_and_holds_the_ends():
     np.testing.assert_allclose(out[0, 1], [-1.0, -4.0, 0.0, -18.0])
 
 
+def test_resample_frames_on_a_circle_wraps_and_reads_the_first_frame_after_the_last():
+    """period_s: times are read modulo the period, and between the last frame (4.5 s) and the
+    period (5.25 s) the frames are interpolated toward the first one."""
+    p = fs.FlowSamplerParams(hop=50)
+    frames = np.arange(10, dtype=np.float32)[None, None] * np.float32(2.0)
+    at = np.array([[0.25, -1.0, 4.5, 4.875, 5.25 + 0.5, -0.375]])
+    out = fs.resample_frames(frames, at, p, period_s=5.25)
+    np.testing.assert_allclose(out[0, 0], [1.0, 2 * 8.5, 18.0, 9.0, 2.0, 9.0])
+
+
+def test_squeeze_frame_times_read_before_the_canvas_and_invert():
+    """pslot with a canvas start before 0 (long_gap squeeze, `canvas_start`): warped 0 is the
+    start, the P knot (before 0 here) sits at p_align_s and the onset at align_s; the inverse
+    reads the real times from period + start on as a period earlier, so that every warped
+    time it reads (before period + start) maps back to itself and the canvas's end is not read.
+    A record whose canvas starts at 0 is placed as before."""
+    hop_s = 64 / FS  # knots on the frame grid: frames 10 and 25
+    p = fs.FlowSamplerParams(timing="pslot", hop=64, align_s=25 * hop_s, p_align_s=10 * hop_s)
+    n = 1 + T // p.hop
+    onset = np.array([40.0, 20.0])
+    knots = fs.rolled_knots(np.array([30.0, 4.0]), p, onset)
+    start = fs.canvas_start(onset, knots, p)
+    np.testing.assert_allclose(start, [p.align_s - 40.0, 0.0])
+    real = fs.frame_times(knots, p, n, start_s=start, period_s=T / FS)
+    np.testing.assert_allclose(real[0, [0, 10, 25, 30]], [p.align_s - 40.0, p.align_s - 30.0,
+                                                          p.align_s, p.align_s + 5 * hop_s])
+    np.testing.assert_allclose(real[1], fs.frame_times(knots[1:], p, n)[0])
+    back = fs.frame_times(knots, p, n, inverse=True, start_s=start, period_s=T / FS)
+    grid = np.arange(n) * hop_s
+    circle = np.mod(real[0], T / FS)  # the real time of each warped frame, on the circle
+    seam = T / FS + start[0]  # real times from here on are read as before the record's start
+    read = (real[0] < seam) & (np.abs(circle - seam) > hop_s)  # the canvas's end is not read
+    assert read.sum() == int(seam / hop_s) - 1
+    np.testing.assert_allclose(np.interp(circle, grid, back[0], period=T / FS)[read], grid[read],
+                               atol=0.03)  # the P knot falls between frames of the inverse
+    assert (back[0] >= 0).all() and (back[0] < seam).all()
+
+
 @pytest.mark.parametrize("timing, fractions", [("warp", (0.01, 0.05)),
                                                ("stretch", (0.01, 0.05, 0.95))])
 def test_warped_encode_decode_keeps_the_knot_times(timing, fractions):
@@ -591,7 +632,8 @@ def test_pslot_rolls_the_onset_and_warps_only_the_frames_before_it():
     rng = np.random.default_rng(8)
     hop_s = 64 / FS
     p = fs.FlowSamplerParams(timing="pslot", align_s=25 * hop_s, p_align_s=10 * hop_s,
-                             griffin_lim_iters=2, p_knot="arias", record_scale="peak")
+                             griffin_lim_iters=2, p_knot="arias", record_scale="peak",
+                             long_gap="clip")
     x = p_and_s_records(rng, np.array([4.0, 10.0]), np.array([9.0, 26.0]))
     feats = fs.encode(x, p)
     xn = x / np.abs(x).max(axis=(1, 2))[:, None, None]
@@ -603,6 +645,11 @@ def test_pslot_rolls_the_onset_and_warps_only_the_frames_before_it():
     assert not np.allclose(feats["coarse"][:, :25], rolled["coarse"][:, :25])
     np.testing.assert_allclose(fs.rolled_knots(np.array([0.0, 5.0, 99.0]), p)[:, 0],
                                [p.align_s - fs.MIN_GAP_S, p.align_s - 5.0, fs.MIN_GAP_S])
+    squeeze = fs.FlowSamplerParams(timing="pslot", align_s=p.align_s, p_align_s=p.p_align_s)
+    np.testing.assert_allclose(  # gaps kept to the onset less MIN_GAP_S and to MAX_GAP_S
+        fs.rolled_knots(np.array([0.0, 5.0, 99.0, 99.0]), squeeze,
+                        np.array([9.0, 9.0, 30.0, 60.0]))[:, 0],
+        p.align_s - np.array([fs.MIN_GAP_S, 5.0, 30.0 - fs.MIN_GAP_S, fs.MAX_GAP_S]))
     y = decode_features(feats, p)
     yn = y / np.abs(y).max(axis=(1, 2))[:, None, None]
     np.testing.assert_allclose(fs.onset_time(yn, 0.01), t1, atol=1.0)
@@ -611,41 +658,70 @@ def test_pslot_rolls_the_onset_and_warps_only_the_frames_before_it():
                                rtol=1e-5)
 
 
-def test_long_gap_shift_keeps_a_far_records_p_in_the_slot():
+@pytest.mark.parametrize("long_gap, canvas", [("shift", "wrap"), ("squeeze", "wrap"),
+                                             ("squeeze", "hold")])
+def test_long_gap_keeps_a_far_records_p_in_the_slot(long_gap, canvas):
     """pslot with a P-to-onset gap longer than the canvas before the onset (a far record):
     long_gap clip clips the timing feature to align_s - MIN_GAP_S and leaves no P at the slot's
-    knot; shift keeps the gap and puts the P at the knot, the pre-event noise at the canvas's
-    start, and a round trip keeps the P knot and the onset within a second.
-    A record whose gap the canvas holds encodes the same either way."""
+    knot; shift and squeeze keep the gap and put the P at the knot, the pre-event noise at the
+    canvas's start, and a round trip keeps the P knot and the onset within a second. squeeze
+    leaves the frames from the onset on as clip has them. A record whose gap the canvas holds
+    encodes the same either way."""
     rng = np.random.default_rng(11)
     t_p, t_s = np.array([3.0, 8.0]), np.array([27.0, 14.0])
     never = np.full(2, 1e3)  # a P 0.6 of the S's amplitude: the vertical's strongest phase
     x = 4 * p_and_s_records(rng, t_p, never) + p_and_s_records(rng, never, t_s)
     x += 1e-4 * rng.standard_normal((2, 3, T)).astype(np.float32)
-    clip, shift = (fs.FlowSamplerParams(long_gap=g) for g in ("clip", "shift"))
-    fc, fsh = fs.encode(x, clip), fs.encode(x, shift)
+    clip, kept = (fs.FlowSamplerParams(long_gap=g, canvas=canvas) for g in ("clip", long_gap))
+    fc, fk = fs.encode(x, clip), fs.encode(x, kept)
     xn = x / np.abs(x).max(axis=(1, 2))[:, None, None]
     onset, knot = fs.onset_time(xn, clip.align_fraction), fs.p_knot_time(xn, clip)
     assert abs(knot[0] - t_p[0]) < 0.3 and onset[0] - knot[0] > clip.align_s
     np.testing.assert_allclose(np.exp(fc["onset"][0, 1]), clip.align_s - fs.MIN_GAP_S)
-    np.testing.assert_allclose(np.exp(fsh["onset"][0, 1]), onset[0] - knot[0], rtol=1e-5)
+    np.testing.assert_allclose(np.exp(fk["onset"][0, 1]), onset[0] - knot[0], rtol=1e-5)
     for key in fc:  # the near record: the same features
-        np.testing.assert_array_equal(fc[key][1], fsh[key][1])
+        np.testing.assert_array_equal(fc[key][1], fk[key][1])
     n_bands = fc["coarse"].shape[-1] // 3
     knot_frame = int(round(clip.p_align_s * FS / clip.hop))
+    if long_gap == "squeeze":
+        onset_frame = int(np.ceil(clip.align_s * FS / clip.hop))
+        np.testing.assert_array_equal(fk["coarse"][0, onset_frame:], fc["coarse"][0, onset_frame:])
 
     def vertical(feats, frames):  # ln band energy of the far record's vertical
         return np.log(np.exp(feats["coarse"][0, frames, 2 * n_bands:]).sum(axis=-1))
 
     after = slice(knot_frame + 1, knot_frame + 3)
-    assert (vertical(fsh, after).min() - vertical(fsh, slice(0, 3)).max()) > 5.0  # noise, P
-    assert (vertical(fsh, after).min() - vertical(fc, after).max()) > 3.0  # no P there
-    y = decode_features(fsh, shift)
+    assert (vertical(fk, after).min() - vertical(fk, slice(0, 3)).max()) > 5.0  # noise, P
+    assert (vertical(fk, after).min() - vertical(fc, after).max()) > 3.0  # no P there
+    y = decode_features(fk, kept)
     yn = y / np.abs(y).max(axis=(1, 2))[:, None, None]
-    np.testing.assert_allclose(fs.onset_time(yn, shift.align_fraction), onset, atol=1.0)
-    np.testing.assert_allclose(fs.p_knot_time(yn, shift), knot, atol=1.0)
-    np.testing.assert_allclose(fs.decoded_p_knot(fsh["onset"].astype(np.float64), shift, 60.0),
+    np.testing.assert_allclose(fs.onset_time(yn, kept.align_fraction), onset, atol=1.0)
+    if long_gap == "shift":  # squeeze's own decoding test is below
+        np.testing.assert_allclose(fs.p_knot_time(yn, kept), knot, atol=1.0)
+    np.testing.assert_allclose(fs.decoded_p_knot(fk["onset"].astype(np.float64), kept, 60.0),
                                knot, atol=0.02)
+
+
+def test_long_gap_squeeze_decodes_a_far_records_start_from_the_slot():
+    """squeeze: decoding reads a far record's start (before the onset less align_s) from the
+    frames before the onset, not from the canvas's end as clip does, so silencing the canvas's
+    end keeps its P: the vertical's power in 1.5 s from the P is > 10 dB over the 2 s before."""
+    rng = np.random.default_rng(11)
+    never = np.full(1, 1e3)
+    x = 4 * p_and_s_records(rng, np.array([3.0]), never)
+    x += p_and_s_records(rng, never, np.array([27.0]))
+    x += 1e-4 * rng.standard_normal((1, 3, T)).astype(np.float32)
+    t = np.arange(T) / FS
+
+    def p_step(p):  # dB, the decoded vertical, the canvas's last 12 s silenced
+        feats = fs.encode(x, p)
+        feats["coarse"][:, int(48.0 * FS / p.hop):] = np.log(p.log_eps)
+        v = decode_features(feats, p)[0, 2].astype(np.float64)
+        power = [np.mean(v[(t >= a) & (t < b)] ** 2) for a, b in ((3.0, 4.5), (0.5, 2.5))]
+        return 10 * np.log10(power[0] / max(power[1], 1e-30))
+
+    assert p_step(fs.FlowSamplerParams(long_gap="squeeze")) > 10.0
+    assert p_step(fs.FlowSamplerParams(long_gap="clip")) < 3.0
 
 
 @pytest.mark.parametrize("overrides, match", [
@@ -657,7 +733,7 @@ def test_long_gap_shift_keeps_a_far_records_p_in_the_slot():
     (dict(timing="stretch", p_align_s=0.0), r"p_align_s = 0.0 \(stretch: must be in"),
     (dict(timing="pslot", p_align_s=16.0), r"p_align_s = 16.0 \(pslot: must be in \(0, align_s"),
     (dict(p_knot="pick"), r"p_knot = 'pick' \(not one of \('arias', 'aic', 'picker'\)\)"),
-    (dict(long_gap="wrap"), r"long_gap = 'wrap' \(not one of \('clip', 'shift'\)\)"),
+    (dict(long_gap="wrap"), r"long_gap = 'wrap' \(not one of \('clip', 'shift', 'squeeze'\)\)"),
     (dict(canvas="clip"), r"canvas = 'clip' \(not one of \('wrap', 'hold'\)\)"),
     (dict(record_scale="energy"),
      r"record_scale = 'energy' \(not one of \('peak', 'spectrum'\)\)"),

@@ -147,15 +147,19 @@ class FlowSamplerParams:
     #                         picker: the realism picker's P onset (`p_onset_index`), its
     #                         window ending past the vertical's half-maximum RMS (P_KNOTS)
     p_align_s: float = 8.0  # warp, stretch, pslot: s, the P knot's place in warped time (< align_s)
-    long_gap: str = "clip"  # pslot: a P-to-onset gap longer than the canvas before the onset
-    #                         (align_s less MIN_GAP_S; 16 % of the target training records) is
-    #                         clipped to it, its P outside the slot (clip), or kept (shift):
-    #                         a record whose P knot would sit less than an STFT window into the
-    #                         canvas is rolled later so that it sits there, and its last
-    #                         seconds leave the canvas (`rolled_knots`). shift: S-P picks 90 ->
-    #                         96 %, held-out AUC +0.011 / +0.024 at two training seeds and 10
-    #                         realism misses against 4 in a pipeline draw (measured; "Far
-    #                         records in the P slot"), so clip
+    long_gap: str = "squeeze"  # pslot: a P-to-onset gap longer than the canvas before the
+    #                         onset (align_s less MIN_GAP_S; 16 % of the target training
+    #                         records): clipped to it, its P outside the slot (clip); kept
+    #                         (squeeze): the frames before the onset read from the record's
+    #                         start, so the slot holds its P and the frames from the onset on
+    #                         are clip's (`canvas_start`); or kept (shift): a record whose P knot
+    #                         would sit less than an STFT window into the canvas is rolled later
+    #                         so that it sits there, and its last seconds leave the canvas
+    #                         (`rolled_knots`). squeeze against clip, two training seeds x 12
+    #                         pipeline draws: S-P picks 91-93 -> 97-98 %, S-P median and W1 in
+    #                         their bands in 18 and 19 of 24 draws (10, 3), held-out AUC about
+    #                         the same; shift cost the AUC (measured; "Far records in the P
+    #                         slot"; "The far records' P squeezed into the slot") (LONG_GAPS)
     canvas: str = "wrap"  # roll, pslot: how the record is moved onto the canvas. wrap: the
     #                       waveform rolled circularly (what leaves one end comes back at the
     #                       other: the coda's end before the pre-event part, or the pre-event
@@ -483,7 +487,7 @@ def move(x: np.ndarray, shift: np.ndarray, p: FlowSamplerParams) -> np.ndarray:
 
 TIMINGS = ("roll", "warp", "stretch", "pslot")
 P_KNOTS = ("arias", "aic", "picker")
-LONG_GAPS = ("clip", "shift")
+LONG_GAPS = ("clip", "shift", "squeeze")
 CANVASES = ("wrap", "hold")
 RECORD_SCALES = ("peak", "spectrum")
 # the decoder's settings for real records ("Real records: the canvas and the long-period steps")
@@ -554,21 +558,45 @@ def real_knots(xn: np.ndarray, p: FlowSamplerParams) -> np.ndarray:
     return knots
 
 
-def rolled_knots(gap_s: np.ndarray, p: FlowSamplerParams) -> np.ndarray:
+def rolled_knots(gap_s: np.ndarray, p: FlowSamplerParams, onset_s: np.ndarray | None = None
+                 ) -> np.ndarray:
     """pslot: the P knot and the onset (n, 2) in the time of the rolled record, from the
     P-to-onset gaps (n,) s. The onset sits at align_s, and a gap longer than the canvas before
     it (align_s less MIN_GAP_S) is clipped to it (long_gap clip: the P falls outside the slot,
     and within an STFT window of the canvas's start the P knot's frames hold the wrapped end
-    of the record). shift: gaps are kept up to MAX_GAP_S, and one that would put the P knot
-    less than an STFT window (n_fft) into the canvas puts the onset that much later instead,
-    so that the frames before the knot hold the pre-event part and the frames from the onset
-    on are read later (the record's last seconds leave the canvas)."""
-    if p.long_gap == "clip":
-        gap = np.clip(np.asarray(gap_s, dtype=np.float64), MIN_GAP_S, p.align_s - MIN_GAP_S)
+    of the record). squeeze: gaps are kept up to MAX_GAP_S and to the onset (n,) s less
+    MIN_GAP_S, so the P knot may lie before the canvas's start; `canvas_start` then reads the
+    slot from the record's start (the frames from the onset on as clip's). shift: gaps are kept up
+    to MAX_GAP_S, and one that would put the P knot less than an STFT window (n_fft) into the
+    canvas puts the onset that much later instead, so that the frames before the knot hold the
+    pre-event part and the frames from the onset on are read later (the record's last seconds
+    leave the canvas)."""
+    if p.long_gap in ("clip", "squeeze"):
+        gap = np.asarray(gap_s, dtype=np.float64)
+        if p.long_gap == "clip":
+            gap = np.clip(gap, MIN_GAP_S, p.align_s - MIN_GAP_S)
+        else:
+            gap = np.clip(gap, MIN_GAP_S, np.minimum(MAX_GAP_S, np.maximum(
+                np.asarray(onset_s, dtype=np.float64) - MIN_GAP_S, MIN_GAP_S)))
         return np.column_stack([p.align_s - gap, np.full(len(gap), p.align_s)])
     gap = np.clip(np.asarray(gap_s, dtype=np.float64), MIN_GAP_S, MAX_GAP_S)
     onset = np.maximum(p.align_s, gap + p.n_fft / SAMPLING_RATE)
     return np.column_stack([onset - gap, onset])
+
+
+def canvas_start(onset_s: np.ndarray | None, knots: np.ndarray, p: FlowSamplerParams
+                 ) -> np.ndarray:
+    """The time (n,) s of the moved record at which the warped canvas starts (`frame_times`),
+    for records with the onset (n,) s and the knots of `timing_knots`: 0, but with long_gap
+    squeeze, for a record whose P knot lies less than MIN_GAP_S into the moved canvas (or
+    before it), the record's own start (align_s less the onset; negative: canvas wrap reads it
+    from the rolled record's end, hold from the record's frames, which do not move): the
+    frames before the P knot then hold the pre-event part, and the P-to-onset slot the P
+    wave, however long the gap."""
+    if p.timing != "pslot" or p.long_gap != "squeeze":
+        return np.zeros(len(knots))
+    far = knots[:, 0] < MIN_GAP_S
+    return np.where(far, knots[:, 1] - np.asarray(onset_s, dtype=np.float64), 0.0)
 
 
 def knot_features(knots: np.ndarray) -> np.ndarray:
@@ -585,11 +613,16 @@ def knots_of_features(features: np.ndarray, duration: float) -> np.ndarray:
 
 
 def frame_times(knots: np.ndarray, p: FlowSamplerParams, n_frames: int, inverse: bool = False,
-                shift_s: np.ndarray | float = 0.0, fs: float = SAMPLING_RATE) -> np.ndarray:
+                shift_s: np.ndarray | float = 0.0, start_s: np.ndarray | float = 0.0,
+                period_s: float = np.inf, fs: float = SAMPLING_RATE) -> np.ndarray:
     """Real time (s) of every warped frame of each record with real knots (n, K) -> (n,
     n_frames); inverse=True: the warped time of every real frame. The knots are in the time
     of the moved record; the real time returned (inverse: given) is that less shift_s (n,) s,
-    the frames' own shift (`canvas_shift`; 0 for a rolled waveform).
+    the frames' own shift (`canvas_shift`; 0 for a rolled waveform). The warped canvas starts
+    at real time start_s (n,) s (`canvas_start`); a record with a negative one is read on a
+    circle of period_s: its real times before 0 are those before period_s (resample them with
+    period_s), and inverse=True reads its real times from period_s + start_s on as that much
+    earlier.
 
     The warp is piecewise linear through (0, 0), each (real knot, `warped_knots`) and has
     slope 1 after the last knot: warp gives the P wave a fixed slot and keeps the real durations
@@ -598,26 +631,37 @@ def frame_times(knots: np.ndarray, p: FlowSamplerParams, n_frames: int, inverse:
     is a shift from the onset on (the identity unless long_gap shift moved the onset), so
     only the frames before it are interpolated."""
     far = 1e4  # s, beyond any record
-    real = np.column_stack([np.zeros(len(knots)), knots, knots[:, -1] + far])
+    start = np.broadcast_to(np.asarray(start_s, dtype=np.float64), (len(knots),))
+    real = np.column_stack([start, knots, knots[:, -1] + far])
     warped = np.r_[0.0, warped_knots(p), warped_knots(p)[-1] + far]
     grid = np.arange(n_frames) * p.hop / fs
     shift = np.broadcast_to(np.asarray(shift_s, dtype=np.float64), (len(knots),))
     if inverse:
-        return np.stack([np.interp(grid + d, r, warped) for r, d in zip(real, shift)])
+        return np.stack([np.interp(np.where((r[0] < 0) & (grid + d >= period_s + r[0]),
+                                            grid + d - period_s, grid + d), r, warped)
+                         for r, d in zip(real, shift)])
     return np.stack([np.interp(grid, warped, r) - d for r, d in zip(real, shift)])
 
 
 def resample_frames(frames: np.ndarray, at_s: np.ndarray, p: FlowSamplerParams,
-                    fs: float = SAMPLING_RATE) -> np.ndarray:
+                    fs: float = SAMPLING_RATE, period_s: float | None = None) -> np.ndarray:
     """Frames (n, ..., t) at times k * hop -> linearly interpolated at times at_s (n, t') s;
-    held at the first and last frame outside them."""
+    held at the first and last frame outside them, or (period_s) read on a circle of that
+    length, the first frame again at period_s."""
     t = frames.shape[-1]
-    idx = np.clip(np.asarray(at_s) * fs / p.hop, 0, t - 1)
-    lo = np.floor(idx).astype(np.int64)
+    if period_s is None:
+        idx = np.clip(np.asarray(at_s) * fs / p.hop, 0, t - 1)
+        lo = np.floor(idx).astype(np.int64)
+        w, hi = idx - lo, np.minimum(lo + 1, t - 1)
+    else:
+        idx = np.mod(np.asarray(at_s, dtype=np.float64), period_s) * fs / p.hop
+        lo = np.minimum(np.floor(idx).astype(np.int64), t - 1)
+        span = np.where(lo < t - 1, 1.0, period_s * fs / p.hop - (t - 1))
+        w, hi = np.clip((idx - lo) / span, 0.0, 1.0), np.where(lo < t - 1, lo + 1, 0)
     shape = (len(frames),) + (1,) * (frames.ndim - 2) + (idx.shape[1],)
-    w = (idx - lo).reshape(shape)
+    w = w.reshape(shape)
     below = np.take_along_axis(frames, lo.reshape(shape), axis=-1)
-    above = np.take_along_axis(frames, np.minimum(lo + 1, t - 1).reshape(shape), axis=-1)
+    above = np.take_along_axis(frames, hi.reshape(shape), axis=-1)
     return (below * (1 - w) + above * w).astype(frames.dtype)
 
 
@@ -646,7 +690,7 @@ def encode(waveforms: np.ndarray, p: FlowSamplerParams) -> dict[str, np.ndarray]
         onset = onset_time(xn, p.align_fraction)
         timing = onset[:, None]
         if p.timing == "pslot":
-            knots = rolled_knots(onset - p_knot_time(xn, p), p)
+            knots = rolled_knots(onset - p_knot_time(xn, p), p, onset)
             timing = np.column_stack([onset, np.log(knots[:, 1] - knots[:, 0])])
     return {
         "level": np.log(peak)[:, None].astype(np.float32),
@@ -665,8 +709,9 @@ def timing_knots(timing: np.ndarray, p: FlowSamplerParams, duration: float
     if p.timing in ("warp", "stretch"):
         knots = knots_of_features(timing, duration)
         return knots[:, 1], knots
-    knots = rolled_knots(np.exp(timing[:, 1]), p) if p.timing == "pslot" else None
-    return timing[:, 0].clip(0.0, duration), knots
+    onset = timing[:, 0].clip(0.0, duration)
+    knots = rolled_knots(np.exp(timing[:, 1]), p, onset) if p.timing == "pslot" else None
+    return onset, knots
 
 
 def canvas_frames(xn: np.ndarray, onset: np.ndarray | None, knots: np.ndarray | None,
@@ -684,7 +729,11 @@ def canvas_frames(xn: np.ndarray, onset: np.ndarray | None, knots: np.ndarray | 
     coarse = torch.log(band + p.log_eps).numpy()
     n, c, b, t = coarse.shape
     if p.timing != "roll":
-        coarse = resample_frames(coarse, frame_times(knots, p, t, shift_s=frame_shift), p)
+        start = canvas_start(onset, knots, p)
+        at = frame_times(knots, p, t, shift_s=frame_shift, start_s=start)
+        wrap = p.canvas == "wrap" and (start < 0).any()  # hold: the frames are the record's
+        period = xn.shape[-1] / SAMPLING_RATE if wrap else None
+        coarse = resample_frames(coarse, at, p, period_s=period)
     elif p.canvas == "hold":
         grid = np.arange(t) * p.hop / SAMPLING_RATE
         coarse = resample_frames(coarse, grid[None] - frame_shift[:, None], p)
@@ -790,7 +839,9 @@ def decode(level: torch.Tensor, onset: torch.Tensor, coarse: torch.Tensor, fine:
     onset_s, knots = timing_knots(onset.double().numpy(), p, duration)
     wave_shift, frame_shift = canvas_shift(onset_s, knots, p)
     if p.timing != "roll":  # warped frames back to real time (pslot: the moved record's)
-        at = frame_times(knots, p, t, inverse=True, shift_s=frame_shift)
+        at = frame_times(knots, p, t, inverse=True, shift_s=frame_shift,
+                         start_s=canvas_start(onset_s, knots, p),
+                         period_s=duration if p.canvas == "wrap" else np.inf)
         logmag = torch.from_numpy(resample_frames(logmag.numpy(), at, p))
     elif p.canvas == "hold":
         at = np.arange(t) * p.hop / SAMPLING_RATE + frame_shift[:, None]
