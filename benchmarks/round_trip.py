@@ -14,15 +14,15 @@ decoded record is compared with the record itself on the realism classifier's fe
 power per component, 5 s window and band; evaluate.realism), the features in which a sampler
 is told apart from real records. Printed for the decoder settings side by side (rows): the
 params' own, the real-records settings (flow_sampler.REAL_RECORDS), and every combination of
-canvas (wrap, hold), long_gap (clip, shift) and the long-period steps (long_period_hz,
-random_phase_hz: as in the params, "on" (the simulated corpus's profile has them on), or
-off). Columns: the ln power error (decoded less the record's) averaged over the records,
-components and bands in each 5 s window (a mean a classifier sees), its rms over all cells,
-and the share of records whose first window (before their P on a P-aligned corpus) is
+canvas (wrap, hold), long_gap (clip, shift, squeeze) and the long-period steps
+(long_period_hz, random_phase_hz: as in the params, "on" (the simulated corpus's profile has
+them on), or off). Columns: the ln power error (decoded less the record's) averaged over the
+records, components and bands in each 5 s window (a mean a classifier sees), its rms over all
+cells, and the share of records whose first window (before their P on a P-aligned corpus) is
 decoded with more than 10 times its power (ln 2.3). Griffin-Lim starts from seeds 0 ..
 --seeds - 1; every record is decoded once per seed, in chunks of fs.DECODE_CHUNK records.
-Cost: the 773 records of the simulated corpus, --seeds 1, all ten settings took 134 s on one
-thread at a peak RSS of 0.87 GB.
+Cost: the 773 records of the simulated corpus, --seeds 1, ten settings (before squeeze) took
+134 s on one thread at a peak RSS of 0.87 GB.
 """
 
 from __future__ import annotations

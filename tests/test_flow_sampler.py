@@ -574,12 +574,17 @@ def test_squeeze_frame_times_read_before_the_canvas_and_invert():
     time it reads (before period + start) maps back to itself and the canvas's end is not read.
     A record whose canvas starts at 0 is placed as before."""
     hop_s = 64 / FS  # knots on the frame grid: frames 10 and 25
-    p = fs.FlowSamplerParams(timing="pslot", hop=64, align_s=25 * hop_s, p_align_s=10 * hop_s)
+    p = fs.FlowSamplerParams(timing="pslot", hop=64, align_s=25 * hop_s, p_align_s=10 * hop_s,
+                             long_gap="squeeze")
     n = 1 + T // p.hop
     onset = np.array([40.0, 20.0])
     knots = fs.rolled_knots(np.array([30.0, 4.0]), p, onset)
     start = fs.canvas_start(onset, knots, p)
     np.testing.assert_allclose(start, [p.align_s - 40.0, 0.0])
+    clip = fs.FlowSamplerParams(timing="pslot", hop=64, align_s=p.align_s, p_align_s=p.p_align_s,
+                                long_gap="clip")  # clip and shift: the canvas starts at 0
+    np.testing.assert_array_equal(fs.canvas_start(onset, fs.rolled_knots(
+        np.array([30.0, 4.0]), clip, onset), clip), [0.0, 0.0])
     real = fs.frame_times(knots, p, n, start_s=start, period_s=T / FS)
     np.testing.assert_allclose(real[0, [0, 10, 25, 30]], [p.align_s - 40.0, p.align_s - 30.0,
                                                           p.align_s, p.align_s + 5 * hop_s])
@@ -645,7 +650,8 @@ def test_pslot_rolls_the_onset_and_warps_only_the_frames_before_it():
     assert not np.allclose(feats["coarse"][:, :25], rolled["coarse"][:, :25])
     np.testing.assert_allclose(fs.rolled_knots(np.array([0.0, 5.0, 99.0]), p)[:, 0],
                                [p.align_s - fs.MIN_GAP_S, p.align_s - 5.0, fs.MIN_GAP_S])
-    squeeze = fs.FlowSamplerParams(timing="pslot", align_s=p.align_s, p_align_s=p.p_align_s)
+    squeeze = fs.FlowSamplerParams(timing="pslot", align_s=p.align_s, p_align_s=p.p_align_s,
+                                   long_gap="squeeze")
     np.testing.assert_allclose(  # gaps kept to the onset less MIN_GAP_S and to MAX_GAP_S
         fs.rolled_knots(np.array([0.0, 5.0, 99.0, 99.0]), squeeze,
                         np.array([9.0, 9.0, 30.0, 60.0]))[:, 0],

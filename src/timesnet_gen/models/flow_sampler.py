@@ -37,12 +37,15 @@ fine spectrum (`prior_fine`), both the TimesBlock flow's draw at sampling, so th
 agree with the amplitude and the spectrum that the decoder imposes ("The record prior
 given the fine spectrum"); `prior_calibrate`
 (on) then gives the prior's draws the training records' spread, component by component, as
-the frame gain does for the frames ("The record prior's gain"). `station_scatter` (on) gives
-the flow's level scalar each target station's own spread, its training records' shrunk toward
-the stations' by empirical Bayes ("The station's own scatter"). Two options measured and left
-off: `scalar_calibrate`, the same gain for the flow's level and timing scalars ("The scalar
-gain"), and `long_gap: shift`, which keeps the P of a record whose P-to-onset gap is longer
-than the canvas before the onset inside the P slot ("Far records in the P slot"). `canvas`
+the frame gain does for the frames ("The record prior's gain"). Options measured and left
+off: `station_scatter`, which gives the flow's level scalar each target station's own spread,
+its training records' shrunk toward the stations' by empirical Bayes (on until `record_scale`;
+"The station's own scatter"); `scalar_calibrate`, the same gain for the flow's level and
+timing scalars ("The scalar gain"); and `long_gap: shift` and `squeeze`, which keep the P of a
+record whose P-to-onset gap is longer than the canvas before the onset inside the P slot,
+shift by rolling the record later, squeeze by reading the frames before the onset from the
+record's start ("Far records in the P slot", "The far records' P squeezed into the slot").
+`canvas`
 (wrap) rolls the waveform onto the canvas, as the simulated corpus's circular filters do;
 real records take `canvas: hold` (their frames moved, the ends held), `long_gap: shift`, the
 long-period steps off and `quiet_before_p` (`REAL_RECORDS`; "Real records: the canvas and the
@@ -147,19 +150,19 @@ class FlowSamplerParams:
     #                         picker: the realism picker's P onset (`p_onset_index`), its
     #                         window ending past the vertical's half-maximum RMS (P_KNOTS)
     p_align_s: float = 8.0  # warp, stretch, pslot: s, the P knot's place in warped time (< align_s)
-    long_gap: str = "squeeze"  # pslot: a P-to-onset gap longer than the canvas before the
-    #                         onset (align_s less MIN_GAP_S; 16 % of the target training
-    #                         records): clipped to it, its P outside the slot (clip); kept
-    #                         (squeeze): the frames before the onset read from the record's
-    #                         start, so the slot holds its P and the frames from the onset on
-    #                         are clip's (`canvas_start`); or kept (shift): a record whose P knot
-    #                         would sit less than an STFT window into the canvas is rolled later
-    #                         so that it sits there, and its last seconds leave the canvas
-    #                         (`rolled_knots`). squeeze against clip, two training seeds x 12
-    #                         pipeline draws: S-P picks 91-93 -> 97-98 %, S-P median and W1 in
-    #                         their bands in 18 and 19 of 24 draws (10, 3), held-out AUC about
-    #                         the same; shift cost the AUC (measured; "Far records in the P
-    #                         slot"; "The far records' P squeezed into the slot") (LONG_GAPS)
+    long_gap: str = "clip"  # pslot: a P-to-onset gap longer than the canvas before the onset
+    #                         (align_s less MIN_GAP_S; 16 % of the target training records) is
+    #                         clipped to it, its P outside the slot (clip); or kept (squeeze):
+    #                         the frames before the onset are read from the record's start, so
+    #                         the slot holds its P and the frames from the onset on are clip's
+    #                         (`canvas_start`); or kept (shift): a record whose P knot would sit
+    #                         less than an STFT window into the canvas is rolled later so that
+    #                         it sits there, and its last seconds leave the canvas
+    #                         (`rolled_knots`). Three training seeds: squeeze raises S-P picks
+    #                         91-92 -> 97-98 % but the held-out AUC by 0.010 and f0's misses at
+    #                         0205; shift raised the AUC by 0.011 / 0.024 (measured; "Far records
+    #                         in the P slot", "The far records' P squeezed into the slot"), so
+    #                         clip (LONG_GAPS)
     canvas: str = "wrap"  # roll, pslot: how the record is moved onto the canvas. wrap: the
     #                       waveform rolled circularly (what leaves one end comes back at the
     #                       other: the coda's end before the pre-event part, or the pre-event
