@@ -670,9 +670,10 @@ def test_long_gap_keeps_a_far_records_p_in_the_slot(long_gap, canvas):
     """pslot with a P-to-onset gap longer than the canvas before the onset (a far record):
     long_gap clip clips the timing feature to align_s - MIN_GAP_S and leaves no P at the slot's
     knot; shift and squeeze keep the gap and put the P at the knot, the pre-event noise at the
-    canvas's start, and a round trip keeps the P knot and the onset within a second. squeeze
-    leaves the frames from the onset on as clip has them. A record whose gap the canvas holds
-    encodes the same either way."""
+    canvas's start, and a round trip keeps the onset (and, shift, the P knot; squeeze's
+    decoding has a test of its own below) within a second. squeeze leaves the frames from the
+    onset on as clip has them. A record whose gap the canvas holds encodes the same either
+    way."""
     rng = np.random.default_rng(11)
     t_p, t_s = np.array([3.0, 8.0]), np.array([27.0, 14.0])
     never = np.full(2, 1e3)  # a P 0.6 of the S's amplitude: the vertical's strongest phase

@@ -45,11 +45,10 @@ timing scalars ("The scalar gain"); and `long_gap: shift` and `squeeze`, which k
 record whose P-to-onset gap is longer than the canvas before the onset inside the P slot,
 shift by rolling the record later, squeeze by reading the frames before the onset from the
 record's start ("Far records in the P slot", "The far records' P squeezed into the slot").
-`canvas`
-(wrap) rolls the waveform onto the canvas, as the simulated corpus's circular filters do;
-real records take `canvas: hold` (their frames moved, the ends held), `long_gap: shift`, the
-long-period steps off and `quiet_before_p` (`REAL_RECORDS`; "Real records: the canvas and the
-long-period steps").
+`canvas` (wrap) rolls the waveform onto the canvas, as the simulated corpus's circular filters
+do; real records take `canvas: hold` (their frames moved, the ends held), `long_gap: shift`,
+the long-period steps off and `quiet_before_p` (`REAL_RECORDS`; "Real records: the canvas and
+the long-period steps").
 `coarse_pcs` and `fine_pcs` optionally keep only the leading components of a frame's
 channels and of the fine spectrum.
 
@@ -627,7 +626,7 @@ def frame_times(knots: np.ndarray, p: FlowSamplerParams, n_frames: int, inverse:
     period_s), and inverse=True reads its real times from period_s + start_s on as that much
     earlier.
 
-    The warp is piecewise linear through (0, 0), each (real knot, `warped_knots`) and has
+    The warp is piecewise linear through (start_s, 0), each (real knot, `warped_knots`) and has
     slope 1 after the last knot: warp gives the P wave a fixed slot and keeps the real durations
     of strong motion and coda; stretch also gives the strong motion (onset to end knot) a
     fixed slot and keeps the coda's real duration; pslot (knots in rolled time, `rolled_knots`)
