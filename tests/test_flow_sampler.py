@@ -648,8 +648,9 @@ def test_pslot_rolls_the_onset_and_warps_only_the_frames_before_it():
     rolled = fs.encode(x, fs.FlowSamplerParams(timing="roll", align_s=p.align_s))
     np.testing.assert_array_equal(feats["coarse"][:, 25:], rolled["coarse"][:, 25:])
     assert not np.allclose(feats["coarse"][:, :25], rolled["coarse"][:, :25])
-    np.testing.assert_allclose(fs.rolled_knots(np.array([0.0, 5.0, 99.0]), p)[:, 0],
-                               [p.align_s - fs.MIN_GAP_S, p.align_s - 5.0, fs.MIN_GAP_S])
+    np.testing.assert_allclose(
+        fs.rolled_knots(np.array([0.0, 5.0, 99.0]), p, np.array([9.0, 9.0, 30.0]))[:, 0],
+        [p.align_s - fs.MIN_GAP_S, p.align_s - 5.0, fs.MIN_GAP_S])
     squeeze = fs.FlowSamplerParams(timing="pslot", align_s=p.align_s, p_align_s=p.p_align_s,
                                    long_gap="squeeze")
     np.testing.assert_allclose(  # gaps kept to the onset less MIN_GAP_S and to MAX_GAP_S

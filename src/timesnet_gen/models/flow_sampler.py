@@ -560,19 +560,18 @@ def real_knots(xn: np.ndarray, p: FlowSamplerParams) -> np.ndarray:
     return knots
 
 
-def rolled_knots(gap_s: np.ndarray, p: FlowSamplerParams, onset_s: np.ndarray | None = None
-                 ) -> np.ndarray:
+def rolled_knots(gap_s: np.ndarray, p: FlowSamplerParams, onset_s: np.ndarray) -> np.ndarray:
     """pslot: the P knot and the onset (n, 2) in the time of the rolled record, from the
-    P-to-onset gaps (n,) s. The onset sits at align_s, and a gap longer than the canvas before
-    it (align_s less MIN_GAP_S) is clipped to it (long_gap clip: the P falls outside the slot,
-    and within an STFT window of the canvas's start the P knot's frames hold the wrapped end
-    of the record). squeeze: gaps are kept up to MAX_GAP_S and to the onset (n,) s less
-    MIN_GAP_S, so the P knot may lie before the canvas's start; `canvas_start` then reads the
-    slot from the record's start (the frames from the onset on as clip's). shift: gaps are kept up
-    to MAX_GAP_S, and one that would put the P knot less than an STFT window (n_fft) into the
-    canvas puts the onset that much later instead, so that the frames before the knot hold the
-    pre-event part and the frames from the onset on are read later (the record's last seconds
-    leave the canvas)."""
+    P-to-onset gaps (n,) s and the records' own onsets (n,) s. The onset sits at align_s, and a
+    gap longer than the canvas before it (align_s less MIN_GAP_S) is clipped to it (long_gap
+    clip: the P falls outside the slot, and within an STFT window of the canvas's start the P
+    knot's frames hold the wrapped end of the record). squeeze: gaps are kept up to MAX_GAP_S
+    and to the record's onset less MIN_GAP_S, so the P knot may lie before the canvas's start;
+    `canvas_start` then reads the slot from the record's start (the frames from the onset on as
+    clip's). shift: gaps are kept up to MAX_GAP_S, and one that would put the P knot less than
+    an STFT window (n_fft) into the canvas puts the onset that much later instead, so that the
+    frames before the knot hold the pre-event part and the frames from the onset on are read
+    later (the record's last seconds leave the canvas)."""
     if p.long_gap in ("clip", "squeeze"):
         gap = np.asarray(gap_s, dtype=np.float64)
         if p.long_gap == "clip":
