@@ -1706,6 +1706,10 @@ def test_too_many_principal_components_is_refused(prepared, tmp_path):
         tiny_params(coarse_weight=-0.5)
     with pytest.raises(fs.FlowSamplerError, match="coarse_weight = nan"):
         tiny_params(coarse_weight=float("nan"))
+    with pytest.raises(fs.FlowSamplerError) as nan_knot:  # named once, with its range
+        tiny_params(p_align_s=float("nan"))
+    assert str(nan_knot.value).count("p_align_s") == 1
+    assert "p_align_s = nan (pslot: must be in (0, align_s" in str(nan_knot.value)
 
 
 def test_principal_latent_trains_samples_and_round_trips_its_state(prepared, tmp_path):

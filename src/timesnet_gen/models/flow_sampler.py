@@ -383,8 +383,9 @@ class FlowSamplerParams:
         if self.timing == "stretch" and not self.align_fraction < self.end_fraction < 1:
             bad.append(f"end_fraction = {self.end_fraction} (stretch: must be in (align_fraction"
                        f" = {self.align_fraction}, 1))")
-        if bad:
-            raise FlowSamplerError(f"flow-sampler parameter(s) {'; '.join(bad)}")
+        if bad:  # one message per parameter: the last, which says most (a NaN fails twice)
+            named = {msg.split(" ")[0]: msg for msg in bad}
+            raise FlowSamplerError(f"flow-sampler parameter(s) {'; '.join(named.values())}")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> FlowSamplerParams:
