@@ -1,12 +1,19 @@
 """Benchmark: fused vs naive Inception in one TimesBlock, and training throughput.
 
     .venv/bin/python benchmarks/bench_model.py [--threads 2] [--paper-seq-len 1000]
+        [--data data/prepared]
 
 Prints forward+backward seconds per record of one TimesBlock with the fused Inception (one conv
 with the averaged kernel) and the naive one (num_kernels convs), at the CPU profile and at the
 paper's widths (d_model 128, d_ff 256, num_kernels 6; batch 2; on CPU a shorter sequence than
 6000, printed), their ratio, and the training throughput (records/s, forward + backward +
 AdamW step) of the default profile in params.yaml with an estimate of both phases' wall time.
+Everything runs with denormals flushed to zero, as the training stages do (`set_up_torch`).
+With --data, it first times pretraining steps on real records (the prepared pretraining split)
+with denormals kept and flushed, in turn, and says whether the two give the same weights bit
+for bit: on real records the weaker period's branch gets a softmax weight near exp(-100) and
+its backward pass runs in denormal arithmetic (the synthetic input of the other measurements
+does not trigger it).
 """
 
 from __future__ import annotations
@@ -15,10 +22,13 @@ import argparse
 import time
 from dataclasses import asdict
 
+import numpy as np
 import torch
 
 from timesnet_gen.config import load_params
 from timesnet_gen.models.timesnet import TimesBlock, TimesNetConfig, TimesNetGen
+from timesnet_gen.prepare import load_prepared, select
+from timesnet_gen.runtime import set_up_torch
 
 
 def make_block(cfg: TimesNetConfig, batch: int, device: torch.device):
@@ -92,6 +102,40 @@ def throughput(cfg: TimesNetConfig, batch: int, steps: int, device: torch.device
     return steps * batch / (time.perf_counter() - t0)
 
 
+def denormals(cfg: TimesNetConfig, data: str, batch: int, steps: int, repeats: int) -> None:
+    """Pretraining steps on real records from the same seed, denormals kept and flushed in
+    turn (`repeats` times each): seconds per step, their ratio, and whether the weights after
+    the steps agree bit for bit. Leaves denormals flushed."""
+    waveforms, index = load_prepared(data)
+    rows = select(index, "pretrain", "train")
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0)).numpy()
+    batches = [torch.from_numpy(np.ascontiguousarray(waveforms[np.sort(rows[order[i:i + batch]])]))
+               for i in range(0, steps * batch, batch)]
+
+    def run(flush: bool) -> tuple[float, dict]:
+        torch.set_flush_denormal(flush)
+        torch.manual_seed(0)
+        model = TimesNetGen(cfg)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=1e-4)
+        t0 = time.perf_counter()
+        for x in batches:
+            loss = torch.mean((model(x, None) - x) ** 2)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        return (time.perf_counter() - t0) / len(batches), model.state_dict()
+
+    runs = [(run(False), run(True)) for _ in range(repeats)]
+    torch.set_flush_denormal(True)
+    kept = sorted(k[0] for k, _ in runs)[repeats // 2]
+    flushed = sorted(f[0] for _, f in runs)[repeats // 2]
+    same = all(torch.equal(a, runs[0][1][1][name]) for name, a in runs[0][0][1].items())
+    print(f"pretraining on real records ({steps} steps of {batch}, median of {repeats}): "
+          f"denormals kept {kept:.2f} s/step, flushed {flushed:.2f} s/step, kept/flushed = "
+          f"{kept / flushed:.2f}x; weights bit for bit the same: {same}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,12 +148,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="training steps timed")
     parser.add_argument("--pretrain-records", type=int, default=360)
     parser.add_argument("--finetune-records", type=int, default=260)
+    parser.add_argument("--data", default=None,
+                        help="prepared corpus: real pretraining steps, denormals kept and flushed")
+    parser.add_argument("--real-steps", type=int, default=8, help="with --data: steps timed")
+    parser.add_argument("--real-repeats", type=int, default=1, help="with --data: repeats")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_up_torch(args.threads)
     device = torch.device(args.device)
     params = load_params(args.params)
     cpu_cfg = TimesNetConfig(**asdict(params.model), n_stations=len(params.data.target_stations))
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads")
+    if args.data is not None:
+        denormals(cpu_cfg, args.data, params.train.pretrain.batch_size, args.real_steps,
+                  args.real_repeats)
 
     compare("CPU profile (params.yaml)", cpu_cfg, 4, args.repeats, device)
     paper = TimesNetConfig(**{**asdict(cpu_cfg), "d_model": 128, "d_ff": 256, "num_kernels": 6,

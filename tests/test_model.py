@@ -230,3 +230,32 @@ def test_timesblock_residual_shape_and_bad_inputs():
         TimesNetGen(tiny_cfg(conditioning="bogus"))
     with pytest.raises(ValueError, match="unknown model config"):
         TimesNetConfig.from_dict({"d_model": 4, "colour": "red"})
+
+
+def test_flushing_denormals_leaves_a_training_step_bit_for_bit_the_same():
+    """The weaker period's softmax weight can be denormal (real records: near exp(-100)); its
+    branch's backward pass then runs on denormals, which `set_up_torch` flushes to zero for
+    speed. The gradients must not change by a bit."""
+    from timesnet_gen.runtime import set_up_torch
+
+    T = 240
+    t = torch.arange(T, dtype=torch.float32)
+    # rFFT amplitudes A T / 2 at period 24 and B T / 2 at period 10: weights 1 and exp(-96)
+    wave = 1.0 * torch.sin(2 * torch.pi * t / 24) + 0.2 * torch.sin(2 * torch.pi * t / 10)
+    noise = torch.randn(2, T, 4, generator=torch.Generator().manual_seed(0))
+    x0 = wave[None, :, None] + 0.01 * noise
+    grads = {}
+    for flush in (False, True):
+        torch.set_flush_denormal(False)
+        if flush:
+            set_up_torch(0)
+        else:  # the case under test is there: a denormal weight
+            weak = torch.softmax(fft_periods(x0, 2, per_sample=False)[1], dim=1).min()
+            assert 0 < weak < torch.finfo(torch.float32).tiny
+        torch.manual_seed(0)
+        block = TimesBlock(tiny_cfg())
+        x = x0.clone().requires_grad_()
+        block(x).square().mean().backward()
+        grads[flush] = [x.grad] + [p.grad for p in block.parameters()]
+    assert (torch.tensor(1e-39) * 1.0).item() == 0.0  # flushed from now on
+    assert all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))

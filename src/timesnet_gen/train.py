@@ -52,7 +52,7 @@ from timesnet_gen.runtime import (
     resolve_device,
     run_epochs,
     save_checkpoint,
-    set_threads,
+    set_up_torch,
     write_losses,
 )
 
@@ -245,7 +245,7 @@ def train(params: Params, data_dir: str | Path, out_dir: str | Path, phase: str,
     resume = read_resume(ckpt_path, job["fingerprint"])
 
     # ---- set-up
-    set_threads(params.train.num_threads)
+    set_up_torch(params.train.num_threads)
     rank, world, device, own_group = dist_setup(resolve_device(params.train.device))
     torch.manual_seed(seed)  # identical initial weights on every rank
     model = TimesNetGen(cfg)

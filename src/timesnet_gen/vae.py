@@ -45,7 +45,7 @@ from timesnet_gen.runtime import (
     resolve_device,
     run_epochs,
     save_checkpoint,
-    set_threads,
+    set_up_torch,
     station_table,
     write_generator_outputs,
     write_losses,
@@ -334,7 +334,7 @@ def write_outputs(
 def train_main(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     vae, stations = params.vae, params.data.target_stations
-    set_threads(params.train.num_threads)
+    set_up_torch(params.train.num_threads)
     waveforms, rows = load_targets(args.data, stations, ("train",))
     device = resolve_device(params.train.device)
     print(f"train-vae: {len(rows)} target training records, {len(stations)} stations, "
@@ -353,7 +353,7 @@ def train_main(args: argparse.Namespace) -> int:
 def generate_main(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     vae, stations = params.vae, params.data.target_stations
-    set_threads(params.train.num_threads)
+    set_up_torch(params.train.num_threads)
     model, stats, config = load_vae(args.model / "model.pt", vae, stations)
     waveforms, rows = load_targets(args.data, stations, ("train", "holdout"))
     if waveforms.shape[-1] != config["n_samples"]:

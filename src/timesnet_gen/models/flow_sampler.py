@@ -108,6 +108,7 @@ from timesnet_gen.models.cvae import griffin_lim, istft, stft
 from timesnet_gen.models.timesnet import (PERIOD_SELECTIONS, TimesBlock, TimesNetConfig,
                                          data_frequencies)
 from timesnet_gen.records import N_SAMPLES, SAMPLING_RATE
+from timesnet_gen.runtime import set_up_torch
 
 KIND = "timesnet-flow"
 FORMAT = 1
@@ -1485,14 +1486,6 @@ def fit(net: VelocityNet, train: Batchable, val: Batchable | None, epochs: int, 
 # sampling
 
 
-def setup_torch(p: FlowSamplerParams) -> None:
-    """Threads, and denormals flushed to zero: tiny activations in the small convolutions
-    otherwise slow the CPU kernels 2-3x (measured)."""
-    if p.num_threads:
-        torch.set_num_threads(p.num_threads)
-    torch.set_flush_denormal(True)
-
-
 @torch.no_grad()
 def solve_flow(velocity: Callable[..., tuple[torch.Tensor, ...]], x: tuple[torch.Tensor, ...],
                steps: int, heun: bool) -> tuple[torch.Tensor, ...]:
@@ -1598,7 +1591,7 @@ def draws(n: int, draw: Callable[[slice, torch.Generator], torch.Tensor], p: Flo
     """draw(part, generator) for the slices of n records in chunks of p.batch_generate, as
     sampling draws them (one draw per record, at its station and scenario; seeded by p.seed),
     concatenated: what the fits after training compare with the training records."""
-    setup_torch(p)
+    set_up_torch(p.num_threads)
     generator = torch.Generator().manual_seed(p.seed + CALIBRATION_SEED)
     return torch.cat([draw(slice(start, start + p.batch_generate), generator)
                       for start in range(0, n, p.batch_generate)])
@@ -1743,7 +1736,7 @@ class FlowSampler:
         s = self.station_index(station)
         m, r = check_scenario(magnitude, distance_km)
         p = self.params
-        setup_torch(p)
+        set_up_torch(p.num_threads)
         scenario = standardise_scenario(np.stack([m, r], axis=1), self.stats)
         starts = range(0, len(m), p.batch_generate)
         if p.workers > 1 and len(starts) > 1:  # torch and numpy FFTs release the GIL
@@ -1957,7 +1950,7 @@ def train_sampler(prepared_dir: str | Path, params: FlowSamplerParams, out_dir: 
     warning = real_records_warning(raw_dir, params)
     if warning:
         log(warning)
-    setup_torch(params)
+    set_up_torch(params.num_threads)
     waveforms, index = load_prepared(prepared_dir)
     scen = scenario_table(prepared_dir, raw_dir, index)
     rows = {name: select(index, role, split) for name, role, split in (
