@@ -10,15 +10,16 @@ paper's widths (d_model 128, d_ff 256, num_kernels 6; batch 2; on CPU a shorter 
 AdamW step) of the default profile in params.yaml with an estimate of both phases' wall time.
 Everything runs with denormals flushed to zero, as the training stages do (`set_up_torch`).
 With --data, it first times pretraining steps on real records (the prepared pretraining split)
-with denormals kept and flushed, in turn, and says whether the two give the same weights bit
-for bit: on real records the weaker period's branch gets a softmax weight near exp(-100) and
-its backward pass runs in denormal arithmetic (the synthetic input of the other measurements
-does not trigger it).
+with denormals kept and flushed, in turn, each in a fresh process, and says whether the two
+give the same weights bit for bit: on real records the weaker period's branch gets a softmax
+weight near exp(-100), and its backward pass runs in denormal arithmetic (the synthetic input
+of the other measurements does not trigger it).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import time
 from dataclasses import asdict
 
@@ -102,18 +103,20 @@ def throughput(cfg: TimesNetConfig, batch: int, steps: int, device: torch.device
     return steps * batch / (time.perf_counter() - t0)
 
 
-def denormals(cfg: TimesNetConfig, data: str, batch: int, steps: int, repeats: int) -> None:
-    """Pretraining steps on real records from the same seed, denormals kept and flushed in
-    turn (`repeats` times each): seconds per step, their ratio, and whether the weights after
-    the steps agree bit for bit. Leaves denormals flushed."""
+def denormal_run(cfg: TimesNetConfig, data: str, batch: int, steps: int, threads: int,
+                 flush: bool) -> tuple[float, dict]:
+    """In a fresh process: `steps` pretraining steps on real records from seed 0 (seconds per
+    step, after an untimed pass that builds every period shape's oneDNN kernels) and the
+    weights they end with. The flag comes first: torch sets it in the calling thread only, and
+    OpenMP's worker threads take it from the thread that creates them."""
+    torch.set_flush_denormal(flush)
+    torch.set_num_threads(threads)
     waveforms, index = load_prepared(data)
     rows = select(index, "pretrain", "train")
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0)).numpy()
     batches = [torch.from_numpy(np.ascontiguousarray(waveforms[np.sort(rows[order[i:i + batch]])]))
                for i in range(0, steps * batch, batch)]
-
-    def run(flush: bool) -> tuple[float, dict]:
-        torch.set_flush_denormal(flush)
+    for timed in (False, True):
         torch.manual_seed(0)
         model = TimesNetGen(cfg)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=1e-4)
@@ -124,16 +127,27 @@ def denormals(cfg: TimesNetConfig, data: str, batch: int, steps: int, repeats: i
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-        return (time.perf_counter() - t0) / len(batches), model.state_dict()
+    return (time.perf_counter() - t0) / len(batches), model.state_dict()
 
-    runs = [(run(False), run(True)) for _ in range(repeats)]
-    torch.set_flush_denormal(True)
-    kept = sorted(k[0] for k, _ in runs)[repeats // 2]
-    flushed = sorted(f[0] for _, f in runs)[repeats // 2]
-    same = all(torch.equal(a, runs[0][1][1][name]) for name, a in runs[0][0][1].items())
-    print(f"pretraining on real records ({steps} steps of {batch}, median of {repeats}): "
-          f"denormals kept {kept:.2f} s/step, flushed {flushed:.2f} s/step, kept/flushed = "
-          f"{kept / flushed:.2f}x; weights bit for bit the same: {same}", flush=True)
+
+def denormals(cfg: TimesNetConfig, data: str, batch: int, steps: int, repeats: int,
+              threads: int) -> None:
+    """Pretraining on real records with denormals kept and flushed, each in a fresh process,
+    in turn (`repeats` times each): seconds per step, their ratio, and whether the weights
+    agree bit for bit."""
+    ctx = multiprocessing.get_context("spawn")
+    runs = {False: [], True: []}
+    for _ in range(repeats):
+        for flush in (False, True):
+            with ctx.Pool(1) as pool:
+                runs[flush].append(pool.apply(denormal_run,
+                                              (cfg, data, batch, steps, threads, flush)))
+    kept, flushed = (sorted(r[0] for r in runs[f])[repeats // 2] for f in (False, True))
+    same = all(torch.equal(a, runs[True][0][1][name]) for name, a in runs[False][0][1].items())
+    print(f"pretraining on real records ({steps} steps of {batch}, median of {repeats}, one "
+          f"process each): denormals kept {kept:.2f} s/step, flushed {flushed:.2f} s/step, "
+          f"kept/flushed = {kept / flushed:.2f}x; weights bit for bit the same: {same}",
+          flush=True)
 
 
 def main() -> None:
@@ -160,7 +174,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads")
     if args.data is not None:
         denormals(cpu_cfg, args.data, params.train.pretrain.batch_size, args.real_steps,
-                  args.real_repeats)
+                  args.real_repeats, args.threads)
 
     compare("CPU profile (params.yaml)", cpu_cfg, 4, args.repeats, device)
     paper = TimesNetConfig(**{**asdict(cpu_cfg), "d_model": 128, "d_ff": 256, "num_kernels": 6,

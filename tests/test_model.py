@@ -17,6 +17,7 @@ from timesnet_gen.models.timesnet import (
     instance_norm,
     latent_std,
 )
+from timesnet_gen.runtime import set_up_torch
 
 torch.set_num_threads(1)
 
@@ -232,12 +233,10 @@ def test_timesblock_residual_shape_and_bad_inputs():
         TimesNetConfig.from_dict({"d_model": 4, "colour": "red"})
 
 
-def test_flushing_denormals_leaves_a_training_step_bit_for_bit_the_same():
+def test_flushing_denormals_leaves_the_gradients_bit_for_bit_the_same():
     """The weaker period's softmax weight can be denormal (real records: near exp(-100)); its
     branch's backward pass then runs on denormals, which `set_up_torch` flushes to zero for
     speed. The gradients must not change by a bit."""
-    from timesnet_gen.runtime import set_up_torch
-
     T = 240
     t = torch.arange(T, dtype=torch.float32)
     # rFFT amplitudes A T / 2 at period 24 and B T / 2 at period 10: weights 1 and exp(-96)
