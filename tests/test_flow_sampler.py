@@ -785,7 +785,7 @@ def test_decoder_without_envelope_rounds_is_griffin_lim_plus_equalisation():
 
 
 @pytest.mark.parametrize("key", ["envelope_rounds", "griffin_lim_iters", "long_period_hz",
-                                 "random_phase_hz"])
+                                 "random_phase_hz", "num_threads"])
 def test_negative_decoder_rounds_are_refused(key):
     with pytest.raises(fs.FlowSamplerError, match=f"{key} = -1"):
         fs.FlowSamplerParams(**{key: -1})

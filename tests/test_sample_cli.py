@@ -176,7 +176,11 @@ def test_train_sampler_refuses_unknown_or_bad_keys(tmp_path, capsys):
     assert rc == 1 and "none.yaml: no such params file" in err
     for text, extra, match in (("lr: .nan", [], "generators.flow.lr: expected a finite float"),
                                ("lr: 0.001", ["--set", "finetune_lr=nan"], "finetune_lr = nan"),
-                               ("batch_size: 0", [], "batch_size = 0 (must be > 0)")):
+                               ("batch_size: 0", [], "batch_size = 0 (must be > 0)"),
+                               ("lr: 0.001", ["--set", "num_threads=-2"],
+                                "num_threads = -2 (must be >= 0)"),
+                               ("lr: 0.001", ["--set", "workers=0"], "workers = 0 (must be > 0)"),
+                               ("batch_generate: 0", [], "batch_generate = 0 (must be > 0)")):
         params.write_text(f"generators:\n  flow:\n    {text}\n")
         rc, _, err = run(["train-sampler", "--params", str(params), "--out", str(tmp_path / "m"),
                           *extra], capsys)

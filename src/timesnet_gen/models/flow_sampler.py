@@ -345,12 +345,13 @@ class FlowSamplerParams:
                and not math.isfinite(getattr(self, f.name))]
         bad += [f"{name} = {getattr(self, name)} (must be > 0)"
                 for name in ("lr", "finetune_lr", "batch_size", "n_steps", "n_fine", "n_bands",
-                             "prior_hidden", "prior_steps", "prior_ode_steps")
+                             "prior_hidden", "prior_steps", "prior_ode_steps", "batch_generate",
+                             "workers")
                 if getattr(self, name) <= 0]  # NaN is named above
         bad += [f"{name} = {getattr(self, name)} (must be >= 0)"
                 for name in ("envelope_rounds", "griffin_lim_iters", "coarse_pcs", "fine_pcs",
                              "record_pcs", "record_weight", "coarse_weight", "long_period_hz",
-                             "random_phase_hz", "prior_fine")
+                             "random_phase_hz", "prior_fine", "num_threads")
                 if getattr(self, name) < 0]
         if self.record_prior and not self.record_pcs > 0:
             bad.append(f"record_prior = True needs record_pcs > 0 (got {self.record_pcs}; "
