@@ -137,6 +137,7 @@ def denormals(cfg: TimesNetConfig, data: str, batch: int, steps: int, repeats: i
     """Pretraining on real records with denormals kept and flushed, each in a fresh process,
     in turn (`repeats` times each): seconds per step, their ratio, and whether the weights
     agree bit for bit."""
+    load_prepared(data)  # a bad folder stops here, in this process, with one line
     ctx = multiprocessing.get_context("spawn")
     runs = {False: [], True: []}
     for _ in range(repeats):
@@ -199,4 +200,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from timesnet_gen.errors import one_line_errors
+
+    sys.exit(one_line_errors(main, "bench_model"))  # bad --data or params: one line
