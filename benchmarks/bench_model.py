@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 
 import numpy as np
@@ -109,6 +110,15 @@ def throughput(cfg: TimesNetConfig, batch: int, steps: int, device: torch.device
     return steps * batch / (time.perf_counter() - t0)
 
 
+def in_fresh_process(fn, *args):
+    """fn(*args) in a fresh (spawned) process, so that no thread pool, denormal flag or other
+    torch state of this one carries over. A process pool rather than multiprocessing.Pool, whose
+    exit kills the worker and leaks the semaphores torch made there."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def denormal_run(cfg: TimesNetConfig, data: str, batch: int, steps: int, threads: int,
                  flush: bool) -> tuple[float, dict]:
     """In a fresh process: `steps` pretraining steps on real records from seed 0 (seconds per
@@ -138,13 +148,11 @@ def denormals(cfg: TimesNetConfig, data: str, batch: int, steps: int, repeats: i
     in turn (`repeats` times each): seconds per step, their ratio, and whether the weights
     agree bit for bit."""
     load_prepared(data)  # a bad folder stops here, in this process, with one line
-    ctx = multiprocessing.get_context("spawn")
     runs = {False: [], True: []}
     for _ in range(repeats):
         for flush in (False, True):
-            with ctx.Pool(1) as pool:
-                runs[flush].append(pool.apply(denormal_run,
-                                              (cfg, data, batch, steps, threads, flush)))
+            runs[flush].append(in_fresh_process(denormal_run, cfg, data, batch, steps, threads,
+                                                flush))
     kept, flushed = (sorted(r[0] for r in runs[f])[repeats // 2] for f in (False, True))
     same = all(torch.equal(a, runs[True][0][1][name]) for name, a in runs[False][0][1].items())
     print(f"pretraining on real records ({steps} steps of {batch}, median of {repeats}, one "

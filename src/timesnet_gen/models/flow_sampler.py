@@ -300,7 +300,11 @@ class FlowSamplerParams:
     time_sampling: str = "logit-normal"  # uniform | logit-normal (flow time t of training)
     seed: int = 0
     device: str = "cpu"  # training: cpu | cuda | cuda:N | auto (sampling runs on the CPU)
-    num_threads: int = 1  # 0 = torch default; 1 is 10x faster than 2 on shared cores (measured)
+    num_threads: int = 1  # torch threads; 0 = torch's default. 2 trains 1.2-1.3x faster on 2
+    #                       free cores (7 Dec 2026) but sums in another order, so the weights
+    #                       differ from the committed checkpoint's; the records sampled from a
+    #                       checkpoint are the same bit for bit with 1 or 2 threads and 1 or 2
+    #                       workers (measured)
     # sampling
     n_steps: int = 12  # ODE steps (Heun: 23 network evaluations)
     solver: str = "heun"  # euler | heun
@@ -336,7 +340,7 @@ class FlowSamplerParams:
     #                            asks the decoder for the flow's frames less it
     #                            ("The decoder's mean error")
     batch_generate: int = 16  # records per chunk (each chunk seeded by (seed, chunk start))
-    workers: int = 2  # threads generating chunks in parallel (1 torch thread each)
+    workers: int = 2  # threads generating chunks in parallel (num_threads torch threads each)
 
     def __post_init__(self) -> None:
         """FlowSamplerError naming a NaN/inf value or a rate or size that cannot train."""
