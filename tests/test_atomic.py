@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +81,40 @@ def test_out_that_is_a_file_or_holds_a_source_is_refused_before_anything_moves(t
     # a sibling that merely shares a name prefix is not "inside" the source
     with staged_dir(tmp_path / "p" / "afad2", sources=[src]) as tmp:
         (tmp / "x").write_text("x")
+
+
+def test_a_failed_write_is_one_output_error_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    out = tmp_path / "out"
+    with staged_dir(out) as tmp:
+        (tmp / "a.txt").write_text("first")
+
+    # the disk is full half-way through: an OutputError naming out and the reason
+    full = r"out: cannot write there \(No space left on device\)"
+    with pytest.raises(OutputError, match=full):
+        with staged_dir(out) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp / "b.bin"))
+    assert (out / "a.txt").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+    # an input that cannot be read keeps its own error
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        with staged_file(tmp_path / "m.json"):
+            (tmp_path / "missing.csv").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+    # no staging can be made there (a read-only disk): refused before anything is written
+    def read_only(prefix: str, dir: Path):  # noqa: A002 (tempfile's keyword)
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir / f"{prefix}x"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    for stage, name in ((staged_file, "f.json"), (staged_dir, "out")):
+        with pytest.raises(OutputError, match=r"cannot write there \(Read-only file system\)"):
+            with stage(tmp_path / name):
+                pytest.fail("must not start")
+    assert (out / "a.txt").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

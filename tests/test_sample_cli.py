@@ -3,6 +3,8 @@ every bad input as a one-line error with nothing written."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -156,6 +158,12 @@ def test_unwritable_out(checkpoint, tmp_path, capsys):
                           "--out", str(out)], capsys)
         assert rc == 1 and len(err.strip().splitlines()) == 1 and match in err, err
     assert blocker.read_text() == "x" and checkpoint.exists()
+    if Path("/proc/self").is_dir():  # Linux: a folder in which no folder can be made
+        rc, _, err = run(["sample", "--checkpoint", str(checkpoint), "--station", "4628", "-n",
+                          "2", "--out", "/proc/timesnet_gen_out"], capsys)
+        assert rc == 1 and err.strip().splitlines() == [
+            "timesnet-gen sample: /proc/timesnet_gen_out: cannot write there (No such file or "
+            "directory)"], err
 
 
 def test_train_sampler_refuses_unknown_or_bad_keys(tmp_path, capsys):

@@ -19,7 +19,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from timesnet_gen.errors import UserError
@@ -89,35 +89,69 @@ def _rename_over(tmp: Path, out: Path) -> None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
+def write_failure(exc: OSError, out: Path, tmp: Path | None = None) -> OutputError | None:
+    """An OutputError naming `out` and the system's reason when `exc` came from writing it (a
+    full or read-only disk, a place no folder can be made in): the error names no file, or
+    names `out`, a folder above it, its staging or previous version (`.NAME.*` beside it), or a
+    path in the staging `tmp`. None for any other path: an input that could not be read keeps
+    its own error."""
+    def ours(name: Path) -> bool:
+        return (name == out or name in out.parents
+                or name.parent == out.parent and name.name.startswith(f".{out.name}.")
+                or tmp is not None and (name == tmp or tmp in name.parents))
+
+    names = [Path(n) for n in (exc.filename, exc.filename2) if n is not None]
+    if names and not any(ours(n) for n in names):
+        return None
+    return OutputError(f"{out}: cannot write there ({exc.strerror or exc})")
+
+
 @contextlib.contextmanager
-def staged_dir(out: str | Path, sources: Iterable[str | Path] = ()) -> Iterator[Path]:
+def staged(out: Path, make: Callable[[], Path], remove: Callable[[Path], None],
+           publish: Callable[[Path, Path], None]) -> Iterator[Path]:
+    """Yield the staging path `make` creates beside `out` (after removing a killed run's);
+    `publish` moves it over `out` on success, `remove` deletes it on any error. A failure to
+    write (`write_failure`) is an OutputError, one line."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(out)
+        tmp = make()
+    except OSError as exc:
+        raise write_failure(exc, out) or exc
+    try:
+        yield tmp
+        publish(tmp, out)
+    except OSError as exc:
+        remove(tmp)
+        raise write_failure(exc, out, tmp) or exc
+    except BaseException:
+        remove(tmp)
+        raise
+
+
+def staged_dir(out: str | Path, sources: Iterable[str | Path] = ()
+               ) -> contextlib.AbstractContextManager[Path]:
     """Yield a fresh staging folder; on success it replaces `out` whole, on error it is removed."""
     out = check_out(out, sources, "folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
-    tmp.chmod(0o777 & ~_umask())
-    try:
-        yield tmp
-        _rename_over(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    def make() -> Path:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+        tmp.chmod(0o777 & ~_umask())
+        return tmp
+
+    return staged(out, make, lambda tmp: shutil.rmtree(tmp, ignore_errors=True), _rename_over)
 
 
-@contextlib.contextmanager
-def staged_file(out: str | Path, sources: Iterable[str | Path] = ()) -> Iterator[Path]:
+def staged_file(out: str | Path, sources: Iterable[str | Path] = ()
+                ) -> contextlib.AbstractContextManager[Path]:
     """Yield a staging path beside `out`; on success it is renamed over `out`."""
     out = check_out(out, sources, "file")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(out)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent)
-    os.close(fd)
-    tmp = Path(name)
-    tmp.chmod(0o666 & ~_umask())
-    try:
-        yield tmp
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    def make() -> Path:
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent)
+        os.close(fd)
+        tmp = Path(name)
+        tmp.chmod(0o666 & ~_umask())
+        return tmp
+
+    return staged(out, make, lambda tmp: tmp.unlink(missing_ok=True), os.replace)

@@ -271,10 +271,7 @@ def write_samples(out: Path, waves: np.ndarray, records: pd.DataFrame, table: pd
                   sources: list[Path]) -> None:
     from timesnet_gen.corpus.format import write_corpus
 
-    try:
-        write_corpus(out, waves, records, table, sources=sources)
-    except PermissionError as exc:
-        raise SampleError(f"{out}: cannot write there ({exc.strerror})") from None
+    write_corpus(out, waves, records, table, sources=sources)  # a failed write: OutputError
 
 
 # --------------------------------------------------------------------------------------------
