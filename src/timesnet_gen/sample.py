@@ -267,13 +267,6 @@ def check_writable(out: Path, sources: list[Path]) -> Path:
     return out
 
 
-def write_samples(out: Path, waves: np.ndarray, records: pd.DataFrame, table: pd.DataFrame,
-                  sources: list[Path]) -> None:
-    from timesnet_gen.corpus.format import write_corpus
-
-    write_corpus(out, waves, records, table, sources=sources)  # a failed write: OutputError
-
-
 # --------------------------------------------------------------------------------------------
 # params of train-sampler
 
@@ -353,7 +346,9 @@ def sample_main(args: argparse.Namespace) -> int:
         waves, records, table = sample_stations(sampler, stations, args.n, args.seed,
                                                 args.magnitude, args.distance_km,
                                                 str(args.checkpoint), warn)
-    write_samples(out, waves, records, table, [args.checkpoint])
+    from timesnet_gen.corpus.format import write_corpus
+
+    write_corpus(out, waves, records, table, sources=[args.checkpoint])  # failed write: one line
     print(f"sample: wrote {len(records)} {sampler.kind} records of {', '.join(stations)} -> {out}")
     return 0
 
