@@ -63,6 +63,7 @@ from timesnet_gen.errors import one_line_errors
 from timesnet_gen.evaluation.intensity import psa
 from timesnet_gen.evaluation.realism_phases import horizontal_envelope, pick_p_s
 from timesnet_gen.models import flow_sampler as fs
+from timesnet_gen.models.flow_sampler import latent as lat, representation as rep
 from timesnet_gen.prepare import load_prepared
 from timesnet_gen.sample import load_sampler
 
@@ -72,18 +73,18 @@ AMPLITUDE_PERIODS = (0.2, 0.5, 1.0, 2.0, 3.0, 5.0)  # s
 
 def period_centres(p) -> list[int]:
     """Index of the fine centre nearest each of AMPLITUDE_PERIODS (in ln f)."""
-    return [int(np.argmin(np.abs(np.log(fs.fine_centers(p) * t)))) for t in AMPLITUDE_PERIODS]
+    return [int(np.argmin(np.abs(np.log(rep.fine_centers(p) * t)))) for t in AMPLITUDE_PERIODS]
 
 
 def amplitude_bias(x: np.ndarray, real: np.ndarray, p) -> dict[str, np.ndarray]:
     """Mean over records of x (n, 3, T) less real (n, 3, T), record by record, of the ln PSA and
-    the smoothed ln FAS (`fs.fine_spectrum`, at the fine centre nearest each period) at
+    the smoothed ln FAS (`rep.fine_spectrum`, at the fine centre nearest each period) at
     AMPLITUDE_PERIODS, each the mean of the two horizontals' ln values."""
     centres = period_centres(p)
 
     def ln_measures(y: np.ndarray) -> dict[str, np.ndarray]:
-        return {"ln PSA": np.log(psa(y, fs.SAMPLING_RATE, AMPLITUDE_PERIODS)[:, :2]).mean(1),
-                "ln FAS": fs.fine_spectrum(y, p)[:, :2, centres].mean(1)}
+        return {"ln PSA": np.log(psa(y, rep.SAMPLING_RATE, AMPLITUDE_PERIODS)[:, :2]).mean(1),
+                "ln FAS": rep.fine_spectrum(y, p)[:, :2, centres].mean(1)}
 
     mx, mr = ln_measures(x), ln_measures(real)
     return {name: (mx[name] - mr[name]).mean(0) for name in mx}
@@ -91,8 +92,8 @@ def amplitude_bias(x: np.ndarray, real: np.ndarray, p) -> dict[str, np.ndarray]:
 
 def husid_times(x: np.ndarray) -> np.ndarray:
     """Median time (s) after the 5 % Arias time of each fraction -> (len(HUSID_FRACTIONS),)."""
-    t5 = fs.onset_time(x, 0.05)
-    return np.array([np.median(fs.onset_time(x, f) - t5) for f in HUSID_FRACTIONS])
+    t5 = rep.onset_time(x, 0.05)
+    return np.array([np.median(rep.onset_time(x, f) - t5) for f in HUSID_FRACTIONS])
 
 
 def segment_stats(res: np.ndarray, coarse: np.ndarray, frames: dict[str, slice]) -> dict:
@@ -149,7 +150,7 @@ def pick_stats(x: np.ndarray, rp) -> dict[str, float]:
 
 def remainder_stats(res: np.ndarray, stats: dict[str, torch.Tensor]) -> dict:
     """Statistics of what the record components leave of residuals (n, frames, channels)."""
-    r = fs.split_records(torch.as_tensor(res), stats)[0].double().numpy()
+    r = lat.split_records(torch.as_tensor(res), stats)[0].double().numpy()
 
     def corr(a: np.ndarray, b: np.ndarray) -> float:
         return float((a * b).mean() / np.sqrt((a * a).mean() * (b * b).mean()))
@@ -191,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                               for j in range(args.seeds)])
         husid_real.append(husid_times(real))
         husid_gen.append(husid_times(gen))
-        feats = fs.encode(real, p)
-        static_r = torch.from_numpy(fs.static_of(feats))
+        feats = rep.encode(real, p)
+        static_r = torch.from_numpy(lat.static_of(feats))
 
         def decode_real_static(coarse: np.ndarray) -> np.ndarray:  # real level, timing, fine
             return sampler.decode(torch.as_tensor(coarse), static_r,
@@ -200,29 +201,29 @@ def main(argv: list[str] | None = None) -> int:
 
         trip = decode_real_static(feats["coarse"])
         husid_trip.append(husid_times(trip))
-        z = fs.standardise_scenario(scen, sampler.stats)
+        z = lat.standardise_scenario(scen, sampler.stats)
         with torch.no_grad():
             res_g, coarse_g, static_g = (t.numpy() for t in sampler.features(
                 sampler.station_index(station), z, torch.Generator().manual_seed(70 + k)))
         if p.timing != "roll":  # timing feature 1: ln(onset - P knot)
             for name, c in (("real", feats["coarse"]),
-                            ("round trip", fs.encode(trip, p)["coarse"]),
+                            ("round trip", rep.encode(trip, p)["coarse"]),
                             ("flow features", coarse_g),
-                            ("generated", fs.encode(gen[:len(scen)], p)["coarse"])):
+                            ("generated", rep.encode(gen[:len(scen)], p)["coarse"])):
                 steps.append({"station": station, "records": name, **vertical_steps(c, p)})
             gaps.append({"station": station, "real": np.median(np.exp(feats["onset"][:, 1])),
                          "flow features": np.median(np.exp(static_g[:, 2])),
                          "generated, encoded": np.median(np.exp(
-                             fs.encode(gen[:len(scen)], p)["onset"][:, 1]))})
+                             rep.encode(gen[:len(scen)], p)["onset"][:, 1]))})
         st = torch.full((len(z),), sampler.station_index(station), dtype=torch.long)
-        mean_c = fs.mean_prediction(sampler.stats, st, z)[0].numpy()
+        mean_c = lat.mean_prediction(sampler.stats, st, z)[0].numpy()
         std = sampler.stats["coarse_std"].numpy()
         res_r = ((feats["coarse"].reshape(len(real), -1) - mean_c) / std).reshape(res_g.shape)
         pooled["real"].append(res_r)
         pooled["generated"].append(res_g)
         decoded = {"real": real, "round trip": trip}
         if "record_axes" in sampler.stats:
-            rem = fs.split_records(torch.as_tensor(res_r), sampler.stats)[0].numpy()
+            rem = lat.split_records(torch.as_tensor(res_r), sampler.stats)[0].numpy()
             rms = np.sqrt((rem ** 2).mean(axis=0))
             white = np.random.default_rng(k).standard_normal(rem.shape) * rms
             for name, r in (("record components, no remainder", res_r - rem),

@@ -67,6 +67,7 @@ from timesnet_gen.evaluation.intensity import significant_duration
 from timesnet_gen.evaluation.realism_compare import classifier_auc
 from timesnet_gen.evaluation.realism_features import spectrogram_features
 from timesnet_gen.models import flow_sampler as fs
+from timesnet_gen.models.flow_sampler import latent as lat, representation as rep
 from timesnet_gen.prepare import load_prepared
 from timesnet_gen.records import SAMPLING_RATE
 from timesnet_gen.sample import load_sampler
@@ -206,13 +207,13 @@ def decoder_inputs(sampler: fs.FlowSampler, oracle: np.ndarray, scenarios: np.nd
     also with one part at a time replaced by the flow's features at the same station and
     scenarios."""
     p, k = sampler.params, fs.n_scalars(sampler.params)
-    feats = fs.encode(oracle, p)
-    coarse, static = torch.from_numpy(feats["coarse"]), torch.from_numpy(fs.static_of(feats))
+    feats = rep.encode(oracle, p)
+    coarse, static = torch.from_numpy(feats["coarse"]), torch.from_numpy(lat.static_of(feats))
     out = {"round trip": (coarse, static)}
     if not attribute:
         return out
     _, gen_c, gen_s = sampler.features(sampler.station_index(station),
-                                       fs.standardise_scenario(scenarios, sampler.stats),
+                                       lat.standardise_scenario(scenarios, sampler.stats),
                                        torch.Generator().manual_seed(ORACLE_SEED))
     frame_s = (np.arange(coarse.shape[1]) * p.hop + p.n_fft / 2) / SAMPLING_RATE  # aligned time
     for name, mask in (("before the P slot", frame_s < p.p_align_s),
@@ -259,7 +260,7 @@ def pick_stats(records: np.ndarray, p: fs.FlowSamplerParams, rp) -> dict[str, fl
     between the times of p.p_fraction and p.align_fraction of the Arias intensity (the flow's
     timing knots)."""
     p_pick, s_pick = realism_picks(records, rp)
-    onset = fs.onset_time(records, p.align_fraction)
+    onset = rep.onset_time(records, p.align_fraction)
     found, p_found = np.isfinite(s_pick - p_pick), np.isfinite(p_pick)
     return {"S-P found": float(found.mean()),
             "median S-P (s)": float(np.median((s_pick - p_pick)[found])) if found.any()
@@ -267,7 +268,7 @@ def pick_stats(records: np.ndarray, p: fs.FlowSamplerParams, rp) -> dict[str, fl
             "median P pick - onset (s)": float(np.median((p_pick - onset)[p_found]))
             if p_found.any() else np.nan,
             "median P-to-onset gap (s)": float(np.median(
-                onset - fs.onset_time(records, p.p_fraction)))}
+                onset - rep.onset_time(records, p.p_fraction)))}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ them on), or off). Columns: the ln power error (decoded less the record's) avera
 records, components and bands in each 5 s window (a mean a classifier sees), its rms over all
 cells, and the share of records whose first window (before their P on a P-aligned corpus) is
 decoded with more than 10 times its power (ln 2.3). Griffin-Lim starts from seeds 0 ..
---seeds - 1; every record is decoded once per seed, in chunks of fs.DECODE_CHUNK records.
+--seeds - 1; every record is decoded once per seed, in chunks of rep.DECODE_CHUNK records.
 Cost: the 773 records of the simulated corpus, --seeds 1, ten settings (before squeeze) took
 134 s on one thread at a peak RSS of 0.87 GB.
 """
@@ -41,6 +41,7 @@ from timesnet_gen.corpus.format import read_corpus
 from timesnet_gen.errors import UserError, one_line_errors
 from timesnet_gen.evaluation.realism_features import spectrogram_features
 from timesnet_gen.models import flow_sampler as fs
+from timesnet_gen.models.flow_sampler import representation as rep
 from timesnet_gen.records import SAMPLING_RATE
 from timesnet_gen.sample import flow_params
 
@@ -63,16 +64,16 @@ def settings(p: fs.FlowSamplerParams) -> dict[str, fs.FlowSamplerParams]:
 def round_trip_error(records: np.ndarray, p: fs.FlowSamplerParams, rp, seeds: int
                      ) -> np.ndarray:
     """(seeds * n, 3, windows, bands) ln power of the decoded records less the records' own,
-    fs.DECODE_CHUNK records at a time (memory); Griffin-Lim seed k draws from one generator
+    rep.DECODE_CHUNK records at a time (memory); Griffin-Lim seed k draws from one generator
     seeded k across the chunks."""
     generators = [torch.Generator().manual_seed(seed) for seed in range(seeds)]
     errors = []
-    for start in range(0, len(records), fs.DECODE_CHUNK):
-        part = records[start:start + fs.DECODE_CHUNK]
-        feats = fs.encode(part, p)
+    for start in range(0, len(records), rep.DECODE_CHUNK):
+        part = records[start:start + rep.DECODE_CHUNK]
+        feats = rep.encode(part, p)
         ref = spectrogram_features(part, SAMPLING_RATE, rp)
         for generator in generators:
-            decoded = fs.decode(*(torch.from_numpy(feats[k])
+            decoded = rep.decode(*(torch.from_numpy(feats[k])
                                   for k in ("level", "onset", "coarse", "fine")),
                                 p, generator, records.shape[-1])
             errors.append(spectrogram_features(decoded, SAMPLING_RATE, rp) - ref)

@@ -185,7 +185,7 @@ def test_duration_rows_separate_a_noise_tail_from_the_strong_motion():
     clean bursts' 4.5 s) and is counted as ending in the noise; their D5-75 stays within the
     burst, so the D5-75 ratio hardly moves. The far records are alike."""
     rng = np.random.default_rng(1)
-    fs_hz, n = 100, 6000
+    n = 6000  # 60 s at 100 Hz: the burst is samples 500-1000
 
     def records(floor: float) -> np.ndarray:
         x = rng.normal(size=(10, 3, n))

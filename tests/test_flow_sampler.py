@@ -15,6 +15,10 @@ from conftest import resplit
 from timesnet_gen.errors import UserError
 from timesnet_gen.evaluation.realism_phases import horizontal_envelope, pick_p_s
 from timesnet_gen.models import flow_sampler as fs
+from timesnet_gen.models.flow_sampler import calibration as cal
+from timesnet_gen.models.flow_sampler import latent as lat
+from timesnet_gen.models.flow_sampler import network as fnet
+from timesnet_gen.models.flow_sampler import representation as rep
 
 FS = 100.0
 T = 6000
@@ -89,8 +93,8 @@ def synthetic_records(rng: np.random.Generator, f0: float, magnitude: np.ndarray
 
 
 def decode_features(feats: dict[str, np.ndarray], p: fs.FlowSamplerParams) -> np.ndarray:
-    """`fs.decode` of the features `fs.encode` returned, Griffin-Lim seeded with 0."""
-    return fs.decode(*(torch.from_numpy(feats[k]) for k in ("level", "onset", "coarse", "fine")),
+    """`rep.decode` of the features `rep.encode` returned, Griffin-Lim seeded with 0."""
+    return rep.decode(*(torch.from_numpy(feats[k]) for k in ("level", "onset", "coarse", "fine")),
                      p, torch.Generator().manual_seed(0))
 
 
@@ -132,11 +136,11 @@ def trained(prepared):
 
 def test_bands_cover_every_bin_once_and_increase():
     p = fs.FlowSamplerParams()
-    bands = fs.band_of_bin(p)
+    bands = rep.band_of_bin(p)
     assert len(bands) == p.n_fft // 2
     assert bands[0] == 0 and np.all(np.diff(bands) >= 0)
     assert set(bands) == set(range(bands.max() + 1))  # no empty band
-    pool = fs.pooling_matrix(bands)
+    pool = rep.pooling_matrix(bands)
     assert torch.allclose(pool.sum(dim=1), torch.ones(len(pool)))
 
 
@@ -147,8 +151,8 @@ def test_equalise_constant_gain_is_a_scale_factor():
     p = fs.FlowSamplerParams()
     x = rng.standard_normal((2, 3, T))
     x -= x.mean(axis=-1, keepdims=True)
-    target = torch.from_numpy(fs.fine_spectrum(x, p) + 0.5)
-    y = fs.equalise(torch.from_numpy(x), target, p).numpy()
+    target = torch.from_numpy(rep.fine_spectrum(x, p) + 0.5)
+    y = rep.equalise(torch.from_numpy(x), target, p).numpy()
     np.testing.assert_allclose(y, x * np.exp(0.5), rtol=1e-4, atol=1e-5)
 
 
@@ -159,8 +163,8 @@ def test_equalise_below_a_frequency_leaves_the_rest_untouched():
     p = fs.FlowSamplerParams()
     x = rng.standard_normal((2, 3, T))
     x -= x.mean(axis=-1, keepdims=True)
-    target = torch.from_numpy(fs.fine_spectrum(x, p) + 0.5)
-    y = fs.equalise(torch.from_numpy(x), target, p, below_hz=0.6).numpy()
+    target = torch.from_numpy(rep.fine_spectrum(x, p) + 0.5)
+    y = rep.equalise(torch.from_numpy(x), target, p, below_hz=0.6).numpy()
     ratio = np.abs(np.fft.rfft(y, axis=-1)[..., 1:]) / np.abs(np.fft.rfft(x, axis=-1)[..., 1:])
     f = np.fft.rfftfreq(T, 1.0 / FS)[1:]
     np.testing.assert_allclose(ratio[..., f >= 0.6], 1.0, rtol=2e-5)  # float32 out
@@ -178,11 +182,11 @@ def test_long_period_step_restores_the_fine_spectrum_below_its_frequency():
     out = {}
     for hz in (0.0, 0.6):
         p = fs.FlowSamplerParams(timing="roll", long_period_hz=hz)
-        feats = fs.encode(x, p)
+        feats = rep.encode(x, p)
         y = decode_features(feats, p)
-        low = fs.fine_centers(p) < 0.3
-        err = (fs.encode(y, p)["fine"] - feats["fine"]).reshape(2, 3, -1)
-        offset = err[..., (fs.fine_centers(p) > 1) & (fs.fine_centers(p) < 20)].mean(-1)
+        low = rep.fine_centers(p) < 0.3
+        err = (rep.encode(y, p)["fine"] - feats["fine"]).reshape(2, 3, -1)
+        offset = err[..., (rep.fine_centers(p) > 1) & (rep.fine_centers(p) < 20)].mean(-1)
         out[hz] = np.abs(err[..., low] - offset[..., None]).mean()
     assert out[0.6] < 0.5 * out[0.0], out
 
@@ -191,7 +195,7 @@ def test_random_phase_keeps_every_magnitude_and_draws_the_phase_below_its_freque
     rng = np.random.default_rng(4)
     x = torch.from_numpy(synthetic_records(rng, 3.0, np.array([5.0, 6.0]),
                                            np.array([20.0, 50.0])))
-    y = fs.random_phase(x, 0.3, torch.Generator().manual_seed(1))
+    y = rep.random_phase(x, 0.3, torch.Generator().manual_seed(1))
     f = np.fft.rfftfreq(T, 1 / FS)
     sx, sy = (np.fft.rfft(a.double().numpy(), axis=-1) for a in (x, y))
     np.testing.assert_allclose(np.abs(sy), np.abs(sx), rtol=1e-4, atol=1e-6 * np.abs(sx).max())
@@ -199,9 +203,9 @@ def test_random_phase_keeps_every_magnitude_and_draws_the_phase_below_its_freque
                                atol=1e-6 * np.abs(sx).max())
     turned = np.abs(np.angle(sy / sx))[..., (f > 0) & (f < 0.15)]
     assert turned.mean() > 1.0  # uniform phase differences: mean |angle| pi / 2
-    again = fs.random_phase(x, 0.3, torch.Generator().manual_seed(1))
+    again = rep.random_phase(x, 0.3, torch.Generator().manual_seed(1))
     assert torch.equal(y, again)
-    assert not torch.equal(y, fs.random_phase(x, 0.3, torch.Generator().manual_seed(2)))
+    assert not torch.equal(y, rep.random_phase(x, 0.3, torch.Generator().manual_seed(2)))
 
 
 def test_random_phase_spreads_the_long_periods_over_the_record():
@@ -213,7 +217,7 @@ def test_random_phase_spreads_the_long_periods_over_the_record():
     out = {}
     for hz in (0.0, 0.3):
         p = fs.FlowSamplerParams(timing="roll", random_phase_hz=hz)
-        feats = fs.encode(x, p)
+        feats = rep.encode(x, p)
         y = decode_features(feats, p)
         low = sosfiltfilt(sos, y.astype(np.float64), axis=-1) ** 2
         husid = np.cumsum(low, axis=-1).sum(axis=1)
@@ -235,7 +239,7 @@ def test_quiet_before_p_caps_the_envelope_before_the_p_knot_at_the_pre_event_lev
     x[..., p_wave] += rng.standard_normal((3, 3, int(p_wave.sum()))) * np.exp(10 - t[p_wave])
     x = torch.from_numpy(x.astype(np.float32))
     knot = np.array([10.0, 10.0, 2.0])
-    y = fs.quiet_before_p(x, knot, 2.56).numpy()
+    y = rep.quiet_before_p(x, knot, 2.56).numpy()
     xs = x.numpy()
     guard = (t >= 10 - 2.56) & (t < 10)
     np.testing.assert_array_equal(y[:2][..., ~guard], xs[:2][..., ~guard])
@@ -247,19 +251,19 @@ def test_quiet_before_p_caps_the_envelope_before_the_p_knot_at_the_pre_event_lev
     assert (np.abs(y) <= np.abs(xs)).all()
 
 
-@pytest.mark.parametrize("long_gap, far_gap", [("clip", 15.0 - fs.MIN_GAP_S),
-                                               ("squeeze", 30.0 - fs.MIN_GAP_S)])
+@pytest.mark.parametrize("long_gap, far_gap", [("clip", 15.0 - rep.MIN_GAP_S),
+                                               ("squeeze", 30.0 - rep.MIN_GAP_S)])
 def test_decoded_p_knot_is_where_decode_places_it(long_gap, far_gap):
     """pslot: the onset less the P-to-onset gap, the gap clipped as `rolled_knots` clips it
     (clip: to align_s less MIN_GAP_S; squeeze: to the onset less it); warp: the first knot of
     `knots_of_features`."""
     p = fs.FlowSamplerParams(timing="pslot", align_s=15.0, long_gap=long_gap)
     timing = np.array([[20.0, np.log(6.0)], [12.0, np.log(0.1)], [30.0, np.log(40.0)]])
-    np.testing.assert_allclose(fs.decoded_p_knot(timing, p, 60.0),
-                               [14.0, 12.0 - fs.MIN_GAP_S, 30.0 - far_gap])
+    np.testing.assert_allclose(rep.decoded_p_knot(timing, p, 60.0),
+                               [14.0, 12.0 - rep.MIN_GAP_S, 30.0 - far_gap])
     warp = fs.FlowSamplerParams(timing="warp", align_s=20.0)
-    feats = fs.knot_features(np.array([[8.0, 15.0], [3.0, 4.0]]))
-    np.testing.assert_allclose(fs.decoded_p_knot(feats, warp, 60.0), [8.0, 3.0])
+    feats = rep.knot_features(np.array([[8.0, 15.0], [3.0, 4.0]]))
+    np.testing.assert_allclose(rep.decoded_p_knot(feats, warp, 60.0), [8.0, 3.0])
 
 
 def test_decode_with_quiet_before_p_changes_only_the_guard_before_the_p_knot():
@@ -272,9 +276,9 @@ def test_decode_with_quiet_before_p_changes_only_the_guard_before_the_p_knot():
     x = synthetic_records(rng, 3.0, np.array([5.0, 5.5, 6.0]), np.array([20.0, 60.0, 120.0]))
     x += 0.002 * np.abs(x).max() * rng.standard_normal(x.shape).astype(np.float32)
     on, off = (fs.FlowSamplerParams(quiet_before_p=q, record_scale="peak") for q in (True, False))
-    feats = fs.encode(x, on)
+    feats = rep.encode(x, on)
     y_on, y_off = decode_features(feats, on), decode_features(feats, off)
-    knot = fs.decoded_p_knot(feats["onset"].astype(np.float64), on, T / FS)
+    knot = rep.decoded_p_knot(feats["onset"].astype(np.float64), on, T / FS)
     t = np.arange(T) / FS
     for i in range(len(x)):
         guard = (t >= knot[i] - on.n_fft / FS) & (t < knot[i])
@@ -290,9 +294,9 @@ def test_encode_decode_keeps_peak_and_fine_spectrum():
     rng = np.random.default_rng(2)
     p = fs.FlowSamplerParams(timing="roll", griffin_lim_iters=4, record_scale="peak")
     x = synthetic_records(rng, 3.0, np.array([5.0, 6.0]), np.array([20.0, 50.0]))
-    feats = fs.encode(x, p)
+    feats = rep.encode(x, p)
     assert feats["level"].shape == (2, 1) and feats["onset"].shape == (2, 1)
-    assert feats["coarse"].shape == (2, 1 + T // p.hop, 3 * (fs.band_of_bin(p).max() + 1))
+    assert feats["coarse"].shape == (2, 1 + T // p.hop, 3 * (rep.band_of_bin(p).max() + 1))
     assert feats["fine"].shape == (2, 3 * p.n_fine)
     np.testing.assert_allclose(feats["level"][:, 0], np.log(np.abs(x).max(axis=(1, 2))),
                                rtol=1e-6)
@@ -300,8 +304,8 @@ def test_encode_decode_keeps_peak_and_fine_spectrum():
     assert y.shape == x.shape and y.dtype == np.float32
     np.testing.assert_allclose(np.abs(y).max(axis=(1, 2)), np.abs(x).max(axis=(1, 2)),
                                rtol=1e-5)
-    band = (fs.fine_centers(p) > 1) & (fs.fine_centers(p) < 20)
-    rebuilt = fs.encode(y, p)["fine"].reshape(2, 3, -1)[..., band]
+    band = (rep.fine_centers(p) > 1) & (rep.fine_centers(p) < 20)
+    rebuilt = rep.encode(y, p)["fine"].reshape(2, 3, -1)[..., band]
     wanted = feats["fine"].reshape(2, 3, -1)[..., band]
     # The shape of the spectrum is the decoder's to keep: within about 5 % (0.035 measured).
     # Its offset is the ratio of crest factors (peak / spectrum) of the random-phase record and
@@ -309,7 +313,7 @@ def test_encode_decode_keeps_peak_and_fine_spectrum():
     offset = (rebuilt - wanted).mean(axis=-1, keepdims=True)
     assert np.median(np.abs(rebuilt - wanted - offset)) < 0.05
     assert np.abs(offset).max() < 0.7
-    np.testing.assert_allclose(fs.encode(y, p)["onset"], feats["onset"], atol=1.0)  # s
+    np.testing.assert_allclose(rep.encode(y, p)["onset"], feats["onset"], atol=1.0)  # s
 
 
 def test_record_scale_spectrum_keeps_the_spectrum_level_and_the_peak_follows():
@@ -320,15 +324,15 @@ def test_record_scale_spectrum_keeps_the_spectrum_level_and_the_peak_follows():
     p = fs.FlowSamplerParams(timing="roll", griffin_lim_iters=4)
     assert p.record_scale == "spectrum"  # the default
     x = synthetic_records(rng, 3.0, np.array([5.0, 6.0]), np.array([20.0, 50.0]))
-    feats = fs.encode(x, p)
+    feats = rep.encode(x, p)
     wanted = feats["fine"].reshape(2, 3, -1) + feats["level"][:, :, None]
     by_peak = decode_features(feats, replace(p, record_scale="peak"))
     by_spectrum = decode_features(feats, p)
-    offset = (fs.fine_spectrum(by_peak, p) - wanted).mean(axis=(1, 2))
+    offset = (rep.fine_spectrum(by_peak, p) - wanted).mean(axis=(1, 2))
     assert np.abs(offset).min() > 0.1  # the peak mode misses the spectrum level
     np.testing.assert_allclose(np.abs(by_peak).max(axis=(1, 2)), np.abs(x).max(axis=(1, 2)),
                                rtol=1e-5)
-    np.testing.assert_allclose((fs.fine_spectrum(by_spectrum, p) - wanted).mean(axis=(1, 2)),
+    np.testing.assert_allclose((rep.fine_spectrum(by_spectrum, p) - wanted).mean(axis=(1, 2)),
                                0.0, atol=1e-4)
     np.testing.assert_allclose(by_spectrum, by_peak * np.exp(-offset)[:, None, None],
                                rtol=1e-4, atol=1e-6 * np.abs(by_peak).max())
@@ -343,10 +347,10 @@ def test_canvas_frames_at_the_encoded_timing_are_the_encoded_frames(timing, canv
     p = fs.FlowSamplerParams(timing=timing, align_s=20.0 if timing == "warp" else 15.0,
                              canvas=canvas)
     x = synthetic_records(rng, 3.0, rng.uniform(4, 6, 4), rng.uniform(10, 80, 4))
-    feats = fs.encode(x, p)
-    onset, knots = fs.timing_knots(feats["onset"], p, T / FS)
+    feats = rep.encode(x, p)
+    onset, knots = rep.timing_knots(feats["onset"], p, T / FS)
     xn = x / np.abs(x).max(axis=(1, 2), keepdims=True)
-    np.testing.assert_allclose(fs.canvas_frames(xn, onset, knots, p), feats["coarse"],
+    np.testing.assert_allclose(rep.canvas_frames(xn, onset, knots, p), feats["coarse"],
                                atol=2e-4)
 
 
@@ -361,17 +365,17 @@ def test_decoder_bias_is_the_decoders_mean_frame_error_and_asking_less_reduces_i
     p = tiny_params(timing="pslot")
     x = synthetic_records(rng, 3.0, rng.uniform(4, 6, 24), rng.uniform(10, 80, 24))
     x += 0.01 * np.abs(x).max(axis=(1, 2), keepdims=True) * rng.standard_normal(x.shape)
-    feats = fs.encode(x, p)
-    bias = fs.fit_decoder_bias(feats, p, T)
+    feats = rep.encode(x, p)
+    bias = rep.fit_decoder_bias(feats, p, T)
     assert bias.shape == feats["coarse"].shape[1:] and torch.isfinite(bias).all()
 
     def mean_error(ask: np.ndarray, seed: int) -> np.ndarray:
-        y = fs.decode(*(torch.from_numpy(v) for v in (feats["level"], feats["onset"], ask,
+        y = rep.decode(*(torch.from_numpy(v) for v in (feats["level"], feats["onset"], ask,
                                                      feats["fine"])), p,
                       torch.Generator().manual_seed(seed))
         yn = y / np.abs(y).max(axis=(1, 2), keepdims=True)
-        onset, knots = fs.timing_knots(feats["onset"], p, T / FS)
-        return (fs.canvas_frames(yn, onset, knots, p) - feats["coarse"]).mean(axis=0)
+        onset, knots = rep.timing_knots(feats["onset"], p, T / FS)
+        return (rep.canvas_frames(yn, onset, knots, p) - feats["coarse"]).mean(axis=0)
 
     np.testing.assert_allclose(bias.numpy(), mean_error(feats["coarse"], p.seed
                                                         + fs.CALIBRATION_SEED), atol=1e-5)
@@ -405,14 +409,14 @@ def test_aic_p_knot_sits_at_the_p_arrival_where_the_arias_knot_lags_it():
     t_p, t_s = np.array([4.0, 9.0, 12.0]), np.array([10.0, 18.0, 24.0])
     x = p_and_s_records(rng, t_p, t_s) + 1e-3 * rng.standard_normal((3, 3, T)).astype(np.float32)
     xn = x / np.abs(x).max(axis=(1, 2))[:, None, None]
-    aic = fs.p_knot_time(xn, fs.FlowSamplerParams(p_knot="aic"))
-    arias = fs.p_knot_time(xn, fs.FlowSamplerParams(p_knot="arias"))
+    aic = rep.p_knot_time(xn, fs.FlowSamplerParams(p_knot="aic"))
+    arias = rep.p_knot_time(xn, fs.FlowSamplerParams(p_knot="arias"))
     np.testing.assert_allclose(aic, t_p, atol=0.1)
     assert (arias - t_p > 0.5).all()
-    np.testing.assert_array_equal(arias, fs.onset_time(xn, 0.01))
-    feats = fs.encode(x, fs.FlowSamplerParams(p_knot="aic"))
+    np.testing.assert_array_equal(arias, rep.onset_time(xn, 0.01))
+    feats = rep.encode(x, fs.FlowSamplerParams(p_knot="aic"))
     np.testing.assert_allclose(np.exp(feats["onset"][:, 1]),
-                               fs.onset_time(xn, 0.05) - aic, rtol=1e-5)
+                               rep.onset_time(xn, 0.05) - aic, rtol=1e-5)
 
 
 def test_picker_p_knot_finds_the_p_where_pre_event_noise_holds_the_1_percent_arias_time():
@@ -430,17 +434,17 @@ def test_picker_p_knot_finds_the_p_where_pre_event_noise_holds_the_1_percent_ari
         + burst(ts, 3.0) * np.array([1.0, 1.0, 0.4])[:, None] + 0.08)
         for tp, ts in zip(t_p, t_s)]).astype(np.float32)
     xn = x / np.abs(x).max(axis=(1, 2))[:, None, None]
-    assert (fs.onset_time(xn, 0.01) < t_p - 3.0).all()
-    aic = fs.p_knot_time(xn, fs.FlowSamplerParams(p_knot="aic"))
-    picker = fs.p_knot_time(xn, fs.FlowSamplerParams(p_knot="picker"))
+    assert (rep.onset_time(xn, 0.01) < t_p - 3.0).all()
+    aic = rep.p_knot_time(xn, fs.FlowSamplerParams(p_knot="aic"))
+    picker = rep.p_knot_time(xn, fs.FlowSamplerParams(p_knot="picker"))
     assert (aic < t_p - 3.0).all()
     np.testing.assert_allclose(picker, t_p, atol=0.3)
     env_t, env = horizontal_envelope(xn, FS, 1.0, 0.5)
     picked, _ = pick_p_s(xn, FS, env_t, env)
     np.testing.assert_array_equal(picked, picker)
-    feats = fs.encode(x, fs.FlowSamplerParams(p_knot="picker"))
+    feats = rep.encode(x, fs.FlowSamplerParams(p_knot="picker"))
     np.testing.assert_allclose(np.exp(feats["onset"][:, 1]),
-                               fs.onset_time(xn, 0.05) - picker, rtol=1e-5)
+                               rep.onset_time(xn, 0.05) - picker, rtol=1e-5)
 
 
 def test_quadratic_mean_recovers_the_scenario_terms_and_is_held_linear_outside_the_range():
@@ -451,23 +455,23 @@ def test_quadratic_mean_recovers_the_scenario_terms_and_is_held_linear_outside_t
     n = 40
     codes = np.array(["A", "B"] * (n // 2))
     scenario = np.column_stack([rng.uniform(3.5, 5.5, n), rng.uniform(10, 120, n)])
-    cond = fs.scenario_features(scenario)
+    cond = lat.scenario_features(scenario)
     z = (cond - cond.mean(axis=0)) / cond.std(axis=0)
     y = ((codes == "B") * 0.7 + 0.5 * z[:, 0] - 0.3 * z[:, 1] + 0.2 * z[:, 0] ** 2
          - 0.1 * z[:, 0] * z[:, 1])[:, None]
     feats = {"level": y, "onset": np.hstack([y, 2 * y]), "coarse": np.repeat(y, 6, axis=1)
              .reshape(n, 3, 2), "fine": -y}
-    stats = fs.fit_stats(feats, codes, scenario, ["A", "B"], True, quadratic=True)
+    stats = lat.fit_stats(feats, codes, scenario, ["A", "B"], True, quadratic=True)
     station = torch.as_tensor(np.where(codes == "A", 1, 2))
-    zt = fs.standardise_scenario(scenario, stats)
-    coarse, static = fs.mean_prediction(stats, station, zt)
+    zt = lat.standardise_scenario(scenario, stats)
+    coarse, static = lat.mean_prediction(stats, station, zt)
     np.testing.assert_allclose(static[:, 0], y[:, 0], atol=1e-4)
     np.testing.assert_allclose(coarse, np.repeat(y, 6, axis=1), atol=1e-4)
-    linear = fs.fit_stats(feats, codes, scenario, ["A", "B"], True)
+    linear = lat.fit_stats(feats, codes, scenario, ["A", "B"], True)
     assert linear["static_std"][0] > 0.01 and "cond_lo" not in linear
     edge = stats["cond_hi"][None].clone()
     beyond = edge + torch.tensor([[1.0, 0.0]])
-    at_edge, past = (fs.mean_prediction(stats, torch.tensor([1]), e)[1][0, 0]
+    at_edge, past = (lat.mean_prediction(stats, torch.tensor([1]), e)[1][0, 0]
                      for e in (edge, beyond))
     np.testing.assert_allclose(past - at_edge, 0.5, atol=1e-4)  # the linear M' slope only
 
@@ -492,16 +496,16 @@ def test_site_intercepts_pool_a_station_s_frames_only_where_its_frames_differ_by
     rng = np.random.default_rng(0)
     counts, noise = np.full(30, 40), np.ones((20, 4))
     truth, free = noisy_intercepts(rng, 0.0)
-    site = fs.site_intercepts(free, noise, counts)
+    site = lat.site_intercepts(free, noise, counts)
     rms = lambda x: float(np.sqrt(np.mean(x ** 2)))  # noqa: E731
     assert rms(free - truth) > 0.15 and rms(site - truth) < rms(free - truth) / 3
     truth, free = noisy_intercepts(rng, 1.0)
-    site = fs.site_intercepts(free, noise, counts)
+    site = lat.site_intercepts(free, noise, counts)
     assert 0.97 < rms(site - truth) / rms(free - truth) < 1.03
     rest = lambda x: x - x.mean(axis=0) - (x - x.mean(axis=0)).mean(axis=1, keepdims=True)  # noqa
     assert np.corrcoef(rest(site).ravel(), rest(truth).ravel())[0, 1] > 0.98
-    np.testing.assert_allclose(fs.site_intercepts(free[:1], noise, counts[:1]), free[:1])
-    np.testing.assert_allclose(fs.site_intercepts(free, 0 * noise, counts), free)
+    np.testing.assert_allclose(lat.site_intercepts(free[:1], noise, counts[:1]), free[:1])
+    np.testing.assert_allclose(lat.site_intercepts(free, 0 * noise, counts), free)
 
 
 def test_fit_stats_site_keeps_the_free_fit_for_training_and_the_site_term_for_sampling():
@@ -514,13 +518,13 @@ def test_fit_stats_site_keeps_the_free_fit_for_training_and_the_site_term_for_sa
     scenario = np.column_stack([rng.uniform(3.5, 5.5, n), rng.uniform(10, 120, n)])
     feats = {"level": rng.normal(size=(n, 1)), "onset": rng.normal(size=(n, 2)),
              "coarse": rng.normal(size=(n, *frames)), "fine": rng.normal(size=(n, 3))}
-    free = fs.fit_stats(feats, codes, scenario, ["A", "B", "C"], True)
-    site = fs.fit_stats(feats, codes, scenario, ["C", "A"], True, site=True)
+    free = lat.fit_stats(feats, codes, scenario, ["A", "B", "C"], True)
+    site = lat.fit_stats(feats, codes, scenario, ["C", "A"], True, site=True)
     for key in ("_coarse_fit", "_static_fit", "coarse_slope", "coarse_std", "static_slope"):
         torch.testing.assert_close(site[key], free[key], rtol=0, atol=0)
     torch.testing.assert_close(site["static_icpt"], free["static_icpt"][[2, 0]])
     residual = feats["coarse"].reshape(n, -1) - free["_coarse_fit"].numpy()
-    want = fs.site_intercepts(free["coarse_icpt"].numpy().reshape(3, *frames),
+    want = lat.site_intercepts(free["coarse_icpt"].numpy().reshape(3, *frames),
                               residual.var(axis=0).reshape(frames), np.full(3, 20))
     np.testing.assert_allclose(site["coarse_icpt"], want.reshape(3, -1)[[2, 0]], atol=1e-5)
     assert float((site["coarse_icpt"] - free["coarse_icpt"][[2, 0]]).abs().max()) > 0.01
@@ -533,11 +537,11 @@ def test_warp_frame_times_put_the_knots_in_place_and_invert():
     p = fs.FlowSamplerParams(timing="warp", hop=64, align_s=31 * hop_s, p_align_s=13 * hop_s)
     t_p, t_s = np.array([3.0, 12.0]), np.array([6.0, 30.0])
     n = 1 + T // p.hop
-    real_of_warped = fs.frame_times(np.stack([t_p, t_s], axis=1), p, n)  # (2, n)
+    real_of_warped = rep.frame_times(np.stack([t_p, t_s], axis=1), p, n)  # (2, n)
     grid = np.arange(n) * hop_s
     np.testing.assert_allclose(real_of_warped[:, [0, 13, 31, 81]],
                                np.stack([[0.0] * 2, t_p, t_s, t_s + 50 * hop_s], 1), atol=1e-9)
-    warped_of_real = fs.frame_times(np.stack([t_p, t_s], axis=1), p, n, inverse=True)
+    warped_of_real = rep.frame_times(np.stack([t_p, t_s], axis=1), p, n, inverse=True)
     for i in range(2):  # the inverse, piece by piece
         r = grid
         want = np.where(r < t_p[i], r * p.p_align_s / t_p[i],
@@ -551,7 +555,7 @@ def test_resample_frames_interpolates_linearly_and_holds_the_ends():
     frames = np.arange(10, dtype=np.float32)[None, None] * np.array([1.0, -2.0],
                                                                     np.float32)[None, :, None]
     at = np.array([[0.25, 1.0, -3.0, 99.0]])  # s: frame 0.5, frame 2, before, after
-    out = fs.resample_frames(frames, at, p)
+    out = rep.resample_frames(frames, at, p)
     assert out.shape == (1, 2, 4) and out.dtype == np.float32
     np.testing.assert_allclose(out[0, 0], [0.5, 2.0, 0.0, 9.0])
     np.testing.assert_allclose(out[0, 1], [-1.0, -4.0, 0.0, -18.0])
@@ -563,7 +567,7 @@ def test_resample_frames_on_a_circle_wraps_and_reads_the_first_frame_after_the_l
     p = fs.FlowSamplerParams(hop=50)
     frames = np.arange(10, dtype=np.float32)[None, None] * np.float32(2.0)
     at = np.array([[0.25, -1.0, 4.5, 4.875, 5.25 + 0.5, -0.375]])
-    out = fs.resample_frames(frames, at, p, period_s=5.25)
+    out = rep.resample_frames(frames, at, p, period_s=5.25)
     np.testing.assert_allclose(out[0, 0], [1.0, 2 * 8.5, 18.0, 9.0, 2.0, 9.0])
 
 
@@ -578,18 +582,18 @@ def test_squeeze_frame_times_read_before_the_canvas_and_invert():
                              long_gap="squeeze")
     n = 1 + T // p.hop
     onset = np.array([40.0, 20.0])
-    knots = fs.rolled_knots(np.array([30.0, 4.0]), p, onset)
-    start = fs.canvas_start(onset, knots, p)
+    knots = rep.rolled_knots(np.array([30.0, 4.0]), p, onset)
+    start = rep.canvas_start(onset, knots, p)
     np.testing.assert_allclose(start, [p.align_s - 40.0, 0.0])
     clip = fs.FlowSamplerParams(timing="pslot", hop=64, align_s=p.align_s, p_align_s=p.p_align_s,
                                 long_gap="clip")  # clip and shift: the canvas starts at 0
-    np.testing.assert_array_equal(fs.canvas_start(onset, fs.rolled_knots(
+    np.testing.assert_array_equal(rep.canvas_start(onset, rep.rolled_knots(
         np.array([30.0, 4.0]), clip, onset), clip), [0.0, 0.0])
-    real = fs.frame_times(knots, p, n, start_s=start, period_s=T / FS)
+    real = rep.frame_times(knots, p, n, start_s=start, period_s=T / FS)
     np.testing.assert_allclose(real[0, [0, 10, 25, 30]], [p.align_s - 40.0, p.align_s - 30.0,
                                                           p.align_s, p.align_s + 5 * hop_s])
-    np.testing.assert_allclose(real[1], fs.frame_times(knots[1:], p, n)[0])
-    back = fs.frame_times(knots, p, n, inverse=True, start_s=start, period_s=T / FS)
+    np.testing.assert_allclose(real[1], rep.frame_times(knots[1:], p, n)[0])
+    back = rep.frame_times(knots, p, n, inverse=True, start_s=start, period_s=T / FS)
     grid = np.arange(n) * hop_s
     circle = np.mod(real[0], T / FS)  # the real time of each warped frame, on the circle
     seam = T / FS + start[0]  # real times from here on are read as before the record's start
@@ -615,16 +619,16 @@ def test_warped_encode_decode_keeps_the_knot_times(timing, fractions):
                              griffin_lim_iters=2, p_knot="arias", random_phase_hz=0.0,
                              record_scale="peak")
     x = p_and_s_records(rng, np.array([4.0, 10.0]), np.array([9.0, 26.0]))
-    feats = fs.encode(x, p)
+    feats = rep.encode(x, p)
     xn = x / np.abs(x).max(axis=(1, 2))[:, None, None]
-    times = np.stack([fs.onset_time(xn, f) for f in fractions], axis=1)
+    times = np.stack([rep.onset_time(xn, f) for f in fractions], axis=1)
     assert feats["onset"].shape == (2, len(fractions))
     np.testing.assert_allclose(np.exp(feats["onset"]),
                                np.column_stack([times[:, 1], np.diff(times, axis=1)]), rtol=1e-5)
     y = decode_features(feats, p)
     yn = y / np.abs(y).max(axis=(1, 2))[:, None, None]
     for f, t in zip(fractions, times.T):
-        np.testing.assert_allclose(fs.onset_time(yn, f), t, atol=1.0)
+        np.testing.assert_allclose(rep.onset_time(yn, f), t, atol=1.0)
     np.testing.assert_allclose(np.abs(y).max(axis=(1, 2)), np.abs(x).max(axis=(1, 2)),
                                rtol=1e-5)
 
@@ -640,27 +644,27 @@ def test_pslot_rolls_the_onset_and_warps_only_the_frames_before_it():
                              griffin_lim_iters=2, p_knot="arias", record_scale="peak",
                              long_gap="clip")
     x = p_and_s_records(rng, np.array([4.0, 10.0]), np.array([9.0, 26.0]))
-    feats = fs.encode(x, p)
+    feats = rep.encode(x, p)
     xn = x / np.abs(x).max(axis=(1, 2))[:, None, None]
-    t1, t5 = fs.onset_time(xn, 0.01), fs.onset_time(xn, 0.05)
+    t1, t5 = rep.onset_time(xn, 0.01), rep.onset_time(xn, 0.05)
     np.testing.assert_allclose(feats["onset"][:, 0], t5, rtol=1e-6)
     np.testing.assert_allclose(np.exp(feats["onset"][:, 1]), t5 - t1, rtol=1e-5)
-    rolled = fs.encode(x, fs.FlowSamplerParams(timing="roll", align_s=p.align_s))
+    rolled = rep.encode(x, fs.FlowSamplerParams(timing="roll", align_s=p.align_s))
     np.testing.assert_array_equal(feats["coarse"][:, 25:], rolled["coarse"][:, 25:])
     assert not np.allclose(feats["coarse"][:, :25], rolled["coarse"][:, :25])
     np.testing.assert_allclose(
-        fs.rolled_knots(np.array([0.0, 5.0, 99.0]), p, np.array([9.0, 9.0, 30.0]))[:, 0],
-        [p.align_s - fs.MIN_GAP_S, p.align_s - 5.0, fs.MIN_GAP_S])
+        rep.rolled_knots(np.array([0.0, 5.0, 99.0]), p, np.array([9.0, 9.0, 30.0]))[:, 0],
+        [p.align_s - rep.MIN_GAP_S, p.align_s - 5.0, rep.MIN_GAP_S])
     squeeze = fs.FlowSamplerParams(timing="pslot", align_s=p.align_s, p_align_s=p.p_align_s,
                                    long_gap="squeeze")
     np.testing.assert_allclose(  # gaps kept to the onset less MIN_GAP_S and to MAX_GAP_S
-        fs.rolled_knots(np.array([0.0, 5.0, 99.0, 99.0]), squeeze,
+        rep.rolled_knots(np.array([0.0, 5.0, 99.0, 99.0]), squeeze,
                         np.array([9.0, 9.0, 30.0, 60.0]))[:, 0],
-        p.align_s - np.array([fs.MIN_GAP_S, 5.0, 30.0 - fs.MIN_GAP_S, fs.MAX_GAP_S]))
+        p.align_s - np.array([rep.MIN_GAP_S, 5.0, 30.0 - rep.MIN_GAP_S, rep.MAX_GAP_S]))
     y = decode_features(feats, p)
     yn = y / np.abs(y).max(axis=(1, 2))[:, None, None]
-    np.testing.assert_allclose(fs.onset_time(yn, 0.01), t1, atol=1.0)
-    np.testing.assert_allclose(fs.onset_time(yn, 0.05), t5, atol=1.0)
+    np.testing.assert_allclose(rep.onset_time(yn, 0.01), t1, atol=1.0)
+    np.testing.assert_allclose(rep.onset_time(yn, 0.05), t5, atol=1.0)
     np.testing.assert_allclose(np.abs(y).max(axis=(1, 2)), np.abs(x).max(axis=(1, 2)),
                                rtol=1e-5)
 
@@ -681,11 +685,11 @@ def test_long_gap_keeps_a_far_records_p_in_the_slot(long_gap, canvas):
     x = 4 * p_and_s_records(rng, t_p, never) + p_and_s_records(rng, never, t_s)
     x += 1e-4 * rng.standard_normal((2, 3, T)).astype(np.float32)
     clip, kept = (fs.FlowSamplerParams(long_gap=g, canvas=canvas) for g in ("clip", long_gap))
-    fc, fk = fs.encode(x, clip), fs.encode(x, kept)
+    fc, fk = rep.encode(x, clip), rep.encode(x, kept)
     xn = x / np.abs(x).max(axis=(1, 2))[:, None, None]
-    onset, knot = fs.onset_time(xn, clip.align_fraction), fs.p_knot_time(xn, clip)
+    onset, knot = rep.onset_time(xn, clip.align_fraction), rep.p_knot_time(xn, clip)
     assert abs(knot[0] - t_p[0]) < 0.3 and onset[0] - knot[0] > clip.align_s
-    np.testing.assert_allclose(np.exp(fc["onset"][0, 1]), clip.align_s - fs.MIN_GAP_S)
+    np.testing.assert_allclose(np.exp(fc["onset"][0, 1]), clip.align_s - rep.MIN_GAP_S)
     np.testing.assert_allclose(np.exp(fk["onset"][0, 1]), onset[0] - knot[0], rtol=1e-5)
     for key in fc:  # the near record: the same features
         np.testing.assert_array_equal(fc[key][1], fk[key][1])
@@ -703,10 +707,10 @@ def test_long_gap_keeps_a_far_records_p_in_the_slot(long_gap, canvas):
     assert (vertical(fk, after).min() - vertical(fc, after).max()) > 3.0  # no P there
     y = decode_features(fk, kept)
     yn = y / np.abs(y).max(axis=(1, 2))[:, None, None]
-    np.testing.assert_allclose(fs.onset_time(yn, kept.align_fraction), onset, atol=1.0)
+    np.testing.assert_allclose(rep.onset_time(yn, kept.align_fraction), onset, atol=1.0)
     if long_gap == "shift":  # squeeze's own decoding test is below
-        np.testing.assert_allclose(fs.p_knot_time(yn, kept), knot, atol=1.0)
-    np.testing.assert_allclose(fs.decoded_p_knot(fk["onset"].astype(np.float64), kept, 60.0),
+        np.testing.assert_allclose(rep.p_knot_time(yn, kept), knot, atol=1.0)
+    np.testing.assert_allclose(rep.decoded_p_knot(fk["onset"].astype(np.float64), kept, 60.0),
                                knot, atol=0.02)
 
 
@@ -722,7 +726,7 @@ def test_long_gap_squeeze_decodes_a_far_records_start_from_the_slot():
     t = np.arange(T) / FS
 
     def p_step(p):  # dB, the decoded vertical, the canvas's last 12 s silenced
-        feats = fs.encode(x, p)
+        feats = rep.encode(x, p)
         feats["coarse"][:, int(48.0 * FS / p.hop):] = np.log(p.log_eps)
         v = decode_features(feats, p)[0, 2].astype(np.float64)
         power = [np.mean(v[(t >= a) & (t < b)] ** 2) for a, b in ((3.0, 4.5), (0.5, 2.5))]
@@ -758,28 +762,28 @@ def test_envelope_projection_moves_the_band_magnitudes_to_the_target():
     rng = np.random.default_rng(5)
     p = fs.FlowSamplerParams()
     x = torch.from_numpy(rng.standard_normal((1, 3, T)).astype(np.float32))
-    spec = fs.stft(x, p.n_fft, p.hop)
-    n_bands, n_frames = fs.band_magnitude(spec, p).shape[-2:]
+    spec = rep.stft(x, p.n_fft, p.hop)
+    n_bands, n_frames = rep.band_magnitude(spec, p).shape[-2:]
     t = torch.arange(n_frames, dtype=torch.float32) * p.hop / FS
     target = torch.exp(-((t - 20.0) / 4.0) ** 2)[None, None, None].expand(1, 3, n_bands, -1)
-    y = fs.envelope_project(x, target.contiguous(), p)
-    got = fs.band_magnitude(fs.stft(y, p.n_fft, p.hop), p)
+    y = rep.envelope_project(x, target.contiguous(), p)
+    got = rep.band_magnitude(rep.stft(y, p.n_fft, p.hop), p)
     strong = target > 0.1
     ln_err = (torch.log(got[strong]) - torch.log(target[strong])).abs()
-    before = (torch.log(fs.band_magnitude(spec, p)[strong]) - torch.log(target[strong])).abs()
+    before = (torch.log(rep.band_magnitude(spec, p)[strong]) - torch.log(target[strong])).abs()
     assert float(ln_err.median()) < 0.2 and float(before.median()) > 2.0
     assert float(got[..., t > 40].max()) < 0.05 * float(got.max())  # silent where the target is
-    assert torch.count_nonzero(fs.envelope_project(x, torch.zeros_like(target), p)) == 0
+    assert torch.count_nonzero(rep.envelope_project(x, torch.zeros_like(target), p)) == 0
 
 
 def test_decoder_without_envelope_rounds_is_griffin_lim_plus_equalisation():
     rng = np.random.default_rng(6)
     p0 = fs.FlowSamplerParams(griffin_lim_iters=2, envelope_rounds=0, record_scale="peak")
     x = synthetic_records(rng, 3.0, np.array([5.0]), np.array([30.0]))
-    feats = {k: torch.from_numpy(v) for k, v in fs.encode(x, p0).items()}
+    feats = {k: torch.from_numpy(v) for k, v in rep.encode(x, p0).items()}
     args = (feats["level"], feats["onset"], feats["coarse"], feats["fine"])
-    y0 = fs.decode(*args, p0, torch.Generator().manual_seed(0))
-    y4 = fs.decode(*args, replace(p0, envelope_rounds=4), torch.Generator().manual_seed(0))
+    y0 = rep.decode(*args, p0, torch.Generator().manual_seed(0))
+    y4 = rep.decode(*args, replace(p0, envelope_rounds=4), torch.Generator().manual_seed(0))
     assert not np.allclose(y0, y4)  # the rounds act
     np.testing.assert_allclose(np.abs(y4).max(), np.abs(x).max(), rtol=1e-5)
 
@@ -799,7 +803,7 @@ def test_dropout_outside_unit_interval_is_refused(value):
 
 def test_dropout_acts_in_training_only():
     torch.manual_seed(0)
-    net = fs.VelocityNet(fs.FlowSamplerParams(dropout=0.5), n_frames=10, n_coarse=6,
+    net = fnet.VelocityNet(fs.FlowSamplerParams(dropout=0.5), n_frames=10, n_coarse=6,
                          n_static=4, n_stations=2)
     for film in net.films:  # non-zero FiLM so that the blocks reach the output
         torch.nn.init.normal_(film.weight)
@@ -815,17 +819,17 @@ def test_onset_and_roll():
     x = np.zeros((2, 3, 100))
     x[0, 0, 30] = 1.0
     x[1, 2, 70] = 2.0
-    np.testing.assert_allclose(fs.onset_time(x, 0.05, fs=10.0), [3.0, 7.0])
-    rolled = fs.roll(x, np.array([5, -10]))
+    np.testing.assert_allclose(rep.onset_time(x, 0.05, fs=10.0), [3.0, 7.0])
+    rolled = rep.roll(x, np.array([5, -10]))
     assert rolled[0, 0, 35] == 1.0 and rolled[1, 2, 60] == 2.0
-    np.testing.assert_array_equal(fs.roll(rolled, np.array([-5, 10])), x)
+    np.testing.assert_array_equal(rep.roll(rolled, np.array([-5, 10])), x)
 
 
 def test_move_rolls_or_shifts_with_the_edge_mirrored():
     x = np.tile(np.arange(10.0), (2, 1, 1))  # (2, 1, 10)
     shift = np.array([3, -2])
-    np.testing.assert_array_equal(fs.move(x, shift, fs.FlowSamplerParams()), fs.roll(x, shift))
-    held = fs.move(x, shift, fs.FlowSamplerParams(canvas="hold"))
+    np.testing.assert_array_equal(rep.move(x, shift, fs.FlowSamplerParams()), rep.roll(x, shift))
+    held = rep.move(x, shift, fs.FlowSamplerParams(canvas="hold"))
     np.testing.assert_array_equal(held[0, 0], [3, 2, 1, 0, 1, 2, 3, 4, 5, 6])
     np.testing.assert_array_equal(held[1, 0], [2, 3, 4, 5, 6, 7, 8, 9, 8, 7])
 
@@ -834,10 +838,10 @@ def test_canvas_shift_moves_the_frames_by_whole_hops_and_the_waveform_by_the_res
     shift = np.array([130, -130, 64])  # samples (hop 64): the onsets below to align_s 15 s
     onset = 15.0 - shift / FS
     hold = fs.FlowSamplerParams(timing="roll", canvas="hold")
-    wave, frames = fs.canvas_shift(onset, None, hold)
+    wave, frames = rep.canvas_shift(onset, None, hold)
     np.testing.assert_array_equal(wave, [2, 62, 0])
     np.testing.assert_allclose(frames, [1.28, -1.92, 0.64])
-    wave, frames = fs.canvas_shift(onset, None, fs.FlowSamplerParams(timing="roll"))
+    wave, frames = rep.canvas_shift(onset, None, fs.FlowSamplerParams(timing="roll"))
     np.testing.assert_array_equal(wave, shift)
     assert not frames.any()
 
@@ -860,7 +864,7 @@ def test_held_canvas_keeps_a_quiet_start_quiet_where_the_wrapped_one_fills_it(ti
         if steps_off:
             p = fs.FlowSamplerParams(timing=timing, canvas=canvas, long_period_hz=0.0,
                                      random_phase_hz=0.0)
-        y = decode_features(fs.encode(x, p), p)
+        y = decode_features(rep.encode(x, p), p)
         return np.sqrt((y[..., :300] ** 2).mean(axis=(1, 2)) / (x[..., :300] ** 2).mean(
             axis=(1, 2)))
 
@@ -876,7 +880,7 @@ def test_held_canvas_keeps_a_quiet_start_quiet_where_the_wrapped_one_fills_it(ti
 ])
 def test_encode_refuses_bad_records(bad, match):
     with pytest.raises(fs.FlowSamplerError, match=match):
-        fs.encode(bad, fs.FlowSamplerParams())
+        rep.encode(bad, fs.FlowSamplerParams())
 
 
 @pytest.mark.parametrize("m, r, match", [
@@ -1030,7 +1034,7 @@ def test_fixed_periods_train_from_the_data_and_do_not_depend_on_the_batch(prepar
     assert [b.freq.tolist() for b in again.net.blocks] == freq
     torch.manual_seed(1)
     n, t = 6, sampler.n_frames
-    n_coarse, n_static = fs.latent_sizes(sampler.stats, t, sampler.net.n_scalars)
+    n_coarse, n_static = lat.latent_sizes(sampler.stats, t, sampler.net.n_scalars)
     args = (torch.randn(n, t, n_coarse), torch.randn(n, n_static), torch.rand(n),
             torch.tensor([1, 2, 1, 2, 1, 2]), torch.randn(n, 2))
     with torch.no_grad():
@@ -1051,21 +1055,21 @@ def test_principal_latent_round_trips_whitens_and_keeps_the_scalars():
     static = torch.randn(40, 3 + 8, generator=g) * torch.linspace(0.5, 3.0, 11)
     stats = {"coarse_std": torch.ones(60), "static_std": torch.ones(11)}
     p = fs.FlowSamplerParams(coarse_pcs=6, fine_pcs=8, record_pcs=5)
-    full = stats | fs.fit_latent(coarse, static, p)
-    lc, ls = fs.to_latent(coarse, static, full, 3)
-    assert fs.latent_sizes(full, 10, 3) == (6, 3 + 5 + 8) == (lc.shape[-1], ls.shape[1])
+    full = stats | lat.fit_latent(coarse, static, p)
+    lc, ls = lat.to_latent(coarse, static, full, 3)
+    assert lat.latent_sizes(full, 10, 3) == (6, 3 + 5 + 8) == (lc.shape[-1], ls.shape[1])
     torch.testing.assert_close(ls[:, :3], static[:, :3])
     torch.testing.assert_close(lc.reshape(-1, 6).pow(2).mean(0), torch.ones(6), atol=1e-3,
                                rtol=0)
     torch.testing.assert_close(ls[:, 3:].pow(2).mean(0), torch.ones(13), atol=1e-3, rtol=0)
-    back = fs.from_latent(lc, ls, full, 3)
+    back = lat.from_latent(lc, ls, full, 3)
     torch.testing.assert_close(back[0], coarse, atol=1e-4, rtol=0)
     torch.testing.assert_close(back[1], static, atol=1e-4, rtol=0)
-    for key, axes in fs.fit_latent(coarse, static, p).items():
+    for key, axes in lat.fit_latent(coarse, static, p).items():
         torch.testing.assert_close(axes, full[key], atol=0, rtol=0)
-    two = stats | fs.fit_latent(coarse, static, fs.FlowSamplerParams(
+    two = stats | lat.fit_latent(coarse, static, fs.FlowSamplerParams(
         coarse_pcs=2, record_pcs=0, record_prior=False, remainder_gauss=False))
-    rebuilt = fs.from_latent(*fs.to_latent(coarse, static, two, 3), two, 3)[0]
+    rebuilt = lat.from_latent(*lat.to_latent(coarse, static, two, 3), two, 3)[0]
     resid = (coarse - rebuilt).reshape(-1, 6)
     total = coarse.reshape(-1, 6).pow(2).sum()
     assert resid.pow(2).sum() < 0.5 * total  # 2 of 6 correlated channels hold most of it
@@ -1082,16 +1086,16 @@ def test_remainder_scale_gives_every_cell_unit_rms_and_round_trips():
     coarse = torch.randn(200, 10, 6, generator=g) * scale
     static = torch.randn(200, 3 + 4, generator=g)
     stats = {"coarse_std": torch.ones(60), "static_std": torch.ones(7)}
-    on = stats | fs.fit_latent(coarse, static, fs.FlowSamplerParams(
+    on = stats | lat.fit_latent(coarse, static, fs.FlowSamplerParams(
         record_pcs=4, remainder_scale=True, remainder_gauss=False))
-    lc, ls = fs.to_latent(coarse, static, on, 3)
+    lc, ls = lat.to_latent(coarse, static, on, 3)
     torch.testing.assert_close(lc.pow(2).mean(0), torch.ones(10, 6), atol=1e-4, rtol=0)
-    back = fs.from_latent(lc, ls, on, 3)
+    back = lat.from_latent(lc, ls, on, 3)
     torch.testing.assert_close(back[0], coarse, atol=1e-4, rtol=0)
-    off = stats | fs.fit_latent(coarse, static, fs.FlowSamplerParams(
+    off = stats | lat.fit_latent(coarse, static, fs.FlowSamplerParams(
         record_pcs=4, remainder_scale=False, remainder_gauss=False))
     assert "remainder_rms" not in off
-    rms_off = fs.to_latent(coarse, static, off, 3)[0].pow(2).mean(0).sqrt()
+    rms_off = lat.to_latent(coarse, static, off, 3)[0].pow(2).mean(0).sqrt()
     assert rms_off.max() / rms_off.min() > 10  # the cells keep their own scales
 
 
@@ -1109,16 +1113,16 @@ def test_remainder_ar_whitens_a_known_autoregression_and_round_trips():
     y = torch.stack(frames, dim=1)
     static = torch.randn(n, 3, generator=g)
     stats = {"coarse_std": torch.ones(t * c), "static_std": torch.ones(3)}
-    stats |= fs.fit_latent(y, static, fs.FlowSamplerParams(
+    stats |= lat.fit_latent(y, static, fs.FlowSamplerParams(
         record_pcs=0, record_prior=False, remainder_ar=True, remainder_gauss=False))
     torch.testing.assert_close(stats["ar_coef"], a, atol=0.03, rtol=0)
     torch.testing.assert_close(stats["ar_chol"], chol, atol=0.03, rtol=0)
     lag1 = lambda x: float((x[:, 1:] * x[:, :-1]).mean() / x.pow(2).mean())  # noqa: E731
     assert lag1(y) > 0.5
-    e, _ = fs.to_latent(y, static, stats, 3)
+    e, _ = lat.to_latent(y, static, stats, 3)
     assert abs(lag1(e)) < 0.02
     torch.testing.assert_close(torch.cov(e.reshape(-1, c).T), torch.eye(c), atol=0.05, rtol=0)
-    torch.testing.assert_close(fs.from_latent(e, static, stats, 3)[0], y, atol=1e-3, rtol=0)
+    torch.testing.assert_close(lat.from_latent(e, static, stats, 3)[0], y, atol=1e-3, rtol=0)
 
 
 def test_remainder_gauss_maps_a_skewed_marginal_onto_a_normal_and_back():
@@ -1131,20 +1135,20 @@ def test_remainder_gauss_maps_a_skewed_marginal_onto_a_normal_and_back():
     y = -torch._standard_gamma(torch.full((500, 20, 4), 2.0), generator=g) * scale
     static = torch.randn(500, 3, generator=g)
     stats = {"coarse_std": torch.ones(80), "static_std": torch.ones(3)}
-    stats |= fs.fit_latent(y, static, fs.FlowSamplerParams(record_pcs=0, record_prior=False,
+    stats |= lat.fit_latent(y, static, fs.FlowSamplerParams(record_pcs=0, record_prior=False,
                                                             remainder_gauss=True))
     skew = lambda x: ((x - x.mean(0)) ** 3).mean(0) / x.std(0) ** 3  # noqa: E731
-    z, _ = fs.to_latent(y, static, stats, 3)
+    z, _ = lat.to_latent(y, static, stats, 3)
     flat = z.reshape(-1, 4)
     torch.testing.assert_close(flat.mean(0), torch.zeros(4), atol=0.02, rtol=0)
     torch.testing.assert_close(flat.std(0), torch.ones(4), atol=0.03, rtol=0)
     assert skew(flat).abs().max() < 0.05 and skew(y.reshape(-1, 4)).max() < -1.2
-    torch.testing.assert_close(fs.from_latent(z, static, stats, 3)[0], y, atol=1e-4, rtol=0)
+    torch.testing.assert_close(lat.from_latent(z, static, stats, 3)[0], y, atol=1e-4, rtol=0)
     normal = torch.randn(500, 20, 4, generator=g)
-    back = fs.from_latent(normal, static, stats, 3)[0].reshape(-1, 4)
+    back = lat.from_latent(normal, static, stats, 3)[0].reshape(-1, 4)
     torch.testing.assert_close(skew(back), skew(y.reshape(-1, 4)), atol=0.2, rtol=0)
     tails = torch.tensor([-6.0, -3.5, 0.0, 3.5, 6.0])[None, :, None].expand(1, 5, 4)
-    out = fs.gaussianise(tails, stats, inverse=True)[0]  # beyond the end knots at +-3
+    out = lat.gaussianise(tails, stats, inverse=True)[0]  # beyond the end knots at +-3
     assert torch.isfinite(out).all() and (out.diff(dim=0) > 0).all()
 
 
@@ -1162,10 +1166,10 @@ def test_calibrate_frames_gives_each_cell_the_training_rms():
     g = torch.Generator().manual_seed(1)
     n, t, c = 3000, 6, 5
     scale = torch.linspace(0.2, 2.0, t * c).reshape(t, c)
-    real = fs.Batchable(coarse=torch.randn(n, t, c, generator=g) * scale,
+    real = lat.Batchable(coarse=torch.randn(n, t, c, generator=g) * scale,
                         static=torch.randn(n, 4, generator=g),
                         station=torch.ones(n, dtype=torch.long), scenario=torch.zeros(n, 2))
-    gain = fs.calibrate_frames(_StillFlow(), real, tiny_params(batch_generate=500))
+    gain = cal.calibrate_frames(_StillFlow(), real, tiny_params(batch_generate=500))
     assert gain.shape == (t, c)
     torch.testing.assert_close(gain, scale, rtol=0.06, atol=0)
     assert not torch.allclose(gain, torch.ones(t, c), rtol=0.5)
@@ -1181,7 +1185,7 @@ def test_remainder_calibrate_leaves_the_flow_and_scales_its_frames(trained, prep
     assert gain.shape == (plain.n_frames, plain.stats["coarse_std"].numel() // plain.n_frames)
     assert torch.isfinite(gain).all() and (gain >= 0).all() and gain.max() > 0
     assert "frame_gain" not in plain.stats
-    scenario = fs.standardise_scenario(np.array([[5.0, 30.0], [5.5, 60.0]]), sampler.stats)
+    scenario = lat.standardise_scenario(np.array([[5.0, 30.0], [5.5, 60.0]]), sampler.stats)
 
     def frames(stats):
         s = fs.FlowSampler(sampler.params, sampler.net, stats, sampler.stations,
@@ -1224,7 +1228,7 @@ def test_record_prior_learns_a_station_and_scenario_conditional_distribution(pri
     x[:, 0] += scenario[:, 0]
     x[:, 1] -= given[:, 0]
     p = tiny_params(prior_hidden=64, prior_steps=3000, prior_records=prior_records)
-    prior = fs.fit_record_prior(x, station, scenario, given, p, n_stations=2)
+    prior = fnet.fit_record_prior(x, station, scenario, given, p, n_stations=2)
     assert prior.n_classes == 3 - first
     cases = ((1, (2.0, -1.0), 0.3), (2, (-2.0, 1.0), 0.6)) + ((0, (0.0, 3.0), 0.5),) * (1 - first)
     for s, mean, sd in cases:
@@ -1232,7 +1236,7 @@ def test_record_prior_learns_a_station_and_scenario_conditional_distribution(pri
             st = torch.full((2000,), s)
             sc = torch.tensor([[shift, 0.0]]).expand(2000, 2)
             gv = torch.full((2000, 1), lift)
-            draw = fs.draw_record_prior(prior, st, sc, gv, 30, torch.Generator().manual_seed(s),
+            draw = fnet.draw_record_prior(prior, st, sc, gv, 30, torch.Generator().manual_seed(s),
                                         2)
             torch.testing.assert_close(draw.mean(0),
                                        torch.tensor([mean[0] + shift, mean[1] - lift]),
@@ -1252,11 +1256,11 @@ def test_calibrate_gives_the_draws_the_spread_of_the_records():
         parts.append(part)
         return 0.5 * torch.randn(len(real[part]), 3, generator=generator)
 
-    gain = fs.calibrate(real, draw, p)
+    gain = cal.calibrate(real, draw, p)
     assert gain.shape == (3,) and gain.dtype == torch.float32
     torch.testing.assert_close(gain, torch.tensor([2.0, 4.0, 6.0]), rtol=0.1, atol=0)
     assert parts[0] == slice(0, 7) and parts[-1] == slice(595, 602) and len(parts) == 86
-    torch.testing.assert_close(fs.calibrate(real, draw, p), gain, rtol=0, atol=0)
+    torch.testing.assert_close(cal.calibrate(real, draw, p), gain, rtol=0, atol=0)
 
 
 def ar1_frames(rho: torch.Tensor, n: int, t: int, generator: torch.Generator) -> torch.Tensor:
@@ -1278,10 +1282,10 @@ def test_smoothing_gives_the_frames_the_records_lag1_correlation_at_the_same_var
     target = torch.tensor([0.35, 0.5, 0.1], dtype=torch.float64)
     real = ar1_frames(target, 2000, 94, g)
     drawn = ar1_frames(torch.full((3,), drawn_rho, dtype=torch.float64), 2000, 94, g)
-    coef = fs.smoothing(real, drawn)
+    coef = cal.smoothing(real, drawn)
     assert coef.shape == (2, 3) and coef.dtype == torch.float32
-    y = fs.smooth_frames(drawn, coef)
-    torch.testing.assert_close(fs.lag1(y), target, atol=0.01, rtol=0)
+    y = cal.smooth_frames(drawn, coef)
+    torch.testing.assert_close(cal.lag1(y), target, atol=0.01, rtol=0)
     torch.testing.assert_close(y.pow(2).mean(dim=(0, 1)), torch.ones(3), atol=0, rtol=0.02)
     torch.testing.assert_close(y[:, 0], drawn[:, 0], rtol=0, atol=0)
     assert (coef[0] < 0).all() == (drawn_rho > 0.5)  # less correlation wanted: a < 0
@@ -1296,7 +1300,7 @@ def test_smooth_frames_is_the_recursion():
     frames = [x[:, 0]]
     for t in range(1, x.shape[1]):
         frames.append(coef[0] * frames[-1] + coef[1] * x[:, t])
-    torch.testing.assert_close(fs.smooth_frames(x, coef), torch.stack(frames, dim=1),
+    torch.testing.assert_close(cal.smooth_frames(x, coef), torch.stack(frames, dim=1),
                                rtol=1e-5, atol=1e-5)
 
 
@@ -1315,12 +1319,12 @@ def test_remainder_smooth_leaves_the_flow_and_correlates_its_frames(trained, pre
     assert coef.shape == (2, channels) and torch.isfinite(coef).all()
     assert "frame_smooth" not in plain.stats
     station = torch.ones(64, dtype=torch.long)
-    scenario = fs.standardise_scenario(np.tile([[5.0, 30.0]], (64, 1)), sampler.stats)
+    scenario = lat.standardise_scenario(np.tile([[5.0, 30.0]], (64, 1)), sampler.stats)
     (xc, xs), (xc0, xs0) = (s.latent(station, scenario, torch.Generator().manual_seed(3))
                             for s in (sampler, plain))
-    torch.testing.assert_close(xc, fs.smooth_frames(xc0, coef), rtol=0, atol=0)
+    torch.testing.assert_close(xc, cal.smooth_frames(xc0, coef), rtol=0, atol=0)
     torch.testing.assert_close(xs, xs0, rtol=0, atol=0)
-    assert fs.lag1(xc).mean() > fs.lag1(xc0).mean() + 0.1
+    assert cal.lag1(xc).mean() > cal.lag1(xc0).mean() + 0.1
     assert_state_refused(sampler, lambda st: st["stats"].pop("frame_smooth"),
                          "remainder_smooth = True, but the statistics lack the frame smoothing")
     assert_state_refused(sampler, lambda st: st["stats"].update(frame_smooth=coef[:, 1:]),
@@ -1340,7 +1344,7 @@ def test_decoder_bias_leaves_the_flow_and_asks_the_decoder_for_less(trained, pre
     assert "decoder_bias" not in plain.stats
     assert bias.shape == (plain.n_frames, plain.stats["coarse_std"].numel() // plain.n_frames)
     assert float(bias.abs().max()) > 0.01
-    scenario = fs.standardise_scenario(np.array([[5.0, 30.0], [5.5, 60.0]]), sampler.stats)
+    scenario = lat.standardise_scenario(np.array([[5.0, 30.0], [5.5, 60.0]]), sampler.stats)
     _, coarse, static = plain.features(1, scenario, torch.Generator().manual_seed(3))
     mine = sampler.decode(coarse, static, torch.Generator().manual_seed(4))
     np.testing.assert_array_equal(mine, plain.decode(coarse - bias, static,
@@ -1382,7 +1386,7 @@ def test_prior_calibrate_scales_the_prior_draws_by_its_gain(trained, prepared, t
     assert gain.shape == (n_rec,) and torch.isfinite(gain).all() and (gain > 0).all()
     assert "prior_gain" not in plain.stats
     station = torch.tensor([1, 2, 2])
-    scenario = fs.standardise_scenario(np.array([[5.0, 30.0], [5.5, 60.0], [4.5, 10.0]]),
+    scenario = lat.standardise_scenario(np.array([[5.0, 30.0], [5.5, 60.0], [4.5, 10.0]]),
                                        sampler.stats)
     (xc, xs), (xc0, xs0) = (s.latent(station, scenario, torch.Generator().manual_seed(3))
                             for s in (sampler, plain))
@@ -1422,7 +1426,7 @@ def test_scalar_calibrate_scales_the_flows_scalars_before_the_prior_sees_them(tr
     assert gain.shape == (k,) and torch.isfinite(gain).all() and (gain > 0).all()
     assert not torch.allclose(gain, torch.ones(k), rtol=0.01)  # the tiny flow is not calibrated
     station = torch.tensor([1, 2, 2])
-    scenario = fs.standardise_scenario(np.array([[5.0, 30.0], [5.5, 60.0], [4.5, 10.0]]),
+    scenario = lat.standardise_scenario(np.array([[5.0, 30.0], [5.5, 60.0], [4.5, 10.0]]),
                                        sampler.stats)
     (xc, xs), (xc0, xs0) = (s.latent(station, scenario, torch.Generator().manual_seed(3))
                             for s in (sampler, plain))
@@ -1446,16 +1450,16 @@ def test_scalar_calibrate_scales_the_flows_scalars_before_the_prior_sees_them(tr
 def test_group_rms_keeps_real_differences_and_shrinks_noise():
     """group_rms: spreads that differ far more than n records' noise (1 / (2 n) in ln) are
     kept; spreads within the noise go to their geometric mean; in between, partly."""
-    far = fs.group_rms(torch.tensor([0.2, 0.8, 3.2]), torch.tensor([1000, 1000, 1000]))
+    far = cal.group_rms(torch.tensor([0.2, 0.8, 3.2]), torch.tensor([1000, 1000, 1000]))
     torch.testing.assert_close(far, torch.tensor([0.2, 0.8, 3.2], dtype=torch.float64),
                                rtol=2e-3, atol=0)
-    near = fs.group_rms(torch.tensor([0.95, 1.0, 1.05]), torch.tensor([10, 10, 10]))
+    near = cal.group_rms(torch.tensor([0.95, 1.0, 1.05]), torch.tensor([10, 10, 10]))
     torch.testing.assert_close(near, torch.full((3,), (0.95 * 1.0 * 1.05) ** (1 / 3),
                                                 dtype=torch.float64))
-    part = fs.group_rms(torch.tensor([0.7, 1.0, 1.4]), torch.tensor([20, 20, 20])).numpy()
+    part = cal.group_rms(torch.tensor([0.7, 1.0, 1.4]), torch.tensor([20, 20, 20])).numpy()
     assert 0.7 < part[0] < 0.99 and 1.01 < part[2] < 1.4 and part[1] == pytest.approx(1.0, abs=0.01)
     # a group with fewer records is shrunk more
-    few = fs.group_rms(torch.tensor([0.7, 1.0, 1.4]), torch.tensor([20, 20, 5])).numpy()
+    few = cal.group_rms(torch.tensor([0.7, 1.0, 1.4]), torch.tensor([20, 20, 5])).numpy()
     assert few[2] < part[2]
 
 
@@ -1470,17 +1474,17 @@ def test_calibrate_by_group_gives_each_group_its_own_spread():
     def draw(part, generator):
         return torch.randn(len(groups[part]), 2, generator=generator) * spread[groups[part], None]
 
-    drawn = fs.draws(8, draw, p).double()
-    gain = fs.calibrate(real, draw, p, groups, 3)
+    drawn = cal.draws(8, draw, p).double()
+    gain = cal.calibrate(real, draw, p, groups, 3)
     assert gain.shape == (3, 2)
     rms = lambda x: x.double().pow(2).mean(0).sqrt()  # noqa: E731
-    target = fs.group_rms(torch.stack([rms(real[groups == g]) for g in (0, 1)]),
+    target = cal.group_rms(torch.stack([rms(real[groups == g]) for g in (0, 1)]),
                           torch.tensor([4, 4]))
     for g in (0, 1):
         torch.testing.assert_close(gain[g], (target[g] / rms(drawn[groups == g])).float())
     torch.testing.assert_close(gain[2], torch.ones(2))  # no records of group 2
     assert gain[0].mean() > 2 * gain[1].mean()  # the narrow group is widened, the wide narrowed
-    torch.testing.assert_close(fs.calibrate(real, draw, p), (rms(real) / rms(drawn)).float())
+    torch.testing.assert_close(cal.calibrate(real, draw, p), (rms(real) / rms(drawn)).float())
 
 
 def test_station_scatter_gives_each_station_its_own_level_spread(trained, prepared, tmp_path):
@@ -1498,7 +1502,7 @@ def test_station_scatter_gives_each_station_its_own_level_spread(trained, prepar
     n_st = len(sampler.stations)
     assert gain.shape == (n_st, 1) and torch.isfinite(gain).all() and (gain >= 0).all()
     station = torch.tensor([1, 2, 2])
-    scenario = fs.standardise_scenario(np.array([[5.0, 30.0], [5.5, 60.0], [4.5, 10.0]]),
+    scenario = lat.standardise_scenario(np.array([[5.0, 30.0], [5.5, 60.0], [4.5, 10.0]]),
                                        sampler.stats)
     (xc, xs), (xc0, xs0) = (s.latent(station, scenario, torch.Generator().manual_seed(3))
                             for s in (sampler, off))
@@ -1548,7 +1552,7 @@ def test_record_prior_trains_samples_and_round_trips_its_state(prepared, tmp_pat
                     prior_fine=3 if every else 0)
     sampler = fs.train_sampler(prepared, p, tmp_path / "m", raw_dir=tmp_path / "none",
                                log=lambda _: None)
-    assert isinstance(sampler.prior, fs.RecordPrior)
+    assert isinstance(sampler.prior, fnet.RecordPrior)
     assert sampler.prior.n_classes == (3 if every else 2)
     assert sampler.prior.n_given == (fs.n_scalars(p) + 3 if every else 0)
     if not every:  # written before prior_records, prior_scalars and prior_fine existed
@@ -1593,12 +1597,12 @@ def test_prior_given_is_the_scalars_and_the_fine_spectrum_projections():
     axes = torch.linalg.qr(torch.randn(n_fine, 2, generator=g))[0]
     stats = {"record_axes": torch.zeros(10, n_rec), "prior_fine_axes": axes,
              "prior_fine_rms": torch.tensor([2.0, 0.5])}
-    given = fs.prior_given(static, stats, p)
+    given = lat.prior_given(static, stats, p)
     assert given.shape == (5, fs.n_given(p)) == (5, k + 2)
     torch.testing.assert_close(given[:, :k], static[:, :k], rtol=0, atol=0)
     torch.testing.assert_close(given[:, k:],
                                static[:, k + n_rec:] @ axes / stats["prior_fine_rms"])
-    alone = fs.prior_given(static, stats, tiny_params(prior_fine=2, prior_scalars=False))
+    alone = lat.prior_given(static, stats, tiny_params(prior_fine=2, prior_scalars=False))
     torch.testing.assert_close(alone, given[:, k:], rtol=0, atol=0)
 
 
@@ -1619,15 +1623,15 @@ def test_prior_fine_gives_the_record_prior_the_flows_fine_spectrum(prepared, tmp
     m, r = np.array([5.0, 5.5]), np.array([20.0, 60.0])
     sample_and_reload(sampler, tmp_path / "m" / "model.pt", "A", m, r, seed=2)
     station = torch.tensor([1, 2])
-    scenario = fs.standardise_scenario(np.stack([m, r], axis=1), sampler.stats)
+    scenario = lat.standardise_scenario(np.stack([m, r], axis=1), sampler.stats)
     xc, xs = sampler.latent(station, scenario, torch.Generator().manual_seed(3))
-    integrate = fs.integrate
+    integrate = fnet.integrate
 
     def shifted_fine(*args, **kwargs):  # the flow's draw with its fine spectrum moved
         c, s = integrate(*args, **kwargs)
         return c, torch.cat([s[:, :k + n_rec], s[:, k + n_rec:] + 1.0], dim=1)
 
-    monkeypatch.setattr(fs, "integrate", shifted_fine)
+    monkeypatch.setattr(fs.sampler, "integrate", shifted_fine)
     xc2, xs2 = sampler.latent(station, scenario, torch.Generator().manual_seed(3))
     monkeypatch.undo()
     torch.testing.assert_close(xc2, xc, rtol=0, atol=0)
@@ -1664,10 +1668,10 @@ def test_remainder_ar_keeps_an_explosive_fit_bounded():
     colouring 94 frames of noise cannot blow up."""
     g = torch.Generator().manual_seed(1)
     y = torch.randn(100, 94, 3, generator=g).cumsum(dim=1)
-    stats = fs.fit_ar(y)
+    stats = lat.fit_ar(y)
     radius = torch.linalg.eigvals(stats["ar_coef"]).abs().max()
-    assert float(radius) == pytest.approx(fs.AR_MAX_RADIUS, abs=1e-5)
-    assert torch.isfinite(fs.ar_colour(torch.randn(5, 94, 3, generator=g), stats)).all()
+    assert float(radius) == pytest.approx(lat.AR_MAX_RADIUS, abs=1e-5)
+    assert torch.isfinite(lat.ar_colour(torch.randn(5, 94, 3, generator=g), stats)).all()
 
 
 @pytest.mark.parametrize("weight, coarse_weight", [(0.0, 1.0), (3.0, 0.5)])
@@ -1679,11 +1683,11 @@ def test_record_components_weigh_as_their_own_part_with_record_weight(weight, co
     p = fs.FlowSamplerParams(timing="roll", record_pcs=2, record_weight=weight,
                              coarse_weight=coarse_weight)
     torch.manual_seed(0)
-    net = fs.VelocityNet(p, n_frames=10, n_coarse=4, n_static=2 + 2 + 5, n_stations=1).eval()
-    b = fs.Batchable(torch.randn(5, 10, 4), torch.randn(5, 9), torch.zeros(5, dtype=torch.long),
+    net = fnet.VelocityNet(p, n_frames=10, n_coarse=4, n_static=2 + 2 + 5, n_stations=1).eval()
+    b = lat.Batchable(torch.randn(5, 10, 4), torch.randn(5, 9), torch.zeros(5, dtype=torch.long),
                      torch.randn(5, 2))
     idx = torch.arange(5)
-    loss = fs.flow_loss(net, b, idx, torch.Generator().manual_seed(1))
+    loss = fnet.flow_loss(net, b, idx, torch.Generator().manual_seed(1))
     g = torch.Generator().manual_seed(1)
     x0c, x0s = torch.randn(5, 10, 4, generator=g), torch.randn(5, 9, generator=g)
     t = torch.rand(5, generator=g)

@@ -13,6 +13,7 @@ import torch
 from timesnet_gen import cli
 from timesnet_gen import sample as sample_mod
 from timesnet_gen.models import flow_sampler as fs
+from timesnet_gen.models.flow_sampler import latent as lat, representation as rep
 
 T = 6000
 
@@ -31,7 +32,7 @@ def untrained_sampler() -> fs.FlowSampler:
     x = rng.standard_normal((6, 3, T)).astype(np.float32)
     scenario = np.column_stack([rng.uniform(4, 6, 6), rng.uniform(10, 100, 6)])
     codes = np.array(["0205"] * 3 + ["4628"] * 3)
-    stats = fs.fit_stats(fs.encode(x, p), codes, scenario, ["0205", "4628"], True)
+    stats = lat.fit_stats(rep.encode(x, p), codes, scenario, ["0205", "4628"], True)
     stats = {k: v for k, v in stats.items() if not k.startswith("_")}
     torch.manual_seed(0)
     net = fs.build_net(p, 1 + T // p.hop, stats, 2)

@@ -4,7 +4,7 @@
     timesnet-gen sample --checkpoint models/sampler/model.pt --station 4628 \
         [--magnitude 6.0 --distance-km 30] -n 20 --seed 0 --out DIR
 
-train-sampler  trains the TimesNet flow sampler (models/flow_sampler.py): pre-training on the
+train-sampler  trains the TimesNet flow sampler (models/flow_sampler/): pre-training on the
                non-target stations' train split, fine-tuning on the target stations' train
                split; writes <out>/model.pt and losses.tsv. Parameters: the `generators.flow`
                section of --params when present, else the CPU-profile defaults; --set KEY=VALUE
