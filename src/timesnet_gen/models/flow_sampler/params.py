@@ -18,6 +18,19 @@ from timesnet_gen.models.timesnet import PERIOD_SELECTIONS
 KIND = "timesnet-flow"
 FORMAT = 1
 SCENARIO_COLUMNS = ("magnitude", "distance_km")
+# the values of the options that take one of several
+TIMINGS = ("roll", "warp", "stretch", "pslot")
+P_KNOTS = ("arias", "aic", "picker")
+LONG_GAPS = ("clip", "shift", "squeeze")
+CANVASES = ("wrap", "hold")
+RECORD_SCALES = ("peak", "spectrum")
+PRIOR_RECORDS = ("target", "all")
+SOLVERS = ("euler", "heun")
+TIME_SAMPLING = ("uniform", "logit-normal")
+# the decoder's settings for real records ("Real records: the canvas and the long-period steps")
+REAL_RECORDS = {"canvas": "hold", "long_gap": "shift", "long_period_hz": 0.0,
+                "random_phase_hz": 0.0, "quiet_before_p": True}
+CALIBRATION_SEED = 7919  # added to p.seed for the draws the fits after training read (`draws`)
 
 
 class FlowSamplerError(UserError):
@@ -309,16 +322,6 @@ class FlowSamplerParams:
             raise FlowSamplerError(str(exc)) from None
 
 
-TIMINGS = ("roll", "warp", "stretch", "pslot")
-P_KNOTS = ("arias", "aic", "picker")
-LONG_GAPS = ("clip", "shift", "squeeze")
-CANVASES = ("wrap", "hold")
-RECORD_SCALES = ("peak", "spectrum")
-# the decoder's settings for real records ("Real records: the canvas and the long-period steps")
-REAL_RECORDS = {"canvas": "hold", "long_gap": "shift", "long_period_hz": 0.0,
-                "random_phase_hz": 0.0, "quiet_before_p": True}
-
-
 def n_given(p: FlowSamplerParams) -> int:
     """How many values the record prior is given besides the station and the scenario
     (`prior_given`): the record's scalars (its first n_scalars(p) static values) with
@@ -344,8 +347,3 @@ def warped_knots(p: FlowSamplerParams) -> np.ndarray:
     knots = [p.p_align_s, p.align_s] + ([p.end_align_s] if p.timing == "stretch" else [])
     return np.array(knots)
 
-
-PRIOR_RECORDS = ("target", "all")
-CALIBRATION_SEED = 7919  # added to p.seed for the draws the fits after training read (`draws`)
-SOLVERS = ("euler", "heun")
-TIME_SAMPLING = ("uniform", "logit-normal")
