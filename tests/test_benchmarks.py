@@ -18,6 +18,8 @@ from diagnose_flow import (  # noqa: E402
     vertical_steps,
 )
 from draw_scatter import band_rows, summary  # noqa: E402
+from extrapolation import MEASURES, gmm_medians, inside, medians, scenario_records  # noqa: E402
+from extrapolation import main as extrapolation_main  # noqa: E402
 from oracle_realism import (LARGE, duration_ratio, duration_rows,  # noqa: E402
                             large_sample_aucs)
 from residual_spread import detrended_spread  # noqa: E402
@@ -26,9 +28,10 @@ from round_trip import round_trip_error, settings, summary_row  # noqa: E402
 
 from conftest import samos_records  # noqa: E402
 
-from timesnet_gen.config import RealismParams  # noqa: E402
+from timesnet_gen.config import RealismParams, SynthParams  # noqa: E402
 from timesnet_gen.corpus.format import write_corpus  # noqa: E402
 from timesnet_gen.errors import UserError  # noqa: E402
+from timesnet_gen.evaluation.realism_features import record_features  # noqa: E402
 from timesnet_gen.models import flow_sampler as fs  # noqa: E402
 
 
@@ -225,3 +228,31 @@ def test_detrended_spread_reads_the_scatter_about_a_scenario_fit():
     np.testing.assert_allclose(detrended_spread(resid, m, r)["sd"], scatter, rtol=0.07)
     with pytest.raises(UserError, match="3 records with every residual finite"):
         detrended_spread(resid[n // 2:n // 2 + 3], m[n // 2:n // 2 + 3], r[n // 2:n // 2 + 3])
+
+
+def test_extrapolation_reads_fixed_scenarios_and_medians_of_the_realism_measures():
+    """The simulator's records at one scenario: every event at exactly that M and R, seeded (the
+    same seed, the same records); ten times the moment at the same distance gives larger
+    motions. Records twice as strong differ by ln 2 in the median ln PGA and ln PSA and by
+    nothing in the median ln D5-95. ASB14's median PGA falls with distance and grows with M."""
+    station = pd.Series({"f0_sh_hz": 3.0, "f0_sigma_ln": 0.05, "outlier_fraction": 0.0,
+                         "outlier_sigma_ln": 0.0, "impedance": 4.0, "damping": 0.05,
+                         "second_f0_hz": 0.0, "second_impedance": 1.0})
+    synth = SynthParams()
+    small = scenario_records(station, 4.0, 30.0, 6, synth, [1, 2])
+    np.testing.assert_array_equal(small, scenario_records(station, 4.0, 30.0, 6, synth, [1, 2]))
+    large = scenario_records(station, 5.0, 30.0, 6, synth, [1, 2])
+    assert small.shape == (6, 3, 6000) and small.dtype == np.float32
+    feats = lambda x: record_features(x, 100.0, RealismParams())  # noqa: E731
+    a, b = medians(feats(small)), medians(feats(large))
+    assert len(a) == len(MEASURES) and np.all(b[:3] > a[:3] + 0.5)
+    np.testing.assert_allclose(medians(feats(2.0 * small)) - a, [np.log(2.0)] * 3 + [0.0],
+                               atol=1e-6)
+    near, far, big = gmm_medians(5.0, 20.0, 400.0), gmm_medians(5.0, 100.0, 400.0), \
+        gmm_medians(6.0, 20.0, 400.0)
+    assert far[0] < near[0] < big[0] and np.all(np.isfinite(near))
+    training = np.array([[3.5, 11.0], [5.1, 180.0], [4.0, 50.0]])
+    assert inside(training, 4.0, 30.0) and not inside(training, 6.0, 30.0)
+    assert not inside(training, 4.0, 5.0)
+    with pytest.raises(UserError, match="--n must be at least 3, got 2"):
+        extrapolation_main(["model.pt", "--n", "2"])

@@ -125,7 +125,7 @@ def range_warning(station: str, train: np.ndarray, magnitude: np.ndarray,
         return None
     return (f"warning: {' and '.join(outside)} outside station {station}'s training range "
             f"(magnitude {lo[0]:.2f}-{hi[0]:.2f}, distance {lo[1]:.1f}-{hi[1]:.1f} km): "
-            "extrapolating")
+            "extrapolating (README: \"Outside the training range\")")
 
 
 def scenarios_for(sampler: Any, station: str, n: int, seed: int, magnitude: float | None,
