@@ -3,7 +3,7 @@
 README "A sampler that needs no real records" (outside the training range).
 
     PYTHONPATH=src python benchmarks/extrapolation.py models/flow/model.pt [--station 4628]
-        [--magnitudes 4 5 5.5 6 6.5] [--distances 15 50 150] [--n 50]
+        [--magnitudes 4 5 5.5 6 6.5] [--distances 15 50 150] [--n 50] [--extrapolate gmm]
 
 `sample` warns when a scenario lies outside the station's training scenarios and generates all
 the same; this measures what such records are worth. On the simulated corpus the truth is
@@ -14,30 +14,32 @@ Printed per scenario: whether it lies inside the training range of the station (
 scenarios' magnitudes and distances), and the sampler's median less the oracle's for ln PGA,
 ln PSA at PERIODS (RotD50, 5 %) and ln D5-95, each record's measure as the realism metrics
 take it; then ASB14's median less the oracle's (realism_gmm; the yardstick that a user without
-the truth would read, not the truth). Needs the simulated corpus (raw/stations.csv with the
-simulator's site columns). Cost: about 1 min for the default grid (15 scenarios) on one thread.
+the truth would read, not the truth). --extrapolate samples a flow checkpoint with that
+option in place of its own (`generators.flow.extrapolate`). Needs the simulated corpus
+(raw/stations.csv with the simulator's site columns). Cost: about 1 min for the default grid
+(15 scenarios) on one thread.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from timesnet_gen.config import load_params
 from timesnet_gen.corpus import synth
 from timesnet_gen.errors import UserError, one_line_errors
 from timesnet_gen.evaluation.intensity import G_CM_S2
 from timesnet_gen.evaluation.realism_features import Features, record_features
-from timesnet_gen.evaluation.realism_gmm import _predict, station_vs30
+from timesnet_gen.evaluation.realism_gmm import predict_medians
+from timesnet_gen.models.flow_sampler import EXTRAPOLATIONS, FlowSampler
 from timesnet_gen.records import SAMPLING_RATE
-from timesnet_gen.sample import load_sampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from oracle_realism import ORACLE_SEED, simulator_stations  # noqa: E402
+from oracle_realism import ORACLE_SEED, oracle_setup  # noqa: E402
 
 PERIODS = (0.2, 1.0)  # s: the scenario-fidelity target's periods
 MEASURES = ("ln PGA",) + tuple(f"ln PSA({p:g} s)" for p in PERIODS) + ("ln D5-95",)
@@ -67,7 +69,8 @@ def medians(feats: Features) -> np.ndarray:
 
 def gmm_medians(magnitude: float, distance_km: float, vs30: float) -> np.ndarray:
     """ASB14's ln PGA and ln PSA at PERIODS (cm/s^2) and AS16's ln D5-95 (s): MEASURES."""
-    ln_pga, _, ln_dur, ln_psa = _predict(magnitude, distance_km, vs30, np.array(PERIODS), "SS")
+    ln_pga, _, ln_dur, ln_psa = predict_medians(magnitude, distance_km, vs30,
+                                                np.array(PERIODS), "SS")
     return np.r_[ln_pga + np.log(G_CM_S2), ln_psa + np.log(G_CM_S2), ln_dur]
 
 
@@ -85,20 +88,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distances", type=float, nargs="+", default=[15.0, 50.0, 150.0],
                     help="km")
     ap.add_argument("--n", type=int, default=50, help="records per scenario and source")
+    ap.add_argument("--extrapolate", choices=EXTRAPOLATIONS,
+                    help="a flow checkpoint's extrapolate option, in place of its own")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--raw", default=Path("data/raw"), type=Path)
     args = ap.parse_args(argv)
     if args.n < 3:
         raise UserError(f"--n must be at least 3, got {args.n}")
-    params = load_params(args.params)
+    params, stations, vs30, sampler = oracle_setup(args.checkpoint, args.params, args.raw)
     rp = params.evaluate.realism
-    stations = simulator_stations(args.raw)
-    vs30 = station_vs30(stations, rp.vs30_default_m_s)
-    stations = stations.set_index("station")
-    sampler = load_sampler(args.checkpoint)
-    if args.station not in sampler.stations or args.station not in stations.index:
+    if args.extrapolate:
+        if not isinstance(sampler, FlowSampler):
+            raise UserError(f"--extrapolate: {args.checkpoint} is not a flow sampler checkpoint")
+        sampler.params = replace(sampler.params, extrapolate=args.extrapolate)
+    if args.station not in sampler.stations:
         raise UserError(f"station {args.station!r} is not one of the checkpoint's "
-                        f"{list(sampler.stations)} or not in {args.raw / 'stations.csv'}")
+                        f"{list(sampler.stations)}")
     training = sampler.scenarios(args.station)
     k = list(stations.index).index(args.station)
     rows = []
@@ -119,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"M {m:g}, R {r:g} km done", flush=True)
     out = pd.DataFrame(rows)
     (m_lo, r_lo), (m_hi, r_hi) = training.min(axis=0), training.max(axis=0)
-    print(f"\n{args.checkpoint} ({sampler.kind}) at station {args.station}: median less the "
+    how = f", extrapolate {sampler.params.extrapolate}" if args.extrapolate else ""
+    print(f"\n{args.checkpoint} ({sampler.kind}{how}) at station {args.station}: median less the "
           f"simulator's median at the same scenario, {args.n} records each; training range M "
           f"{m_lo:.2f}-{m_hi:.2f}, R {r_lo:.0f}-{r_hi:.0f} km")
     print(out.to_string(index=False, float_format="{:+.2f}".format))

@@ -66,6 +66,7 @@ from timesnet_gen.evaluation.hvsr import f0, hvsr
 from timesnet_gen.evaluation.intensity import significant_duration
 from timesnet_gen.evaluation.realism_compare import classifier_auc
 from timesnet_gen.evaluation.realism_features import spectrogram_features
+from timesnet_gen.evaluation.realism_gmm import station_vs30
 from timesnet_gen.models import flow_sampler as fs
 from timesnet_gen.models.flow_sampler import latent as lat, representation as rep
 from timesnet_gen.prepare import load_prepared
@@ -102,6 +103,21 @@ def simulator_stations(raw: Path) -> pd.DataFrame:
         raise UserError(f"{table} lacks the columns {missing} of the simulator's station table: "
                         "the oracle needs the simulated corpus")
     return stations
+
+
+def oracle_setup(checkpoint: Path, params_path: str | Path, raw: Path):
+    """What a script that scores a sampler against fresh simulator records reads: (params,
+    the simulator's stations indexed by code, their Vs30 (`station_vs30`), the checkpoint's
+    sampler). UserError when stations.csv lacks one of the checkpoint's stations."""
+    params = load_params(params_path)
+    stations = simulator_stations(raw)
+    vs30 = station_vs30(stations, params.evaluate.realism.vs30_default_m_s)
+    stations = stations.set_index("station")
+    sampler = load_sampler(checkpoint)
+    unknown = [s for s in sampler.stations if s not in stations.index]
+    if unknown:
+        raise UserError(f"{raw / 'stations.csv'} lacks the checkpoint's station(s) {unknown}")
+    return params, stations, vs30, sampler
 
 
 def oracle_records(station: pd.Series, n: int, synth_params, seed: list[int]

@@ -30,17 +30,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from timesnet_gen.config import load_params
 from timesnet_gen.errors import UserError, one_line_errors
 from timesnet_gen.evaluation.realism_features import record_features
-from timesnet_gen.evaluation.realism_gmm import station_vs30
 from timesnet_gen.models import flow_sampler as fs
 from timesnet_gen.records import SAMPLING_RATE
-from timesnet_gen.sample import load_sampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from oracle_realism import (ORACLE_SEED, decoder_inputs, oracle_records,  # noqa: E402
-                            simulator_stations)
+                            oracle_setup)
 
 PERIODS = (0.05, 0.2, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # s; ASB14 stops at 4 s
 
@@ -78,16 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.n < 4:
         raise UserError(f"--n must be at least 4, got {args.n}")
-    params = load_params(args.params)
+    params, stations, vs30, sampler = oracle_setup(args.checkpoint, args.params, args.raw)
     rp = params.evaluate.realism
-    stations = simulator_stations(args.raw)
-    vs30 = station_vs30(stations, rp.vs30_default_m_s)
-    stations = stations.set_index("station")
-    sampler = load_sampler(args.checkpoint)
-    unknown = [s for s in sampler.stations if s not in stations.index]
-    if unknown:
-        raise UserError(f"{args.raw / 'stations.csv'} lacks the checkpoint's station(s) "
-                        f"{unknown}")
     rows = []
     for k, station in enumerate(sampler.stations):
         oracle, scen = oracle_records(stations.loc[station], args.n, params.data.synth,

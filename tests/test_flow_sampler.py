@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pandas as pd
@@ -142,6 +142,33 @@ def test_bands_cover_every_bin_once_and_increase():
     assert set(bands) == set(range(bands.max() + 1))  # no empty band
     pool = rep.pooling_matrix(bands)
     assert torch.allclose(pool.sum(dim=1), torch.ones(len(pool)))
+
+
+def test_band_centers_are_the_geometric_means_of_each_bands_bins():
+    p = fs.FlowSamplerParams()
+    freqs = np.arange(1, p.n_fft // 2 + 1) * FS / p.n_fft
+    bands, centers = rep.band_of_bin(p), rep.band_centers(p)
+    assert len(centers) == bands.max() + 1 and np.all(np.diff(centers) > 0)
+    for b in (0, len(centers) // 2, len(centers) - 1):
+        members = freqs[bands == b]
+        assert members.min() <= centers[b] <= members.max()
+        np.testing.assert_allclose(centers[b], np.exp(np.log(members).mean()))
+
+
+def test_stretch_after_onset_lengthens_only_the_frames_from_the_onset_on():
+    """A ramp along the frames: the frames before the onset (align_s) are kept; after it the
+    ramp rises at half the rate with ratio 2 (the frame at align_s + t reads align_s + t / 2),
+    and ratio 1 keeps every frame."""
+    p = fs.FlowSamplerParams()
+    n_frames = 94
+    t = np.arange(n_frames) * p.hop / FS
+    ramp = np.broadcast_to(t[None, :, None], (2, n_frames, 3)).astype(np.float32)
+    out = rep.stretch_after_onset(ramp, np.array([1.0, 2.0]), p)
+    np.testing.assert_array_equal(out[0], ramp[0])
+    before = t < p.align_s
+    np.testing.assert_array_equal(out[1, before], ramp[1, before])
+    np.testing.assert_allclose(out[1, ~before, 0], p.align_s + (t[~before] - p.align_s) / 2,
+                               atol=1e-5)
 
 
 def test_equalise_constant_gain_is_a_scale_factor():
@@ -1825,6 +1852,56 @@ def test_training_device_errors_name_the_key(prepared, tmp_path, device, match):
         fs.train_sampler(prepared, tiny_params(device=device), tmp_path / "m",
                          raw_dir=prepared.parent / "none", log=lambda _: None)
     assert not (tmp_path / "m").exists()
+
+
+def test_gmm_scaling_is_the_ratio_of_the_published_medians():
+    """No ratio at the magnitude drawn; a larger magnitude is stronger at every period and
+    longer; periods beyond ASB14's 4 s take its 4 s ratio."""
+    freqs = np.array([0.1, 0.25, 1.0, 5.0, 200.0])
+    zero = fs.gmm_scaling(5.0, 5.0, 30.0, freqs)
+    np.testing.assert_array_equal(zero[0], 0.0)
+    assert zero[1] == 0.0 and zero[2] == 0.0
+    d_psa, d_pga, d_dur = fs.gmm_scaling(6.0, 5.0, 30.0, freqs)
+    assert np.all(d_psa > 0) and d_pga > 0 and d_dur > 0
+    assert d_psa[0] == d_psa[1] and d_psa[2] > d_psa[4]  # long periods grow most with M
+
+
+def test_extrapolate_gmm_draws_at_the_range_end_and_scales_by_the_gmm_ratios(trained):
+    """Inside the station's training magnitudes `gmm` draws what `linear` draws, bit for bit.
+    Beyond them it draws at the range's end and `scaled` moves those features: the fine
+    spectrum by ASB14's PSA ratio and half AS16's ln D5-95 ratio, the frames before the onset by
+    the PSA ratio at their bands, the frames from the onset on stretched by the D5-95 ratio;
+    the level and the timing are kept (record_scale spectrum). The sampled record is that one,
+    decoded. An unknown value is refused; a checkpoint without the option samples linearly."""
+    sampler, _ = trained
+    p = replace(sampler.params, extrapolate="gmm")
+    gmm = fs.FlowSampler.from_state(sampler.state() | {"params": asdict(p)})
+    top = sampler.scenarios("A")[:, 0].max()
+    r = np.array([40.0])
+    np.testing.assert_array_equal(gmm.sample("A", np.array([top - 0.1]), r, seed=3),
+                                  sampler.sample("A", np.array([top - 0.1]), r, seed=3))
+    big = np.array([top + 1.0])
+    scenario = lat.standardise_scenario(np.array([[top, 40.0]]), sampler.stats)
+    generator = torch.Generator().manual_seed(5 * 1_000_003)  # `sample`'s first chunk, seed 5
+    _, coarse, static = sampler.features(sampler.station_index("A"), scenario, generator)
+    coarse2, static2 = gmm.scaled(coarse, static, big, np.array([top]), r)
+    np.testing.assert_array_equal(gmm.sample("A", big, r, seed=5),
+                                  gmm.decode(coarse2, static2, generator))
+    bands = rep.band_centers(p)
+    d_psa, _, d_dur = fs.gmm_scaling(top + 1.0, top, 40.0, np.r_[bands, rep.fine_centers(p)])
+    k, nb = fs.n_scalars(p), len(bands)
+    np.testing.assert_allclose((static2 - static)[0, :k], 0.0)
+    np.testing.assert_allclose((static2 - static)[0, k:].reshape(3, -1),
+                               np.tile(d_psa[nb:] + 0.5 * d_dur, (3, 1)), atol=1e-5)
+    onset = int(np.ceil(p.align_s * FS / p.hop))
+    np.testing.assert_allclose((coarse2 - coarse)[0, :onset].numpy(),
+                               np.tile(d_psa[:nb], (onset, 3)), atol=1e-5)
+    stretched = rep.stretch_after_onset(coarse.numpy(), np.exp([d_dur]), p)
+    np.testing.assert_allclose(coarse2[0, onset:].numpy(),
+                               stretched[0, onset:] + np.tile(d_psa[:nb], 3), atol=1e-5)
+    with pytest.raises(fs.FlowSamplerError, match="extrapolate = 'cubic' \\(not one of"):
+        tiny_params(extrapolate="cubic")
+    assert_older_state_loads_off(gmm, "extrapolate", "linear")
 
 
 def test_checkpoint_weights_are_on_the_cpu(trained):

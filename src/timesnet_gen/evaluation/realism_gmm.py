@@ -47,8 +47,10 @@ def _in_range(mag: float, dist: float, vs30: float, limits: dict) -> bool:
     return all(lo <= values[k] <= hi for k, (lo, hi) in limits.items())
 
 
-def _predict(mag: float, dist: float, vs30: float, periods: np.ndarray, mechanism: str):
-    """ln medians: ASB14 (pga g, pgv cm/s, psa g at periods; NaN beyond 4 s), AS16 D5-95 s."""
+def predict_medians(mag: float, dist: float, vs30: float, periods: np.ndarray, mechanism: str
+                    ) -> tuple[float, float, float, np.ndarray]:
+    """ln medians at one scenario (dist: hypocentral km, see `gmm_residuals`): ASB14's PGA (g),
+    PGV (cm/s) and PSA (g) at periods (s; NaN beyond 4 s), and AS16's D5-95 (s)."""
     import pygmm
 
     with warnings.catch_warnings():  # out-of-range inputs: flagged by in_range instead
@@ -58,7 +60,8 @@ def _predict(mag: float, dist: float, vs30: float, periods: np.ndarray, mechanis
         ast = pygmm.AfshariStewart2016(pygmm.Scenario(
             mag=mag, dist_rup=dist, v_s30=vs30, mechanism=mechanism))
         ln_psa = asb.interp_ln_spec_accels(periods)
-        return np.log(asb.pga), np.log(asb.pgv), float(np.log(ast.duration["D_5t95"])), ln_psa
+        return (float(np.log(asb.pga)), float(np.log(asb.pgv)),
+                float(np.log(ast.duration["D_5t95"])), ln_psa)
 
 
 def gmm_residuals(
@@ -83,8 +86,8 @@ def gmm_residuals(
     asb_ok = np.zeros(len(mag), dtype=bool)
     as16_ok = np.zeros(len(mag), dtype=bool)
     for i in np.flatnonzero(np.isfinite(mag) & np.isfinite(dist) & features.valid):
-        ln_pga, ln_pgv, ln_dur, ln_psa = _predict(mag[i], max(dist[i], 0.1), vs30, periods,
-                                                  mechanism)
+        ln_pga, ln_pgv, ln_dur, ln_psa = predict_medians(mag[i], max(dist[i], 0.1), vs30,
+                                                         periods, mechanism)
         out[i, 0] = np.log(features.pga[i] / G_CM_S2) - ln_pga
         out[i, 1] = np.log(features.pgv[i]) - ln_pgv
         out[i, 2] = np.log(features.d5_95[i]) - ln_dur

@@ -19,16 +19,17 @@ Everything here is a pure function or an nn.Module; files are written by `train_
 """
 
 from timesnet_gen.models.flow_sampler.params import (
-    CALIBRATION_SEED, CANVASES, FORMAT, KIND, LONG_GAPS, P_KNOTS, PRIOR_RECORDS, REAL_RECORDS,
-    RECORD_SCALES, SCENARIO_COLUMNS, SOLVERS, TIME_SAMPLING, TIMINGS, FlowSamplerError,
-    FlowSamplerParams, n_given, n_prior_fine, n_scalars, warped_knots)
+    CALIBRATION_SEED, CANVASES, EXTRAPOLATIONS, FORMAT, KIND, LONG_GAPS, P_KNOTS, PRIOR_RECORDS,
+    REAL_RECORDS, RECORD_SCALES, SCENARIO_COLUMNS, SOLVERS, TIME_SAMPLING, TIMINGS,
+    FlowSamplerError, FlowSamplerParams, n_given, n_prior_fine, n_scalars, warped_knots)
 from timesnet_gen.models.flow_sampler.sampler import (
-    BEFORE_OPTIONS, FlowSampler, build_net, check_scenario, real_records_warning, scenario_table,
-    train_sampler, val_fit)
+    BEFORE_OPTIONS, GMM_MECHANISM, GMM_VS30, FlowSampler, build_net, check_scenario,
+    gmm_scaling, real_records_warning, scenario_table, train_sampler, val_fit)
 
 __all__ = [
-    "BEFORE_OPTIONS", "CALIBRATION_SEED", "CANVASES", "FORMAT", "KIND", "LONG_GAPS", "P_KNOTS",
-    "PRIOR_RECORDS", "REAL_RECORDS", "RECORD_SCALES", "SCENARIO_COLUMNS", "SOLVERS",
-    "TIME_SAMPLING", "TIMINGS", "FlowSampler", "FlowSamplerError", "FlowSamplerParams",
-    "build_net", "check_scenario", "n_given", "n_prior_fine", "n_scalars", "real_records_warning",
+    "BEFORE_OPTIONS", "CALIBRATION_SEED", "CANVASES", "EXTRAPOLATIONS", "FORMAT",
+    "GMM_MECHANISM", "GMM_VS30", "KIND", "LONG_GAPS", "P_KNOTS", "PRIOR_RECORDS",
+    "REAL_RECORDS", "RECORD_SCALES", "SCENARIO_COLUMNS", "SOLVERS", "TIME_SAMPLING", "TIMINGS",
+    "build_net", "check_scenario", "FlowSampler", "FlowSamplerError", "FlowSamplerParams",
+    "gmm_scaling", "n_given", "n_prior_fine", "n_scalars", "real_records_warning",
     "scenario_table", "train_sampler", "val_fit", "warped_knots"]

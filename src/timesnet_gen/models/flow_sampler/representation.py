@@ -61,6 +61,13 @@ def band_of_bin(p: FlowSamplerParams, fs: float = SAMPLING_RATE) -> np.ndarray:
     return np.unique(raw, return_inverse=True)[1]
 
 
+def band_centers(p: FlowSamplerParams, fs: float = SAMPLING_RATE) -> np.ndarray:
+    """(B,) Hz: the geometric mean frequency of each coarse band's STFT bins (`band_of_bin`)."""
+    freqs = np.arange(1, p.n_fft // 2 + 1) * fs / p.n_fft
+    bands = band_of_bin(p, fs)
+    return np.exp(np.bincount(bands, np.log(freqs)) / np.bincount(bands))
+
+
 def pooling_matrix(bands: np.ndarray) -> torch.Tensor:
     """(B, bins) row-normalised membership: band mean of per-bin power."""
     m = torch.zeros(int(bands.max()) + 1, len(bands), dtype=torch.float32)
@@ -282,6 +289,18 @@ def resample_frames(frames: np.ndarray, at_s: np.ndarray, p: FlowSamplerParams,
     below = np.take_along_axis(frames, lo.reshape(shape), axis=-1)
     above = np.take_along_axis(frames, hi.reshape(shape), axis=-1)
     return (below * (1 - w) + above * w).astype(frames.dtype)
+
+
+def stretch_after_onset(coarse: np.ndarray, ratio: np.ndarray, p: FlowSamplerParams,
+                        fs: float = SAMPLING_RATE) -> np.ndarray:
+    """Canvas frames (n, frames, C) with the part from the onset on (the frames at and after
+    p.align_s, which hold the record's own time axis) lengthened ratio (n,) times: the frame at
+    align_s + t reads the frame at align_s + t / ratio (linearly interpolated, the last frame
+    held). The frames before the onset (the P slot and the pre-event part) are kept."""
+    t = np.arange(coarse.shape[1]) * p.hop / fs  # (frames,) s
+    after = t >= p.align_s
+    at = np.where(after, p.align_s + (t - p.align_s) / np.asarray(ratio)[:, None], t)
+    return resample_frames(np.swapaxes(coarse, 1, 2), at, p, fs).swapaxes(1, 2)
 
 
 def encode(waveforms: np.ndarray, p: FlowSamplerParams) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from timesnet_gen.evaluation.realism_gmm import predict_medians
 from timesnet_gen.models.flow_sampler.calibration import (calibrate, calibrate_frames, draws,
                                                           smooth_frames, smoothing)
 from timesnet_gen.models.flow_sampler.latent import (check_latent, fit_latent, fit_stats,
@@ -26,9 +27,28 @@ from timesnet_gen.models.flow_sampler.params import (FORMAT, FlowSamplerError, F
                                                      KIND, REAL_RECORDS, SCENARIO_COLUMNS, SOLVERS,
                                                      TIME_SAMPLING, n_given, n_prior_fine,
                                                      n_scalars)
-from timesnet_gen.models.flow_sampler.representation import decode, encode, fit_decoder_bias
+from timesnet_gen.models.flow_sampler.representation import (band_centers, decode, encode,
+                                                             fine_centers, fit_decoder_bias,
+                                                             stretch_after_onset)
 from timesnet_gen.records import N_SAMPLES
 from timesnet_gen.runtime import set_up_torch
+
+
+GMM_VS30 = 760.0  # m/s, the site of `gmm_scaling`'s ratios: ASB14's site term is linear from
+#                   750 m/s on, so its ratios do not carry its soil nonlinearity
+GMM_MECHANISM = "SS"
+
+
+def gmm_scaling(magnitude: float, drawn: float, distance_km: float, freqs: np.ndarray
+                ) -> tuple[np.ndarray, float, float]:
+    """ln ratios of the published GMMs' medians at magnitude to those at drawn, at distance_km
+    (hypocentral): ASB14's PSA at the periods 1 / freqs (Hz; held at its 0.01 and 4 s ends
+    outside them) (F,), ASB14's PGA, AS16's D5-95."""
+    periods = np.clip(1.0 / np.asarray(freqs, dtype=np.float64), 0.01, 4.0)
+    (pga, _, dur, psa), (pga0, _, dur0, psa0) = (
+        predict_medians(m, max(distance_km, 0.1), GMM_VS30, periods, GMM_MECHANISM)
+        for m in (magnitude, drawn))
+    return psa - psa0, pga - pga0, dur - dur0
 
 
 def check_scenario(magnitude: np.ndarray, distance_km: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -55,7 +75,7 @@ BEFORE_OPTIONS = {"remainder_scale": False, "remainder_ar": False, "remainder_ga
                   "remainder_smooth": False, "prior_fine": 0, "quiet_before_p": False,
                   "scalar_calibrate": False, "long_gap": "clip", "decoder_bias": False,
                   "canvas": "wrap", "site_intercepts": False, "station_scatter": False,
-                  "record_scale": "peak"}
+                  "record_scale": "peak", "extrapolate": "linear"}
 
 
 class FlowSampler:
@@ -89,24 +109,60 @@ class FlowSampler:
         m, r = check_scenario(magnitude, distance_km)
         p = self.params
         set_up_torch(p.num_threads)
-        scenario = standardise_scenario(np.stack([m, r], axis=1), self.stats)
+        drawn_m = m
+        if p.extrapolate == "gmm":  # the network draws inside the range, `scaled` goes on
+            trained = self._scenarios[station][:, 0]
+            drawn_m = np.clip(m, trained.min(), trained.max())
+        scenario = standardise_scenario(np.stack([drawn_m, r], axis=1), self.stats)
         starts = range(0, len(m), p.batch_generate)
+
+        def chunk(start: int) -> np.ndarray:
+            """Records start..start+batch_generate; their own generator (seed, start), so the
+            result does not depend on the number of workers."""
+            part = slice(start, start + p.batch_generate)
+            generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + start)
+            _, coarse, static = self.features(s, scenario[part], generator)
+            if (m[part] != drawn_m[part]).any():
+                coarse, static = self.scaled(coarse, static, m[part], drawn_m[part], r[part])
+            return self.decode(coarse, static, generator)
+
         if p.workers > 1 and len(starts) > 1:  # torch and numpy FFTs release the GIL
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(p.workers) as pool:
-                out = list(pool.map(lambda k: self._chunk(s, scenario, k, int(seed)), starts))
+                out = list(pool.map(chunk, starts))
         else:
-            out = [self._chunk(s, scenario, k, int(seed)) for k in starts]
+            out = [chunk(k) for k in starts]
         return np.concatenate(out)
 
-    def _chunk(self, s: int, scenario: torch.Tensor, start: int, seed: int) -> np.ndarray:
-        """Records start..start+batch_generate; their own generator (seed, start), so the result
-        does not depend on the number of workers."""
-        p = self.params
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        _, coarse, static = self.features(s, scenario[start:start + p.batch_generate], generator)
-        return self.decode(coarse, static, generator)
+    def scaled(self, coarse: torch.Tensor, static: torch.Tensor, magnitude: np.ndarray,
+               drawn: np.ndarray, distance_km: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Physical features (`features`) drawn at the magnitudes drawn (n,), scaled to the
+        magnitudes asked for (n,) at distance_km (n,) by published GMMs' median ratios
+        (`gmm_scaling`): the frames from the onset on lengthened by AS16's D5-95 ratio
+        (`stretch_after_onset`); every frame's bands and the fine spectrum moved by ASB14's
+        ln PSA ratio at their frequencies (a frame's band level goes as the PSA there, random
+        vibration), the fine spectrum by half the ln D5-95 ratio more (the longer record holds
+        that much more energy at the same frame level), the three components alike; with
+        record_scale peak the level by the ln PGA ratio. A record drawn where asked is kept."""
+        p, k = self.params, n_scalars(self.params)
+        freqs = np.r_[band_centers(p), fine_centers(p)]
+        n_bands = len(freqs) - p.n_fine
+        d_psa, d_pga, d_dur = np.zeros((len(drawn), len(freqs))), np.zeros(len(drawn)), \
+            np.zeros(len(drawn))
+        ratios: dict[tuple[float, ...], tuple[np.ndarray, float, float]] = {}
+        for i in np.flatnonzero(magnitude != drawn):
+            key = (float(magnitude[i]), float(drawn[i]), float(distance_km[i]))
+            if key not in ratios:
+                ratios[key] = gmm_scaling(*key, freqs)
+            d_psa[i], d_pga[i], d_dur[i] = ratios[key]
+        frames = stretch_after_onset(coarse.numpy(), np.exp(d_dur), p)
+        frames = frames + np.tile(d_psa[:, :n_bands], 3)[:, None, :]
+        fine = np.tile(d_psa[:, n_bands:] + 0.5 * d_dur[:, None], 3)
+        level = d_pga if p.record_scale == "peak" else np.zeros(len(drawn))
+        moved = np.concatenate([level[:, None], np.zeros((len(drawn), k - 1)), fine], axis=1)
+        return (torch.from_numpy(frames).to(coarse.dtype),
+                static + torch.from_numpy(moved).to(static.dtype))
 
     def decode(self, coarse: torch.Tensor, static: torch.Tensor, generator: torch.Generator
                ) -> np.ndarray:
