@@ -18,7 +18,6 @@ from timesnet_gen.models.timesnet import PERIOD_SELECTIONS
 KIND = "timesnet-flow"
 FORMAT = 1
 SCENARIO_COLUMNS = ("magnitude", "distance_km")
-# the values of the options that take one of several
 TIMINGS = ("roll", "warp", "stretch", "pslot")
 P_KNOTS = ("arias", "aic", "picker")
 LONG_GAPS = ("clip", "shift", "squeeze")
@@ -28,6 +27,10 @@ EXTRAPOLATIONS = ("linear", "gmm")
 PRIOR_RECORDS = ("target", "all")
 SOLVERS = ("euler", "heun")
 TIME_SAMPLING = ("uniform", "logit-normal")
+# the options that take one of several values, and those values
+CHOICES = {"period_selection": PERIOD_SELECTIONS, "prior_records": PRIOR_RECORDS,
+           "p_knot": P_KNOTS, "long_gap": LONG_GAPS, "extrapolate": EXTRAPOLATIONS,
+           "record_scale": RECORD_SCALES, "canvas": CANVASES, "timing": TIMINGS}
 # the decoder's settings for real records ("Real records: the canvas and the long-period steps")
 REAL_RECORDS = {"canvas": "hold", "long_gap": "shift", "long_period_hz": 0.0,
                 "random_phase_hz": 0.0, "quiet_before_p": True}
@@ -289,23 +292,9 @@ class FlowSamplerParams:
                        f"set record_prior: false)")
         if not 0.0 <= self.dropout < 1.0:  # NaN fails here too
             bad.append(f"dropout = {self.dropout} (must be in [0, 1))")
-        if self.period_selection not in PERIOD_SELECTIONS:
-            bad.append(f"period_selection = {self.period_selection!r} (not one of "
-                       f"{PERIOD_SELECTIONS})")
-        if self.prior_records not in PRIOR_RECORDS:
-            bad.append(f"prior_records = {self.prior_records!r} (not one of {PRIOR_RECORDS})")
-        if self.p_knot not in P_KNOTS:
-            bad.append(f"p_knot = {self.p_knot!r} (not one of {P_KNOTS})")
-        if self.long_gap not in LONG_GAPS:
-            bad.append(f"long_gap = {self.long_gap!r} (not one of {LONG_GAPS})")
-        if self.extrapolate not in EXTRAPOLATIONS:
-            bad.append(f"extrapolate = {self.extrapolate!r} (not one of {EXTRAPOLATIONS})")
-        if self.record_scale not in RECORD_SCALES:
-            bad.append(f"record_scale = {self.record_scale!r} (not one of {RECORD_SCALES})")
-        if self.canvas not in CANVASES:
-            bad.append(f"canvas = {self.canvas!r} (not one of {CANVASES})")
-        if self.timing not in TIMINGS:
-            bad.append(f"timing = {self.timing!r} (not one of {TIMINGS})")
+        for key, values in CHOICES.items():
+            if getattr(self, key) not in values:
+                bad.append(f"{key} = {getattr(self, key)!r} (not one of {values})")
         if self.timing != "roll" and not 0 < self.p_align_s < self.align_s:
             bad.append(f"p_align_s = {self.p_align_s} ({self.timing}: must be in (0, align_s = "
                        f"{self.align_s}))")
